@@ -1,0 +1,43 @@
+# The two commands of the README: `make conformance` and `make test`. Everything they need is
+# installed here, into .venv, from the pinned versions in pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed-stamp
+FIXTURES_DIR := build/fixtures
+FIXTURES := $(FIXTURES_DIR)/.built-stamp
+MODEL ?= $(FIXTURES_DIR)/ppo_default.zip
+ONNX ?=
+PROFILE ?= ci
+
+.PHONY: install fixtures conformance test bench spec clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+fixtures: $(FIXTURES)
+
+$(FIXTURES): $(INSTALLED) $(wildcard fixtures/*.py)
+	$(PY) -m fixtures --out $(FIXTURES_DIR)
+	touch $@
+
+# The suite on MODEL (default: the bundled fixture model); ONNX=a.onnx checks that artifact.
+conformance: $(INSTALLED) $(if $(filter $(FIXTURES_DIR)/%,$(MODEL)),$(FIXTURES))
+	$(PY) -m pytest conformance $(if $(MODEL),--model $(MODEL)) $(if $(ONNX),--onnx $(ONNX)) \
+		--hypothesis-profile $(PROFILE)
+
+test: $(INSTALLED) $(FIXTURES)
+	$(PY) -m pytest selftests --hypothesis-profile $(PROFILE)
+
+bench: $(INSTALLED)
+	$(PY) bench/bench.py
+
+spec: $(INSTALLED)
+	$(PY) -m policy_onnx spec --write
+
+clean:
+	rm -rf build .pytest_cache .hypothesis

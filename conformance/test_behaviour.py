@@ -1,0 +1,73 @@
+"""BEH clauses: batches, row independence, repeatability, finiteness, bounds."""
+
+import numpy as np
+
+from policy_onnx.check import clause_test, fail, require, running
+
+BATCH_SIZES = (1, 2, 7, 64, 1000)
+
+
+@clause_test("BEH-01")
+def test_batch_sizes(clause, artifact, probe_observations):
+    problems = []
+    with running(clause):
+        for n in BATCH_SIZES:
+            obs = np.resize(probe_observations, (n, probe_observations.shape[1]))
+            shape = artifact.run(obs).shape
+            if shape != (n, artifact.act_dim):
+                problems.append(f"batch of {n} gives shape {shape}, must be ({n}, act_dim="
+                                f"{artifact.act_dim})")
+    require(clause, problems)
+
+
+@clause_test("BEH-02")
+def test_rows_independent(clause, artifact, probe_observations, action_tolerance):
+    obs = probe_observations[:64]
+    with running(clause):
+        batched = artifact.run(obs)
+        alone = np.vstack([artifact.run(row[None]) for row in obs])
+    bad = ~(np.abs(batched - alone) <= action_tolerance(obs))
+    if bad.any():
+        i = int(np.argmax(bad.any(axis=1)))
+        fail(clause, f"row {i} of a batch of {len(obs)} gives {batched[i].tolist()}, alone it "
+                     f"gives {alone[i].tolist()} (obs={obs[i].tolist()}); {int(bad.any(axis=1).sum())}"
+                     " rows differ: the graph mixes rows of the batch")
+
+
+@clause_test("BEH-03")
+def test_repeatable(clause, artifact, probe_observations):
+    with running(clause):
+        first = artifact.run(probe_observations)
+        second = artifact.run(probe_observations)
+    if not np.array_equal(first, second, equal_nan=True):
+        i = int(np.argmax((first != second).any(axis=1)))
+        fail(clause, f"row {i} gave {first[i].tolist()}, then {second[i].tolist()} for the same "
+                     "input: the graph is not deterministic (sampling or state?)")
+
+
+@clause_test("BEH-04")
+def test_finite(clause, artifact, probe_observations):
+    with running(clause):
+        final = artifact.final_action(probe_observations)
+    bad = ~np.isfinite(final).all(axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        fail(clause, f"{int(bad.sum())} of {len(final)} finite observations give non-finite "
+                     f"actions, e.g. obs={probe_observations[i].tolist()} -> {final[i].tolist()}")
+
+
+@clause_test("BEH-05")
+def test_within_bounds(clause, artifact, probe_observations, action_tolerance):
+    box = artifact.declared_box()
+    if box is None:
+        fail(clause, "action_space is missing or malformed, so there are no bounds (see META-02)")
+    with running(clause):
+        final = artifact.final_action(probe_observations)
+    slack = action_tolerance(probe_observations)
+    outside = (final < box.low - slack) | (final > box.high + slack)
+    if outside.any():
+        i = int(np.argmax(outside.any(axis=1)))
+        fail(clause, f"{int(outside.any(axis=1).sum())} of {len(final)} final actions leave "
+                     f"[low, high] = [{box.low.tolist()}, {box.high.tolist()}], e.g. "
+                     f"obs={probe_observations[i].tolist()} -> {final[i].tolist()} "
+                     f"(action_transform={artifact.transform})")

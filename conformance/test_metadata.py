@@ -1,0 +1,31 @@
+"""META clauses: the nine metadata entries."""
+
+import numpy as np
+
+from policy_onnx import metadata, spec
+from policy_onnx.check import clause_test, fail, require
+
+KEY_CLAUSES = [c.id for c in spec.CLAUSES if c.slug in metadata.KEYS]
+
+
+@clause_test(*KEY_CLAUSES)
+def test_metadata_entry(clause, artifact):
+    require(clause, metadata.key_problems(clause.slug, artifact))
+
+
+@clause_test("META-03")
+def test_action_space_matches_model(clause, artifact, reference):
+    declared = artifact.declared_box()
+    if declared is None:
+        fail(clause, "action_space is missing or malformed (see META-02)")
+    space = reference.action_space
+    if declared.shape != tuple(space.shape):
+        fail(clause, f"declares shape {list(declared.shape)}, the model's {space} has shape "
+                     f"{list(space.shape)}")
+    problems = []
+    for name, got, want in (("low", declared.low, reference.low),
+                            ("high", declared.high, reference.high)):
+        if not np.array_equal(np.float32(got), np.float32(want)):
+            problems.append(f"{name} is {np.float32(got).tolist()}, the model's is "
+                            f"{np.float32(want).tolist()}")
+    require(clause, problems)

@@ -1,0 +1,27 @@
+"""PAR clauses: the final action matches model.predict(obs, deterministic=True)."""
+
+import pytest
+
+from policy_onnx.check import clause_test
+from policy_onnx.parity import check_parity
+from policy_onnx.strategies import REGIMES, batches
+
+
+@clause_test("PAR-01")
+def test_parity(clause, suite, reference, artifact, clip_seeds):
+    strategy = batches(reference.domain, REGIMES, clip_seeds)
+    check_parity(clause, reference, artifact, strategy, suite.stats, suite.reproduce(clause.id))
+
+
+@clause_test("PAR-02")
+def test_parity_out_of_bounds(clause, suite, reference, artifact, clip_seeds):
+    if not reference.clips:
+        pytest.skip(f"{clause.id} not applicable: this policy squashes its mean with tanh "
+                    "(squash_output), so predict() never clips it")
+    if len(clip_seeds) == 0:
+        pytest.skip(f"{clause.id} not applicable: the model cannot produce a mean outside the "
+                    "action bounds anywhere the suite searched (random draws inside and beyond "
+                    "the observation bounds, then gradient ascent on each action element)")
+    strategy = batches(reference.domain, ("toward_clip",), clip_seeds)
+    check_parity(clause, reference, artifact, strategy, suite.stats, suite.reproduce(clause.id),
+                 steer=True)

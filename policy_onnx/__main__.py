@@ -1,0 +1,88 @@
+"""python -m policy_onnx: the reference exporter and the spec document.
+
+Examples:
+  python -m policy_onnx export m.zip -o m.onnx
+  python -m policy_onnx export sac_like.zip -o m.onnx --action-transform tanh
+  python -m policy_onnx spec --check      # POLICY_ONNX_SPEC.md matches the clause registry
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__, spec_doc
+from .metadata import TRANSFORMS
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .artifact import ArtifactError
+    from .export import export
+    from .load import ModelLoadError, load_model
+
+    output = args.output or args.model.with_suffix(".onnx")
+    try:
+        loaded = load_model(args.model, trust_code=args.trust_model_code)
+        path = export(loaded, output, transform=args.action_transform)
+    except (ModelLoadError, ArtifactError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # a transform that does not fit the policy
+        print(f"error: --action-transform {args.action_transform}: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} ({loaded.algorithm}, action_transform={args.action_transform})")
+    return 0
+
+
+def _spec(args: argparse.Namespace) -> int:
+    if args.write:
+        spec_doc.write()
+        print(f"updated {spec_doc.SPEC_PATH}")
+        return 0
+    problems = spec_doc.problems()
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m policy_onnx", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"policy-onnx {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    export = commands.add_parser(
+        "export", help="export an SB3 model zip to a POLICY_ONNX_SPEC artifact",
+        description="Export an SB3 model .zip to a POLICY_ONNX_SPEC artifact (the exporter the "
+                    "conformance suite itself uses). Example: python -m policy_onnx export m.zip "
+                    "-o m.onnx")
+    export.add_argument("model", type=Path, help="the SB3 model .zip")
+    export.add_argument("-o", "--output", type=Path,
+                        help="the .onnx file to write (default: the model path with .onnx)")
+    export.add_argument("--action-transform", choices=TRANSFORMS, default="none",
+                        help="'none' bakes predict()'s post-processing into the graph; 'clip' "
+                             "(unsquashed policies) and 'tanh' (squash_output) leave it to the "
+                             "runtime (default: none)")
+    export.add_argument("--trust-model-code", action="store_true",
+                        help="let SB3 unpickle everything in the zip, running any code it holds "
+                             "(default: off, only allow-listed classes)")
+    export.set_defaults(run=_export)
+
+    spec_cmd = commands.add_parser(
+        "spec", help="check or regenerate the clause tables of POLICY_ONNX_SPEC.md",
+        description="The clause tables of POLICY_ONNX_SPEC.md are generated from the registry "
+                    "in policy_onnx/spec.py.")
+    mode = spec_cmd.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true",
+                      help="exit 1 if the document differs from the registry (the default)")
+    mode.add_argument("--write", action="store_true", help="rewrite the generated tables")
+    spec_cmd.set_defaults(run=_spec)
+
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

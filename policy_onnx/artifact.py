@@ -1,0 +1,191 @@
+"""A read-only view of an ONNX policy file: graph facts, metadata, a runtime session, the final action.
+
+"Final action" is what a POLICY_ONNX_SPEC runtime acts with: the output after the declared
+`action_transform`, read as the reference runtime reads it (unknown or absent means none; scale
+and offset default to 1 and 0; clip bounds default to +-1). The strict judgement of the metadata
+is the META clauses' job; behaviour and parity judge the policy a runtime would actually run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from . import metadata
+
+
+class ArtifactError(Exception):
+    """An artifact that cannot be read or run; the message names the problem."""
+
+
+@dataclass(frozen=True)
+class TensorFacts:
+    name: str
+    elem_type: int
+    dims: tuple  # int for a fixed size, str for a symbolic one, None when unknown
+
+    @property
+    def type_name(self) -> str:
+        return onnx.TensorProto.DataType.Name(self.elem_type) if self.elem_type else "unknown"
+
+    @property
+    def numpy_dtype(self):
+        return onnx.helper.tensor_dtype_to_np_dtype(self.elem_type)
+
+
+def _tensor_facts(value_info: onnx.ValueInfoProto) -> TensorFacts:
+    tensor = value_info.type.tensor_type
+    dims = tuple(
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or None) if d.HasField(
+            "dim_param") else None
+        for d in tensor.shape.dim) if tensor.HasField("shape") else ()
+    return TensorFacts(value_info.name, tensor.elem_type, dims)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_proto(path: Path) -> onnx.ModelProto:
+    """The parsed ONNX model; ArtifactError naming the problem otherwise."""
+    fix = "pass the .onnx file written by the exporter"
+    if not path.exists():
+        raise ArtifactError(f"--onnx {path}: no such file; {fix}")
+    if not path.is_file():
+        raise ArtifactError(f"--onnx {path}: is a directory, not a file; {fix}")
+    if path.stat().st_size == 0:
+        raise ArtifactError(f"--onnx {path}: the file is empty; {fix}")
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise ArtifactError(f"--onnx {path}: not an ONNX model ({type(exc).__name__}: {exc}); "
+                            f"{fix}") from None
+    if not proto.HasField("graph") or not proto.graph.output:
+        raise ArtifactError(f"--onnx {path}: not an ONNX model (no graph with outputs); {fix}")
+    return proto
+
+
+class Artifact:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.proto = read_proto(self.path)
+        self.sha256 = sha256(self.path)
+        graph = self.proto.graph
+        initializers = {i.name for i in graph.initializer}
+        self.inputs = [_tensor_facts(v) for v in graph.input if v.name not in initializers]
+        self.outputs = [_tensor_facts(v) for v in graph.output]
+        self.metadata: dict[str, list[str]] = {}
+        for prop in self.proto.metadata_props:
+            self.metadata.setdefault(prop.key, []).append(prop.value)
+
+    # --- graph facts ------------------------------------------------------------------------
+    @property
+    def obs(self) -> TensorFacts | None:
+        """The observation input: `obs`, or else the only required input."""
+        named = [t for t in self.inputs if t.name == "obs"]
+        return named[0] if named else (self.inputs[0] if len(self.inputs) == 1 else None)
+
+    @property
+    def action(self) -> TensorFacts | None:
+        """The action output: `action`, or else the only output."""
+        named = [t for t in self.outputs if t.name == "action"]
+        return named[0] if named else (self.outputs[0] if len(self.outputs) == 1 else None)
+
+    @staticmethod
+    def _feature_dim(tensor: TensorFacts | None) -> int | None:
+        if tensor is None or len(tensor.dims) != 2:
+            return None
+        dim = tensor.dims[1]
+        return dim if isinstance(dim, int) and dim > 0 else None
+
+    @property
+    def obs_dim(self) -> int | None:
+        return self._feature_dim(self.obs)
+
+    @property
+    def act_dim(self) -> int | None:
+        return self._feature_dim(self.action)
+
+    @property
+    def batch_dynamic(self) -> bool:
+        return bool(self.obs and self.obs.dims and isinstance(self.obs.dims[0], str))
+
+    @property
+    def has_recurrent_state(self) -> bool:
+        return len(self.inputs) > 1 and len(self.outputs) > 1
+
+    # --- running it ---------------------------------------------------------------------------
+    @cached_property
+    def session(self):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            return ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ArtifactError(f"ONNX Runtime cannot load {self.path}: {exc}") from None
+
+    def run(self, obs: np.ndarray) -> np.ndarray:
+        """The action output for a batch of flattened observations, as float64."""
+        if self.obs is None or self.action is None:
+            raise ArtifactError(
+                f"cannot tell the observation input and action output apart "
+                f"(inputs {[t.name for t in self.inputs]}, outputs "
+                f"{[t.name for t in self.outputs]})")
+        feed = np.ascontiguousarray(obs, dtype=self.obs.numpy_dtype)
+        try:
+            (out,) = self.session.run([self.action.name], {self.obs.name: feed})
+        except ArtifactError:
+            raise
+        except Exception as exc:
+            raise ArtifactError(
+                f"ONNX Runtime failed on a batch of shape {feed.shape}: {exc}") from None
+        return np.asarray(out, dtype=np.float64)
+
+    # --- the declared action transform, read as a runtime reads it --------------------------
+    def _entry(self, key: str) -> str | None:
+        values = self.metadata.get(key)
+        return values[0] if values else None
+
+    @property
+    def transform(self) -> str:
+        value = self._entry("action_transform")
+        return value if value in ("clip", "tanh") else "none"
+
+    def _array_or(self, key: str, default: float, size: int) -> np.ndarray | float:
+        try:
+            return metadata.number_array(self._entry(key) or "", size)
+        except ValueError:
+            return default
+
+    def declared_box(self) -> metadata.DeclaredBox | None:
+        try:
+            return metadata.parse_box(self._entry("action_space") or "", None)
+        except ValueError:
+            return None
+
+    def to_final(self, raw: np.ndarray) -> np.ndarray:
+        """The final action for raw output rows, after the declared transform."""
+        if self.transform == "tanh":
+            size = raw.shape[-1]
+            return (raw * self._array_or("action_scale", 1.0, size)
+                    + self._array_or("action_offset", 0.0, size))
+        if self.transform == "clip":
+            box = self.declared_box()
+            if box is None or box.low.size != raw.shape[-1]:
+                return np.clip(raw, -1.0, 1.0)
+            return np.clip(raw, box.low, box.high)
+        return raw
+
+    def final_action(self, obs: np.ndarray) -> np.ndarray:
+        return self.to_final(self.run(obs))

@@ -1,0 +1,63 @@
+"""The reference exporter: a loaded SB3 model -> a POLICY_ONNX_SPEC artifact.
+
+torch's default (dynamo) exporter, a symbolic batch dimension, the nine metadata entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from . import metadata
+from .heads import head_for
+from .load import LoadedModel
+
+
+def export(loaded: LoadedModel, output: str | Path, *, transform: str = "none") -> Path:
+    """Write the artifact for `loaded` to `output` (written atomically) and return its path."""
+    output = Path(output)
+    head = head_for(loaded, transform)
+    scale, offset = head.scale_offset()
+    example = torch.zeros(2, math.prod(loaded.sb3.observation_space.shape))
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "graph.onnx"
+        with _quiet():
+            torch.onnx.export(
+                head, (example,), str(raw), dynamo=True, external_data=False,
+                input_names=["obs"], output_names=["action"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+        proto = onnx.load(str(raw))
+    entries = metadata.build(loaded.sb3.action_space, transform, scale, offset)
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, entries)
+    proto.producer_name = "policy_onnx"
+    partial = output.with_name(output.name + ".partial")
+    onnx.save(proto, str(partial))
+    os.replace(partial, output)
+    return output
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter narrates every pass on stdout and warns about torchvision; keep that out of
+    the suite's report."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

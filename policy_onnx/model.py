@@ -1,0 +1,134 @@
+"""The trained model as the oracle: what `predict(obs, deterministic=True)` returns, the pre-clip
+mean it clips, the float32 rounding noise of the computation, and the search for observations
+whose mean leaves the action bounds. The only place that calls SB3 at check time.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from .heads import head_for
+from .load import LoadedModel
+from .strategies import MAX_MAGNITUDE, ObservationDomain
+from .tolerance import action_unit, tolerance
+
+FLOAT32_UNIT = 2.0 ** -24  # unit roundoff of float32
+
+
+
+class Reference:
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self.sb3 = loaded.sb3
+        self.algorithm = loaded.algorithm
+        self.observation_space = self.sb3.observation_space
+        self.action_space = self.sb3.action_space
+        self.obs_shape = tuple(self.observation_space.shape)
+        self.obs_dim = math.prod(self.obs_shape)
+        self.act_dim = math.prod(self.action_space.shape)
+        self.low = np.asarray(self.action_space.low, dtype=np.float64).reshape(-1)
+        self.high = np.asarray(self.action_space.high, dtype=np.float64).reshape(-1)
+        self.head = head_for(loaded)
+        self.clips = not self.head.squash  # predict() clips the mean; squashed policies unscale
+        self.domain = ObservationDomain.of_space(self.observation_space)
+
+    def predict(self, obs: np.ndarray) -> np.ndarray:
+        """`model.predict(obs, deterministic=True)` for flattened float32 rows, as float64."""
+        batch = np.asarray(obs, dtype=np.float32).reshape((-1, *self.obs_shape))
+        actions, _ = self.sb3.predict(batch.astype(self.observation_space.dtype),
+                                      deterministic=True)
+        return np.asarray(actions, dtype=np.float64).reshape(len(batch), -1)
+
+    def mean(self, obs: np.ndarray) -> np.ndarray:
+        """The pre-clip (pre-squash) mean, float32 computation, as float64."""
+        with torch.no_grad():
+            return self.head.mean(torch.as_tensor(obs, dtype=torch.float32)).double().numpy()
+
+    def _forward64(self, obs: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """The head in float64; with `rng`, every Linear output is perturbed by a simulated
+        float32 accumulation error: u * sqrt(n_in) * (|x| |W|^T + |b|) * N(0, 1)."""
+        hooks = []
+        if rng is not None:
+            def perturb(module, inputs, output):
+                (x,) = inputs
+                magnitude = x.abs() @ module.weight.abs().T
+                if module.bias is not None:
+                    magnitude = magnitude + module.bias.abs()
+                noise = torch.as_tensor(rng.standard_normal(tuple(output.shape)))
+                return output + FLOAT32_UNIT * math.sqrt(x.shape[-1]) * magnitude * noise
+
+            hooks = [m.register_forward_hook(perturb) for m in self.head.modules()
+                     if isinstance(m, torch.nn.Linear)]
+        state = {k: v.double() if v.is_floating_point() else v
+                 for k, v in {**dict(self.head.named_parameters()),
+                              **dict(self.head.named_buffers())}.items()}
+        try:
+            with torch.no_grad():
+                return torch.func.functional_call(
+                    self.head, state, (torch.as_tensor(obs, dtype=torch.float64),))
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def rounding_noise(self, obs: np.ndarray, samples: int = 4) -> np.ndarray:
+        """The oracle's own float32 rounding error per element, estimated two ways, the larger
+        kept: the measured |float32 - float64| of the computation, and a stochastic-arithmetic
+        run (`samples` float64 forwards with simulated float32 accumulation errors; seeded, so
+        the same observations give the same estimate)."""
+        exact = self._forward64(obs)
+        with torch.no_grad():
+            measured = (self.head(torch.as_tensor(obs, dtype=torch.float32)).double() - exact).abs()
+        rng = np.random.default_rng(0)
+        simulated = torch.stack([(self._forward64(obs, rng) - exact).abs()
+                                 for _ in range(samples)]).amax(dim=0)
+        return torch.maximum(measured, simulated).numpy()
+
+    def tolerance(self, obs: np.ndarray) -> np.ndarray:
+        return tolerance(self.low, self.high, self.rounding_noise(obs))
+
+    def overshoot(self, obs: np.ndarray) -> np.ndarray:
+        """Per row, how far (in action units) the pre-clip mean lies outside the bounds; <= 0 inside."""
+        if not self.clips:
+            return np.full(len(obs), -np.inf)
+        mean = self.mean(obs)
+        past = np.maximum(mean - self.high, self.low - mean) / action_unit(self.low, self.high)
+        return past.max(axis=1)
+
+    def find_out_of_bounds(self, seed: int = 0, pool: int = 4096, keep: int = 256) -> np.ndarray:
+        """Observations whose pre-clip mean leaves the action bounds, by random draws over the
+        domain and then gradient ascent on the mean toward each bound; empty if none was found."""
+        if not self.clips:
+            return np.empty((0, self.obs_dim), dtype=np.float32)
+        rng = np.random.default_rng(seed)
+        candidates = [self.domain.inside(rng, pool // 2), self.domain.beyond(rng, pool // 2),
+                      self._ascend(rng)]
+        rows = np.vstack(candidates)
+        hits = rows[self.overshoot(rows) > 0]
+        return hits[rng.permutation(len(hits))[:keep]]
+
+    def _ascend(self, rng: np.random.Generator, starts: int = 16, steps: int = 60) -> np.ndarray:
+        """Projected gradient ascent of +-mean[j] for every action element j."""
+        lower = np.clip(np.where(np.isfinite(self.domain.low),
+                                 self.domain.low - 10 * self.domain.width, -MAX_MAGNITUDE),
+                        -MAX_MAGNITUDE, None)
+        upper = np.clip(np.where(np.isfinite(self.domain.high),
+                                 self.domain.high + 10 * self.domain.width, MAX_MAGNITUDE),
+                        None, MAX_MAGNITUDE)
+        lo = torch.as_tensor(lower, dtype=torch.float32)
+        hi = torch.as_tensor(upper, dtype=torch.float32)
+        direction = torch.cat([torch.eye(self.act_dim), -torch.eye(self.act_dim)])
+        direction = direction.repeat_interleave(starts, dim=0)
+        x = torch.as_tensor(self.domain.beyond(rng, len(direction)), dtype=torch.float32)
+        x.requires_grad_(True)
+        step = (hi - lo) / steps
+        for _ in range(steps):
+            objective = (self.head.mean(x) * direction).sum()
+            (grad,) = torch.autograd.grad(objective, x)
+            with torch.no_grad():
+                x += step * torch.sign(grad)
+                x.copy_(torch.maximum(torch.minimum(x, hi), lo))
+        return x.detach().numpy()

@@ -1,0 +1,220 @@
+"""The pytest plugin of the conformance suite: options, session fixtures, report header and summary.
+
+Loaded by the repository's conftest.py. The model is opened (safely) once per session while
+pytest configures, so that a bad --model or --onnx is a usage error before any test runs; the
+export is a session fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import settings
+
+from . import __version__, spec
+from .artifact import Artifact, ArtifactError, sha256
+from .load import LoadedModel, ModelLoadError, load_model
+from .metadata import TRANSFORMS
+from .parity import ParityStats
+from .tolerance import RULE, tolerance
+
+settings.register_profile("quick", max_examples=30, deadline=None)
+settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True,
+                          database=None, print_blob=True)
+DEFAULT_PROFILE = "ci" if os.environ.get("CI") else "quick"
+settings.load_profile(DEFAULT_PROFILE)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("policy-onnx", "policy-onnx conformance (POLICY_ONNX_SPEC "
+                            f"{spec.SPEC_VERSION})")
+    group.addoption(
+        "--model", metavar="ZIP",
+        help="SB3 model .zip to check. Without --onnx the suite exports it once with its own "
+             "exporter and checks that artifact. Default: none.")
+    group.addoption(
+        "--onnx", metavar="FILE",
+        help="ONNX artifact exported elsewhere to check. With --model it is checked against that "
+             "model; alone, the clauses that need the model are skipped. Default: none.")
+    group.addoption(
+        "--action-transform", choices=TRANSFORMS, default="none",
+        help="artifact style of the suite's own export: 'none' bakes predict()'s post-processing "
+             "into the graph; 'clip' (unsquashed policies) and 'tanh' (squash_output) leave it to "
+             "the runtime. Ignored with --onnx. Default: none.")
+    group.addoption(
+        "--trust-model-code", action="store_true", default=False,
+        help="let Stable-Baselines3 unpickle everything in --model, running any code the file "
+             "holds. Only for models you trust that need custom classes. Default: off (only "
+             "allow-listed classes are unpickled).")
+
+
+@dataclass
+class SuiteState:
+    model_path: Path | None
+    onnx_path: Path | None
+    transform: str
+    loaded: LoadedModel | None
+    stats: ParityStats = field(default_factory=ParityStats)
+    exported_path: Path | None = None
+
+    @cached_property
+    def reference(self):
+        from .model import Reference
+
+        return Reference(self.loaded) if self.loaded else None
+
+    def reproduce(self, clause_id: str) -> str:
+        words = ["pytest", "conformance"]
+        if self.model_path:
+            words += ["--model", str(self.model_path)]
+        if self.onnx_path:
+            words += ["--onnx", str(self.onnx_path)]
+        elif self.transform != "none":
+            words += ["--action-transform", self.transform]
+        words += ["-k", clause_id, "--hypothesis-profile", settings.get_current_profile_name()]
+        return shlex.join(words)
+
+
+STATE = pytest.StashKey[SuiteState]()
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value).expanduser() if value else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "clause(id): the POLICY_ONNX_SPEC clause the test checks")
+    model_path = _path(config.getoption("model"))
+    onnx_path = _path(config.getoption("onnx"))
+    transform = config.getoption("action_transform")
+    try:
+        if onnx_path:
+            Artifact(onnx_path)
+        loaded = load_model(model_path, trust_code=config.getoption("trust_model_code")) \
+            if model_path else None
+        if loaded and not onnx_path:
+            from .heads import head_for
+
+            head_for(loaded, transform)
+    except (ModelLoadError, ArtifactError) as exc:
+        raise pytest.UsageError(str(exc)) from None
+    except ValueError as exc:  # a transform that does not fit the policy
+        raise pytest.UsageError(f"--action-transform {transform}: {exc}") from None
+    config.stash[STATE] = SuiteState(model_path, onnx_path, transform, loaded)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    state = config.stash[STATE]
+    if state.model_path or state.onnx_path:
+        return
+    if any(item.get_closest_marker("clause") for item in items):
+        raise pytest.UsageError(
+            "nothing to check: give --model m.zip (the suite exports it), --onnx a.onnx, "
+            "or both (e.g. pytest conformance --model m.zip)")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("clause")
+    if marker is None:
+        return
+    clause = spec.clause(marker.args[0])
+    if clause.needs_model and not item.config.stash[STATE].loaded:
+        pytest.skip(f"{clause.id} compares the artifact with the trained model: "
+                    "it needs --model m.zip")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    state = config.stash[STATE]
+    lines = [f"policy-onnx {__version__}: POLICY_ONNX_SPEC {spec.SPEC_VERSION}, "
+             f"hypothesis profile {settings.get_current_profile_name()!r}",
+             f"parity tolerance: {RULE}"]
+    if state.loaded:
+        lines.append(f"model: {state.model_path} ({state.loaded.algorithm}, "
+                     f"sha256 {sha256(state.model_path)})")
+    if state.onnx_path:
+        lines.append(f"artifact: {state.onnx_path} (sha256 {sha256(state.onnx_path)})")
+    elif state.loaded:
+        lines.append(f"artifact: exported from the model by policy-onnx at session start "
+                     f"(action_transform={state.transform})")
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    state = config.stash.get(STATE, None)
+    if state is None or not (state.stats.observations or state.exported_path):
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("policy-onnx")
+    if state.exported_path:
+        write(f"exported artifact: {state.exported_path} (sha256 {sha256(state.exported_path)})")
+    for clause_id, checked in sorted(state.stats.observations.items()):
+        write(f"{clause_id}: {checked:,} observations checked against predict(), "
+              f"{state.stats.out_of_bounds[clause_id]:,} with the mean outside the action bounds")
+
+
+# --- session fixtures -----------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def suite(pytestconfig: pytest.Config) -> SuiteState:
+    return pytestconfig.stash[STATE]
+
+
+@pytest.fixture(scope="session")
+def reference(suite: SuiteState):
+    """The trained model as the oracle (clauses that need it are skipped without --model)."""
+    if suite.reference is None:
+        pytest.skip("needs --model m.zip")
+    return suite.reference
+
+
+@pytest.fixture(scope="session")
+def artifact(suite: SuiteState, tmp_path_factory: pytest.TempPathFactory) -> Artifact:
+    """The artifact under test: --onnx, or the suite's own export of --model (once a session)."""
+    if suite.onnx_path:
+        return Artifact(suite.onnx_path)
+    from .export import export
+
+    target = tmp_path_factory.mktemp("export") / f"{suite.model_path.stem}.onnx"
+    try:
+        suite.exported_path = export(suite.loaded, target, transform=suite.transform)
+    except Exception as exc:  # the exporter's own failure, reported once per test, no traceback
+        failure = f"the exporter failed on {suite.model_path}: {type(exc).__name__}: {exc}"
+    else:
+        return Artifact(suite.exported_path)
+    pytest.fail(failure, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def probe_observations(suite: SuiteState, artifact: Artifact):
+    """A fixed mix of observations for the behaviour clauses: from the model's observation space
+    with --model, else unbounded rows of the artifact's obs_dim."""
+    from .strategies import ObservationDomain
+
+    if suite.reference is not None:
+        return suite.reference.domain.probe()
+    if artifact.obs_dim is None:
+        pytest.fail("cannot make observations: obs has no static obs_dim (see GRAPH-07)",
+                    pytrace=False)
+    return ObservationDomain.unbounded(artifact.obs_dim).probe()
+
+
+@pytest.fixture(scope="session")
+def clip_seeds(reference):
+    """Observations whose pre-clip mean leaves the action bounds (empty if none was found)."""
+    return reference.find_out_of_bounds()
+
+
+@pytest.fixture(scope="session")
+def action_tolerance(suite: SuiteState, artifact: Artifact):
+    """obs -> per-element tolerance for comparing actions: the parity rule with --model; without
+    it, the rule's fixed part in the declared action units (no oracle to measure noise)."""
+    if suite.reference is not None:
+        return suite.reference.tolerance
+    box = artifact.declared_box()
+    fixed = tolerance(box.low, box.high) if box else tolerance(-1.0, 1.0)
+    return lambda obs: np.broadcast_to(fixed, (len(obs), artifact.act_dim or 1))

@@ -1,0 +1,179 @@
+"""The clause registry of POLICY_ONNX_SPEC: the single source of every clause.
+
+The spec document's clause tables (POLICY_ONNX_SPEC.md), the parametrization of the clause tests
+in conformance/ and the sync gate of the self-tests all read CLAUSES.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+SPEC_VERSION = "1.0.0"
+
+
+class Level(enum.IntEnum):
+    BASIC = 1
+    STANDARD = 2
+    EXTENDED = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.capitalize()
+
+
+@dataclass(frozen=True)
+class Clause:
+    id: str
+    slug: str
+    level: Level
+    title: str
+    text: str
+    needs_model: bool = False
+
+    @property
+    def test_id(self) -> str:
+        """The id a clause test carries, e.g. ``META-04-action_transform``."""
+        return f"{self.id}-{self.slug}"
+
+    def __str__(self) -> str:
+        return self.test_id
+
+
+B, S = Level.BASIC, Level.STANDARD
+
+CLAUSES: tuple[Clause, ...] = (
+    # --- the graph -----------------------------------------------------------------------------
+    Clause("GRAPH-01", "onnx_checker", B, "The file is a valid ONNX model",
+           "The artifact MUST be a single ONNX file that passes `onnx.checker.check_model` with "
+           "`full_check=True` (which includes shape inference)."),
+    Clause("GRAPH-02", "runtime_loads", B, "ONNX Runtime loads the artifact on the CPU",
+           "ONNX Runtime MUST create an inference session from the artifact with the CPU "
+           "execution provider."),
+    Clause("GRAPH-03", "input_name", B, "The one required input is named `obs`",
+           "A vector policy MUST have exactly one required graph input (initializers do not "
+           "count), and it MUST be named `obs`."),
+    Clause("GRAPH-04", "output_name", B, "The one output is named `action`",
+           "A feed-forward vector policy MUST have exactly one graph output, named `action`."),
+    Clause("GRAPH-05", "input_dtype", B, "The input `obs` is float32",
+           "The element type of `obs` MUST be float32."),
+    Clause("GRAPH-06", "output_dtype", B, "The output `action` is float32",
+           "The element type of `action` MUST be float32 (Box action spaces)."),
+    Clause("GRAPH-07", "input_shape", B, "`obs` is `[batch, obs_dim]` with a static `obs_dim`",
+           "`obs` MUST have rank 2, and dimension 1 (`obs_dim`) MUST be a static positive "
+           "integer."),
+    Clause("GRAPH-08", "output_shape", B, "`action` is `[batch, act_dim]` with a static `act_dim`",
+           "`action` MUST have rank 2, and dimension 1 (`act_dim`) MUST be a static positive "
+           "integer."),
+    Clause("GRAPH-09", "input_batch_dynamic", B, "The batch dimension of `obs` is symbolic",
+           "Dimension 0 of `obs` MUST be symbolic (a `dim_param`), not a fixed size. Its name "
+           "SHOULD be `batch`."),
+    Clause("GRAPH-10", "output_batch_dynamic", B, "The batch dimension of `action` is symbolic",
+           "Dimension 0 of `action` MUST be symbolic (a `dim_param`), not a fixed size. Its name "
+           "SHOULD be `batch`."),
+    Clause("GRAPH-11", "obs_dim_matches_model", B,
+           "`obs_dim` is the flattened size of the model's observation space",
+           "`obs_dim` MUST equal the number of elements of one observation of the SB3 model's "
+           "observation space; observations are fed flattened in C order.", needs_model=True),
+    Clause("GRAPH-12", "act_dim_matches_model", B,
+           "`act_dim` is the flattened size of the model's action space",
+           "`act_dim` MUST equal the number of elements of one action of the SB3 model's action "
+           "space.", needs_model=True),
+    # --- the metadata ----------------------------------------------------------------------------
+    Clause("META-01", "clanker_policy_version", B, "`clanker_policy_version` is a 1.x version",
+           "The key `clanker_policy_version` MUST be present exactly once, and its value MUST be a "
+           "semantic version `MAJOR.MINOR.PATCH` whose major is 1."),
+    Clause("META-02", "action_space", B, "`action_space` describes the output",
+           "The key `action_space` MUST be present exactly once; its value MUST be a JSON object "
+           "with `type` \"Box\", `shape` (a list of positive integers whose product is "
+           "`act_dim`), `dtype` \"float32\", and `low` and `high`: lists of `act_dim` finite "
+           "numbers with low <= high element-wise."),
+    Clause("META-03", "action_space_matches_model", B,
+           "`action_space` is the model's action space",
+           "The declared `action_space` MUST equal the SB3 model's action space: the same type "
+           "and shape, and `low`/`high` equal to the model's bounds in float32.",
+           needs_model=True),
+    Clause("META-04", "action_transform", B, "`action_transform` is none, clip or tanh",
+           "The key `action_transform` MUST be present exactly once, with one of the values "
+           "`none`, `clip`, `tanh`. The final action is `action` as output (`none`), "
+           "`clip(action, low, high)` with the declared bounds (`clip`), or "
+           "`action * action_scale + action_offset` (`tanh`)."),
+    Clause("META-05", "action_scale", S, "`action_scale` is a list of `act_dim` numbers",
+           "The key `action_scale` MUST be present exactly once; its value MUST be a JSON array of "
+           "`act_dim` finite numbers."),
+    Clause("META-06", "action_offset", S, "`action_offset` is a list of `act_dim` numbers",
+           "The key `action_offset` MUST be present exactly once; its value MUST be a JSON array "
+           "of `act_dim` finite numbers."),
+    Clause("META-07", "training_framework", S, "`training_framework` is stable-baselines3",
+           "The key `training_framework` MUST be present exactly once, with the value "
+           "`stable-baselines3`."),
+    Clause("META-08", "recurrent", S, "`recurrent` agrees with the graph",
+           "The key `recurrent` MUST be present exactly once, with the value \"true\" or "
+           "\"false\"; it MUST be \"true\" exactly when the graph carries recurrent state (a "
+           "feed-forward policy says \"false\")."),
+    Clause("META-09", "deterministic_mode", S, "`deterministic_mode` is a string boolean",
+           "The key `deterministic_mode` MUST be present exactly once, with the value \"true\" or "
+           "\"false\". It is not read as a claim about the graph."),
+    Clause("META-10", "batch_inference", S, "`batch_inference` agrees with the graph",
+           "The key `batch_inference` MUST be present exactly once, with the value \"true\" or "
+           "\"false\"; it MUST be \"true\" exactly when the batch dimension of `obs` is "
+           "symbolic."),
+    # --- behaviour -------------------------------------------------------------------------------
+    Clause("BEH-01", "batch_sizes", S, "N observations give N actions",
+           "For every batch size N in {1, 2, 7, 64, 1000}, `action` MUST have shape "
+           "`(N, act_dim)`."),
+    Clause("BEH-02", "rows_independent", S, "Each row of a batch is computed on its own",
+           "Row i of the output for a batch MUST equal the output for row i fed alone, within the "
+           "parity tolerance."),
+    Clause("BEH-03", "repeatable", S, "The same input gives the same output",
+           "Running the same batch twice MUST give bit-identical outputs."),
+    Clause("BEH-04", "finite", S, "A finite observation gives a finite action",
+           "For every finite observation the suite draws, every element of the final action MUST "
+           "be finite."),
+    Clause("BEH-05", "within_bounds", S, "The final action lies inside the declared bounds",
+           "Every element of the final action MUST lie in the declared `[low, high]` of "
+           "`action_space`, within the parity tolerance."),
+    # --- parity ----------------------------------------------------------------------------------
+    Clause("PAR-01", "parity", S, "The final action matches `predict()`",
+           "For every observation the suite draws from the model's observation space (inside its "
+           "bounds and beyond them), the final action MUST match "
+           "`model.predict(obs, deterministic=True)` within the parity tolerance.",
+           needs_model=True),
+    Clause("PAR-02", "parity_out_of_bounds", S,
+           "The final action matches `predict()` where the mean leaves the bounds",
+           "For observations whose pre-clip mean lies outside the action bounds, the final action "
+           "MUST match `model.predict(obs, deterministic=True)` (which clips) within the parity "
+           "tolerance. The suite MUST exercise such observations, or state that the model cannot "
+           "produce any (then the clause is not applicable and is reported as skipped).",
+           needs_model=True),
+)
+
+_BY_ID = {c.id: c for c in CLAUSES}
+ID_PATTERN = re.compile(r"^[A-Z]+-\d{2}$")
+
+
+def clause(clause_id: str) -> Clause:
+    try:
+        return _BY_ID[clause_id]
+    except KeyError:
+        raise KeyError(f"no clause {clause_id!r} in POLICY_ONNX_SPEC {SPEC_VERSION}") from None
+
+
+def registry_problems() -> list[str]:
+    """Defects of the registry itself: duplicate or malformed IDs and slugs."""
+    problems = []
+    seen: dict[str, int] = {}
+    for c in CLAUSES:
+        seen[c.id] = seen.get(c.id, 0) + 1
+        if not ID_PATTERN.match(c.id):
+            problems.append(f"{c.id}: ID does not read PREFIX-NN")
+        if not re.fullmatch(r"[a-z0-9_]+", c.slug):
+            problems.append(f"{c.id}: slug {c.slug!r} is not snake_case")
+        if not re.search(r"\b(MUST|SHOULD|MAY)\b", c.text):
+            problems.append(f"{c.id}: normative text has no MUST/SHOULD/MAY")
+        if re.search(r"\b(should|test that)\b", c.title, re.IGNORECASE):
+            problems.append(f"{c.id}: title says 'should'/'test that' instead of stating behaviour")
+    problems += [f"{cid}: ID used {n} times" for cid, n in seen.items() if n > 1]
+    return problems
+

@@ -1,0 +1,53 @@
+"""The clause tables of POLICY_ONNX_SPEC.md, generated from the registry and checked against it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import spec
+
+SPEC_PATH = Path(__file__).resolve().parent.parent / "POLICY_ONNX_SPEC.md"
+BEGIN = ("<!-- BEGIN CLAUSES: generated from policy_onnx/spec.py by "
+         "`python -m policy_onnx spec --write`; edit the registry, not this table -->")
+END = "<!-- END CLAUSES -->"
+GROUPS = {"GRAPH": "Graph", "META": "Metadata", "BEH": "Behaviour", "PAR": "Parity"}
+
+
+def render() -> str:
+    lines = [BEGIN]
+    for prefix, heading in GROUPS.items():
+        lines += ["", f"### {heading}", "",
+                  "| ID | Level | Needs model | Requirement |", "| --- | --- | --- | --- |"]
+        for c in spec.CLAUSES:
+            if c.id.split("-")[0] == prefix:
+                lines.append(f"| **{c.id}** `{c.slug}` | {c.level.label} | "
+                             f"{'yes' if c.needs_model else 'no'} | **{c.title}.** {c.text} |")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def _split(text: str) -> tuple[str, str, str]:
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{SPEC_PATH.name} lacks the generated-table markers")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return head, BEGIN + rest.split(END, 1)[0] + END, tail
+
+
+def problems() -> list[str]:
+    found = list(spec.registry_problems())
+    unknown_prefixes = {c.id.split("-")[0] for c in spec.CLAUSES} - set(GROUPS)
+    found += [f"clause prefix {p} has no section in the spec document" for p in unknown_prefixes]
+    try:
+        _, table, _ = _split(SPEC_PATH.read_text())
+    except (OSError, ValueError) as exc:
+        return found + [str(exc)]
+    if table != render():
+        found.append(f"{SPEC_PATH.name}'s clause tables differ from policy_onnx/spec.py: run "
+                     "`python -m policy_onnx spec --write` and commit the result")
+    return found
+
+
+def write() -> None:
+    head, _, tail = _split(SPEC_PATH.read_text())
+    SPEC_PATH.write_text(head + render() + tail)

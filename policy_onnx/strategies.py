@@ -1,0 +1,157 @@
+"""Observations for the clauses: the drawing domain of a Box space, numpy samplers and hypothesis
+strategies over it.
+
+Regimes (stated in the spec, section "Observations"):
+- inside: every component within the space's bounds; an unbounded side is drawn with magnitude
+  log-uniform in [1e-3, MAX_MAGNITUDE];
+- beyond: components past a finite bound by a distance log-uniform in [1e-3, 10] x the bound's
+  width (at least 1), mixed with inside components; SB3's predict() does not clip observations;
+- toward_clip: observations near those whose pre-clip mean the search found outside the action
+  bounds (see `Reference.find_out_of_bounds`).
+All components are float32 and |x| <= MAX_MAGNITUDE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from hypothesis import strategies as st
+
+MAX_MAGNITUDE = 1e4
+REGIMES = ("inside", "beyond", "toward_clip")
+BULK_ROWS = 128  # numpy-drawn rows added to each hypothesis example
+MAX_EXPLICIT_ROWS = 4  # hypothesis-drawn rows, shrunk on failure
+
+
+@dataclass(frozen=True)
+class ObservationDomain:
+    low: np.ndarray  # flattened bounds, float64, may hold +-inf
+    high: np.ndarray
+
+    @classmethod
+    def of_space(cls, space) -> ObservationDomain:
+        low = np.asarray(space.low, dtype=np.float64).reshape(-1)
+        high = np.asarray(space.high, dtype=np.float64).reshape(-1)
+        return cls(low, high)
+
+    @classmethod
+    def unbounded(cls, dim: int) -> ObservationDomain:
+        return cls(np.full(dim, -np.inf), np.full(dim, np.inf))
+
+    @property
+    def dim(self) -> int:
+        return self.low.size
+
+    @property
+    def width(self) -> np.ndarray:
+        finite = np.isfinite(self.low) & np.isfinite(self.high)
+        return np.where(finite, np.maximum(self.high - self.low, 1.0), 1.0)
+
+    # --- numpy sampling ---------------------------------------------------------------------------
+    def inside(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        shape = (n, self.dim)
+        free = _log_uniform(rng, shape, 1e-3, MAX_MAGNITUDE) * rng.choice([-1.0, 1.0], shape)
+        low = np.broadcast_to(self.low, shape)
+        high = np.broadcast_to(self.high, shape)
+        bounded = np.isfinite(low) & np.isfinite(high)
+        uniform = np.where(bounded, low, 0.0) + rng.random(shape) * np.where(bounded, high - low, 0.0)
+        rows = np.where(bounded, uniform, free)
+        rows = np.where(np.isfinite(low) & ~np.isfinite(high), low + np.abs(free), rows)
+        rows = np.where(~np.isfinite(low) & np.isfinite(high), high - np.abs(free), rows)
+        return _finish(rows)
+
+    def beyond(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        shape = (n, self.dim)
+        rows = self.inside(rng, n).astype(np.float64)
+        distance = _log_uniform(rng, shape, 1e-3, 10.0) * self.width
+        below = np.broadcast_to(self.low, shape) - distance
+        above = np.broadcast_to(self.high, shape) + distance
+        side = rng.random(shape)
+        past = np.where(side < 0.5, below, above)
+        # An infinite bound has no "beyond": keep the inside draw there.
+        past = np.where(np.isfinite(past), past, rows)
+        rows = np.where(rng.random(shape) < 0.7, past, rows)
+        return _finish(rows)
+
+    def sample(self, regime: str, rng: np.random.Generator, n: int,
+               clip_seeds: np.ndarray | None = None) -> np.ndarray:
+        if regime == "toward_clip" and clip_seeds is not None and len(clip_seeds):
+            picks = clip_seeds[rng.integers(0, len(clip_seeds), n)]
+            jitter = rng.normal(0.0, 1.0, picks.shape) * 10.0 ** rng.uniform(-4, -1, (n, 1))
+            return _finish(picks * (1.0 + jitter))
+        if regime == "inside":
+            return self.inside(rng, n)
+        return self.beyond(rng, n)
+
+    def probe(self, seed: int = 0, n: int = 1000) -> np.ndarray:
+        """A fixed mix of regimes and corner values for the behaviour clauses."""
+        rng = np.random.default_rng(seed)
+        corners = [np.zeros(self.dim), np.clip(self.low, -MAX_MAGNITUDE, None),
+                   np.clip(self.high, None, MAX_MAGNITUDE), np.full(self.dim, MAX_MAGNITUDE),
+                   np.full(self.dim, -MAX_MAGNITUDE)]
+        half = (n - len(corners)) // 2
+        return np.vstack([_finish(np.array(corners)), self.inside(rng, half),
+                          self.beyond(rng, n - len(corners) - half)])
+
+    # --- hypothesis -------------------------------------------------------------------------------
+    def element(self, i: int, regime: str) -> st.SearchStrategy[float]:
+        low, high = self.low[i], self.high[i]
+        span_low = low if np.isfinite(low) else -MAX_MAGNITUDE
+        span_high = high if np.isfinite(high) else MAX_MAGNITUDE
+        inside = _floats(span_low, span_high)
+        if regime != "beyond":
+            return inside
+        reach = 10.0 * self.width[i]
+        parts = [inside]
+        if np.isfinite(low):
+            parts.append(_floats(low - reach, low))
+        if np.isfinite(high):
+            parts.append(_floats(high, high + reach))
+        return st.one_of(parts)
+
+    def rows(self, regime: str) -> st.SearchStrategy[list[list[float]]]:
+        row = st.tuples(*(self.element(i, regime) for i in range(self.dim)))
+        return st.lists(row, min_size=1, max_size=MAX_EXPLICIT_ROWS)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One hypothesis example: a few shrinkable rows, then numpy rows from a drawn seed."""
+    regime: str
+    seed: int
+    observations: np.ndarray  # float32 [n, obs_dim]
+
+    def __repr__(self) -> str:
+        return f"Batch(regime={self.regime!r}, seed={self.seed}, rows={len(self.observations)})"
+
+
+def batches(domain: ObservationDomain, regimes=REGIMES, clip_seeds: np.ndarray | None = None,
+            bulk_rows: int = BULK_ROWS) -> st.SearchStrategy[Batch]:
+    @st.composite
+    def draw_batch(draw) -> Batch:
+        regime = draw(st.sampled_from(regimes))
+        explicit_regime = "inside" if regime == "toward_clip" else regime
+        explicit = np.asarray(draw(domain.rows(explicit_regime)), dtype=np.float64)
+        if regime == "toward_clip" and clip_seeds is not None and len(clip_seeds):
+            index = draw(st.integers(0, len(clip_seeds) - 1))
+            explicit = np.vstack([clip_seeds[index:index + 1], explicit])
+        seed = draw(st.integers(0, 2**32 - 1))
+        bulk = domain.sample(regime, np.random.default_rng(seed), bulk_rows, clip_seeds)
+        return Batch(regime, seed, _finish(np.vstack([explicit, bulk])))
+
+    return draw_batch()
+
+
+def _floats(low: float, high: float) -> st.SearchStrategy[float]:
+    low = float(np.float32(max(low, -MAX_MAGNITUDE)))
+    high = float(np.float32(min(high, MAX_MAGNITUDE)))
+    return st.floats(low, high, width=32, allow_nan=False, allow_infinity=False)
+
+
+def _log_uniform(rng: np.random.Generator, shape, low: float, high: float) -> np.ndarray:
+    return 10.0 ** rng.uniform(np.log10(low), np.log10(high), shape)
+
+
+def _finish(rows: np.ndarray) -> np.ndarray:
+    return np.clip(rows, -MAX_MAGNITUDE, MAX_MAGNITUDE).astype(np.float32)

@@ -1,0 +1,101 @@
+"""Self-tests run the conformance suite the way a user does (in-process, one interpreter) and
+check its verdicts clause by clause."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# Imported once here, before any in-process run: pytester restores sys.modules after each run,
+# and torch cannot be imported twice in one process.
+import onnx  # noqa: F401
+import onnxruntime  # noqa: F401
+import pytest
+import sb3_contrib  # noqa: F401
+import stable_baselines3  # noqa: F401
+import torch  # noqa: F401
+
+import numpy as np
+
+from policy_onnx.artifact import Artifact
+from policy_onnx.export import export
+from policy_onnx.load import load_model
+from policy_onnx.model import Reference
+from fixtures.models import FIXTURES, build
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFORMANCE = ROOT / "conformance"
+REAL = ROOT.parent / "shared" / "real-models" / "clankers-cartpole"
+REAL_MODEL = REAL / "cartpole_ppo_model.zip"
+REAL_ONNX = REAL / "cartpole_ppo.onnx"
+CLAUSE_IN_NODEID = re.compile(r"\[([A-Z]+-\d{2})-[a-z0-9_]+\]$")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass
+class SuiteRun:
+    ret: int
+    stdout: str
+    stderr: str
+    verdicts: dict[str, str]  # clause ID -> passed / failed / skipped / error
+    messages: dict[str, str]  # clause ID -> failure text or skip reason
+
+    def with_outcome(self, outcome: str) -> set[str]:
+        return {cid for cid, v in self.verdicts.items() if v == outcome}
+
+
+class Conformance:
+    """Runs `pytest conformance ARGS` in-process and reads the per-clause verdicts."""
+
+    def __init__(self, pytester: pytest.Pytester):
+        self.pytester = pytester
+
+    def run(self, *args: str, profile: str = "ci") -> SuiteRun:
+        result = self.pytester.runpytest_inprocess(
+            str(CONFORMANCE), "-p", "no:cacheprovider", "--hypothesis-profile", profile, *args)
+        verdicts: dict[str, str] = {}
+        messages: dict[str, str] = {}
+        reprec = getattr(result, "reprec", None)
+        reports = reprec.getreports("pytest_runtest_logreport") if reprec else []
+        for report in reports:
+            match = CLAUSE_IN_NODEID.search(report.nodeid)
+            if not match:
+                continue
+            clause = match.group(1)
+            if report.when == "call" or report.outcome != "passed":
+                outcome = report.outcome
+                if report.when != "call" and report.outcome == "failed":
+                    outcome = "error"
+                verdicts[clause] = outcome
+                if report.outcome == "skipped":
+                    messages[clause] = report.longrepr[2]
+                elif report.outcome == "failed":
+                    messages[clause] = report.longreprtext
+        return SuiteRun(result.ret, result.stdout.str(), result.stderr.str(), verdicts, messages)
+
+
+@pytest.fixture
+def conformance(pytester: pytest.Pytester) -> Conformance:
+    return Conformance(pytester)
+
+
+@pytest.fixture(scope="session")
+def fixture_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every fixture model, built fresh for this session."""
+    out = tmp_path_factory.mktemp("fixture-models")
+    return {f.name: build(f, out) for f in FIXTURES}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pipeline_imported(fixture_models, tmp_path_factory):
+    """Run load, export, oracle and runtime once in this process, so that every module they
+    import lazily is in sys.modules before pytester's first snapshot (see the imports above)."""
+    loaded = load_model(fixture_models["ppo_default"])
+    path = export(loaded, tmp_path_factory.mktemp("warm-up") / "warm.onnx")
+    Reference(loaded).find_out_of_bounds()
+    Artifact(path).run(np.zeros((1, 4), dtype=np.float32))

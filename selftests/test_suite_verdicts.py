@@ -1,0 +1,86 @@
+"""The suite passes conforming artifacts and fails the clauses a broken artifact violates."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from fixtures.models import FIXTURES
+from policy_onnx import spec
+from policy_onnx.export import export
+from policy_onnx.load import load_model
+
+from .conftest import REAL_MODEL, REAL_ONNX, sha256
+
+ALL = {c.id for c in spec.CLAUSES}
+NEEDS_MODEL = {c.id for c in spec.CLAUSES if c.needs_model}
+# Models whose mean can never be clipped: PAR-02 is reported as not applicable.
+NO_CLIPPING = {"ppo_no_overshoot": "cannot produce a mean outside the action bounds",
+               "ppo_gsde_squash": "squashes its mean with tanh"}
+
+
+def assert_all_pass(run, skipped: dict[str, str] | None = None) -> None:
+    skipped = skipped or {}
+    assert run.with_outcome("failed") | run.with_outcome("error") == set(), run.stdout
+    assert set(run.verdicts) == ALL
+    assert run.with_outcome("skipped") == set(skipped), run.messages
+    for clause_id, reason in skipped.items():
+        assert reason in run.messages[clause_id]
+    assert run.ret == 0
+
+
+@pytest.mark.parametrize("name", [f.name for f in FIXTURES])
+def test_own_export_of_every_fixture_model_conforms(conformance, fixture_models, name):
+    run = conformance.run("--model", str(fixture_models[name]))
+    skipped = {"PAR-02": NO_CLIPPING[name]} if name in NO_CLIPPING else {}
+    assert_all_pass(run, skipped)
+    if name not in NO_CLIPPING:
+        assert "with the mean outside the action bounds" in run.stdout
+
+
+def test_real_pair_conforms_as_given(conformance):
+    before = sha256(REAL_MODEL), sha256(REAL_ONNX)
+    run = conformance.run("--model", str(REAL_MODEL), "--onnx", str(REAL_ONNX))
+    assert_all_pass(run)
+    assert (sha256(REAL_MODEL), sha256(REAL_ONNX)) == before
+
+
+def test_real_model_through_our_exporter_conforms(conformance):
+    assert_all_pass(conformance.run("--model", str(REAL_MODEL)))
+
+
+def test_onnx_alone_skips_exactly_the_clauses_that_need_the_model(conformance):
+    run = conformance.run("--onnx", str(REAL_ONNX))
+    assert_all_pass(run, {cid: "needs --model" for cid in NEEDS_MODEL})
+
+
+@pytest.mark.parametrize("transform, name", [("clip", "ppo_asymmetric_relu"),
+                                             ("tanh", "ppo_gsde_squash")])
+def test_runtime_side_transforms_conform(conformance, fixture_models, transform, name):
+    run = conformance.run("--model", str(fixture_models[name]), "--action-transform", transform)
+    assert_all_pass(run, {"PAR-02": NO_CLIPPING[name]} if name in NO_CLIPPING else {})
+
+
+def unclamped(model_path, out_dir):
+    """The raw Gaussian mean exported while the metadata claims the clamp is baked in."""
+    path = export(load_model(model_path), out_dir / "unclamped.onnx", transform="clip")
+    proto = onnx.load(str(path))
+    for entry in proto.metadata_props:
+        if entry.key == "action_transform":
+            entry.value = "none"
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.mark.parametrize("model", ["real", "ppo_default", "ppo_asymmetric_relu"])
+def test_missing_clamp_fails_parity(conformance, fixture_models, tmp_path, model):
+    model_path = REAL_MODEL if model == "real" else fixture_models[model]
+    run = conformance.run("--model", str(model_path), "--onnx", str(unclamped(model_path, tmp_path)))
+    assert run.with_outcome("failed") == {"PAR-01", "PAR-02", "BEH-05"}, run.messages
+    assert run.ret == 1
+    message = run.messages["PAR-02"]
+    for part in ("[PAR-02] max |final - predict| =", "obs       = [", "predict   = [",
+                 "pre-clip mean = [", "Reproduce: pytest conformance --model",
+                 "@reproduce_failure(", "clamp to the action bounds is missing"):
+        assert part in message
+    assert "Traceback" not in message
