@@ -50,7 +50,7 @@ def export(loaded: LoadedModel, output: str | Path, *, transform: str = "none") 
 def _quiet():
     """The exporter narrates every pass on stdout and warns about torchvision; keep that out of
     the suite's report."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo")]
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

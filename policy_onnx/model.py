@@ -48,44 +48,49 @@ class Reference:
         with torch.no_grad():
             return self.head.mean(torch.as_tensor(obs, dtype=torch.float32)).double().numpy()
 
-    def _forward64(self, obs: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
-        """The head in float64; with `rng`, every Linear output is perturbed by a simulated
-        float32 accumulation error: u * sqrt(n_in) * (|x| |W|^T + |b|) * N(0, 1)."""
-        hooks = []
-        if rng is not None:
-            def perturb(module, inputs, output):
-                (x,) = inputs
-                magnitude = x.abs() @ module.weight.abs().T
-                if module.bias is not None:
-                    magnitude = magnitude + module.bias.abs()
-                noise = torch.as_tensor(rng.standard_normal(tuple(output.shape)))
-                return output + FLOAT32_UNIT * math.sqrt(x.shape[-1]) * magnitude * noise
-
-            hooks = [m.register_forward_hook(perturb) for m in self.head.modules()
-                     if isinstance(m, torch.nn.Linear)]
-        state = {k: v.double() if v.is_floating_point() else v
-                 for k, v in {**dict(self.head.named_parameters()),
-                              **dict(self.head.named_buffers())}.items()}
-        try:
-            with torch.no_grad():
-                return torch.func.functional_call(
-                    self.head, state, (torch.as_tensor(obs, dtype=torch.float64),))
-        finally:
-            for hook in hooks:
-                hook.remove()
+    @cached_property
+    def _state64(self) -> dict[str, torch.Tensor]:
+        tensors = {**dict(self.head.named_parameters()), **dict(self.head.named_buffers())}
+        return {k: v.detach().double() if v.is_floating_point() else v for k, v in tensors.items()}
 
     def rounding_noise(self, obs: np.ndarray, samples: int = 4) -> np.ndarray:
         """The oracle's own float32 rounding error per element, estimated two ways, the larger
-        kept: the measured |float32 - float64| of the computation, and a stochastic-arithmetic
-        run (`samples` float64 forwards with simulated float32 accumulation errors; seeded, so
-        the same observations give the same estimate)."""
-        exact = self._forward64(obs)
+        kept: the measured |float32 - float64| of the computation, and stochastic arithmetic:
+        `samples` float64 forwards in which every Linear output is perturbed by a simulated
+        float32 accumulation error u * sqrt(n_in) * (|x| |W|^T + |b|) * N(0, 1) (seeded, so the
+        same observations give the same estimate). One batched pass holds the exact rows and
+        the perturbed copies."""
+        n = len(obs)
+        rng = np.random.default_rng(0)
+
+        def perturb(module, inputs, output):
+            (x,) = inputs
+            magnitude = x[n:].abs() @ module.weight.abs().T
+            if module.bias is not None:
+                magnitude = magnitude + module.bias.abs()
+            noise = torch.as_tensor(rng.standard_normal(tuple(magnitude.shape)))
+            scale = FLOAT32_UNIT * math.sqrt(x.shape[-1])
+            return torch.cat([output[:n], output[n:] + scale * magnitude * noise])
+
+        hooks = [m.register_forward_hook(perturb) for m in self.head.modules()
+                 if isinstance(m, torch.nn.Linear)]
+        rows = torch.as_tensor(np.tile(obs, (samples + 1, 1)), dtype=torch.float64)
+        try:
+            with torch.no_grad():
+                out = torch.func.functional_call(self.head, self._state64, (rows,))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        exact = out[:n]
+        simulated = (out[n:].reshape(samples, n, -1) - exact).abs().amax(dim=0)
         with torch.no_grad():
             measured = (self.head(torch.as_tensor(obs, dtype=torch.float32)).double() - exact).abs()
-        rng = np.random.default_rng(0)
-        simulated = torch.stack([(self._forward64(obs, rng) - exact).abs()
-                                 for _ in range(samples)]).amax(dim=0)
         return torch.maximum(measured, simulated).numpy()
+
+    @property
+    def fixed_tolerance(self) -> np.ndarray:
+        """The tolerance without its noise term: what every observation is allowed at least."""
+        return tolerance(self.low, self.high)
 
     def tolerance(self, obs: np.ndarray) -> np.ndarray:
         return tolerance(self.low, self.high, self.rounding_noise(obs))

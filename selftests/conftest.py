@@ -60,8 +60,10 @@ class Conformance:
             str(CONFORMANCE), "-p", "no:cacheprovider", "--hypothesis-profile", profile, *args)
         verdicts: dict[str, str] = {}
         messages: dict[str, str] = {}
+        # A run that stopped with a usage error has no hook recorder.
         reprec = getattr(result, "reprec", None)
-        reports = reprec.getreports("pytest_runtest_logreport") if reprec else []
+        reports = reprec.getreports("pytest_runtest_logreport") \
+            if hasattr(reprec, "getreports") else []
         for report in reports:
             match = CLAUSE_IN_NODEID.search(report.nodeid)
             if not match:
