@@ -111,24 +111,19 @@ def _version(value: str, artifact) -> list[str]:
     return []
 
 
-def _action_space(value: str, artifact) -> list[str]:
-    try:
-        parse_box(value, artifact.act_dim)
-    except ValueError as exc:
-        return [str(exc)]
-    return []
+def _parses(parse: Callable[[str, int | None], object]) -> Callable[[str, object], list[str]]:
+    """A checker from a parser that raises ValueError naming the defect."""
+    def check(value: str, artifact) -> list[str]:
+        try:
+            parse(value, artifact.act_dim)
+        except ValueError as exc:
+            return [str(exc)]
+        return []
+    return check
 
 
 def _transform(value: str, artifact) -> list[str]:
     return [] if value in TRANSFORMS else [f"{value!r} is not one of {', '.join(TRANSFORMS)}"]
-
-
-def _number_array_check(value: str, artifact) -> list[str]:
-    try:
-        number_array(value, artifact.act_dim)
-    except ValueError as exc:
-        return [str(exc)]
-    return []
 
 
 def _framework(value: str, artifact) -> list[str]:
@@ -164,10 +159,10 @@ def _batch(value: str, artifact) -> list[str]:
 
 CHECKS: dict[str, Callable[[str, object], list[str]]] = {
     "clanker_policy_version": _version,
-    "action_space": _action_space,
+    "action_space": _parses(parse_box),
     "action_transform": _transform,
-    "action_scale": _number_array_check,
-    "action_offset": _number_array_check,
+    "action_scale": _parses(number_array),
+    "action_offset": _parses(number_array),
     "training_framework": _framework,
     "recurrent": _recurrent,
     "deterministic_mode": _deterministic,

@@ -86,6 +86,13 @@ def conformance(pytester: pytest.Pytester) -> Conformance:
     return Conformance(pytester)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _real_pair_present():
+    if not (REAL_MODEL.is_file() and REAL_ONNX.is_file()):
+        pytest.exit(f"the self-tests need the real model pair in {REAL}: check out this "
+                    "repository beside the project's shared/ folder", returncode=4)
+
+
 @pytest.fixture(scope="session")
 def fixture_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every fixture model, built fresh for this session."""

@@ -33,6 +33,15 @@ def _sac_zip(path):
     return path
 
 
+def _discrete_ppo_zip(path):
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+
+    env = SpacesEnv(box(-1.0, 1.0, (3,)), gym.spaces.Discrete(3))
+    PPO("MlpPolicy", env, seed=0, device="cpu").save(path)
+    return path
+
+
 def _custom_class_zip(path):
     from stable_baselines3 import PPO
 
@@ -62,6 +71,8 @@ MODEL_CASES = {
                          ["no 'data' entry, so it is not an SB3 model"]),
     "unsupported algorithm": (lambda p: _sac_zip(p / "sac.zip"),
                               ["SAC models are not supported yet", "supported: PPO, A2C, TRPO"]),
+    "unsupported action space": (lambda p: _discrete_ppo_zip(p / "discrete.zip"),
+                                 ["action space Discrete(3) is not supported yet"]),
     "class outside the allow-list": (
         lambda p: _custom_class_zip(p / "custom.zip"),
         ["refused to unpickle selftests.test_bad_input.CustomActivation from 'policy_kwargs'",
