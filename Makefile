@@ -10,7 +10,7 @@ MODEL ?= $(FIXTURES_DIR)/ppo_default.zip
 ONNX ?=
 PROFILE ?= ci
 
-.PHONY: install fixtures conformance test bench spec clean
+.PHONY: install fixtures conformance test mutation bench spec clean
 
 install: $(INSTALLED)
 
@@ -30,8 +30,12 @@ conformance: $(INSTALLED) $(if $(filter $(FIXTURES_DIR)/%,$(MODEL)),$(FIXTURES))
 	$(PY) -m pytest conformance $(if $(MODEL),--model $(MODEL)) $(if $(ONNX),--onnx $(ONNX)) \
 		--hypothesis-profile $(PROFILE)
 
-test: $(INSTALLED) $(FIXTURES)
+test: $(INSTALLED)
 	$(PY) -m pytest selftests --hypothesis-profile $(PROFILE)
+
+# The mutant self-tests alone, with their report (they are part of `make test` too).
+mutation: $(INSTALLED)
+	$(PY) -m pytest selftests/test_mutants.py --hypothesis-profile $(PROFILE)
 
 bench: $(INSTALLED)
 	$(PY) bench/bench.py

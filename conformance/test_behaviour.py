@@ -24,9 +24,13 @@ def test_batch_sizes(clause, artifact, probe_observations):
 def test_rows_independent(clause, artifact, probe_observations, action_tolerance):
     obs = probe_observations[:64]
     with running(clause):
-        batched = artifact.run(obs)
-        alone = np.vstack([artifact.run(row[None]) for row in obs])
-    bad = ~(np.abs(batched - alone) <= action_tolerance(obs))
+        batched = artifact.run(obs).reshape(len(obs), -1)
+        alone = np.vstack([artifact.run(row[None]).reshape(1, -1) for row in obs])
+    tolerance = action_tolerance(obs)
+    if tolerance.shape != batched.shape:  # an output of another width: BEH-01's concern
+        tolerance = tolerance.max(axis=1, keepdims=True)
+    same = (np.abs(batched - alone) <= tolerance) | (np.isnan(batched) & np.isnan(alone))
+    bad = ~same
     if bad.any():
         i = int(np.argmax(bad.any(axis=1)))
         fail(clause, f"row {i} of a batch of {len(obs)} gives {batched[i].tolist()}, alone it "
@@ -63,8 +67,12 @@ def test_within_bounds(clause, artifact, probe_observations, action_tolerance):
         fail(clause, "action_space is missing or malformed, so there are no bounds (see META-02)")
     with running(clause):
         final = artifact.final_action(probe_observations)
+    if final.shape != (len(probe_observations), box.low.size):
+        fail(clause, f"the final action has shape {final.shape} for {len(probe_observations)} "
+                     f"observations and {box.low.size} declared bounds (see BEH-01, META-02)")
     slack = action_tolerance(probe_observations)
-    outside = (final < box.low - slack) | (final > box.high + slack)
+    # Written as "not inside" so that NaN counts as outside.
+    outside = ~((final >= box.low - slack) & (final <= box.high + slack))
     if outside.any():
         i = int(np.argmax(outside.any(axis=1)))
         fail(clause, f"{int(outside.any(axis=1).sum())} of {len(final)} final actions leave "

@@ -33,4 +33,7 @@ def running(clause: spec.Clause):
     try:
         yield
     except ArtifactError as exc:
-        fail(clause, str(exc))
+        problem = str(exc)
+    else:
+        return
+    fail(clause, problem)  # outside the except block: no chained traceback in the report

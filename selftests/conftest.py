@@ -18,12 +18,17 @@ import stable_baselines3  # noqa: F401
 import torch  # noqa: F401
 
 import numpy as np
+from hypothesis import Phase, settings
 
 from policy_onnx.artifact import Artifact
 from policy_onnx.export import export
 from policy_onnx.load import load_model
 from policy_onnx.model import Reference
 from fixtures.models import FIXTURES, build
+
+# Mutants are judged by which clauses fail, not by the minimal example: skip shrinking there.
+settings.register_profile("mutation", parent=settings.get_profile("ci"),
+                          phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target])
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFORMANCE = ROOT / "conformance"
@@ -108,3 +113,14 @@ def _pipeline_imported(fixture_models, tmp_path_factory):
     path = export(loaded, tmp_path_factory.mktemp("warm-up") / "warm.onnx")
     Reference(loaded).find_out_of_bounds()
     Artifact(path).run(np.zeros((1, 4), dtype=np.float32))
+
+
+def pytest_terminal_summary(terminalreporter):
+    from policy_onnx import spec
+
+    from .mutants import REPORT
+
+    if REPORT.runs:
+        terminalreporter.section("mutation report")
+        for line in REPORT.lines([c.id for c in spec.CLAUSES]):
+            terminalreporter.write_line(line)

@@ -1,0 +1,76 @@
+"""Every clause can fail: each mutant fails exactly the clauses it declares, and every conforming
+variant passes everything."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from policy_onnx import spec
+from policy_onnx.export import export
+from policy_onnx.load import load_model
+
+from .mutants import CONFORMING, MUTANTS, REPORT, USAGE_ERROR, Mutant
+
+# Clauses no artifact can violate on its own, with the reason (none so far).
+UNKILLABLE: dict[str, str] = {}
+
+
+
+@pytest.fixture(scope="session")
+def base_exports(fixture_models, tmp_path_factory):
+    """Conforming exports of the fixture models, made once: (model, transform) -> ONNX bytes."""
+    out = tmp_path_factory.mktemp("base-exports")
+    cache = {}
+
+    def get(model: str, transform: str) -> bytes:
+        if (model, transform) not in cache:
+            path = export(load_model(fixture_models[model]), out / f"{model}-{transform}.onnx",
+                          transform=transform)
+            cache[model, transform] = path.read_bytes()
+        return cache[model, transform]
+
+    return get
+
+
+def materialize(mutant: Mutant, base_exports, directory) -> str:
+    result = mutant.mutate(onnx.load_from_string(base_exports(mutant.model, mutant.transform)))
+    path = directory / f"{mutant.name}.onnx"
+    path.write_bytes(result if isinstance(result, bytes) else result.SerializeToString())
+    return str(path)
+
+
+@pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name)
+def test_mutant_fails_exactly_its_clauses(conformance, fixture_models, base_exports, tmp_path,
+                                          mutant):
+    run = conformance.run("--model", str(fixture_models[mutant.model]),
+                          "--onnx", materialize(mutant, base_exports, tmp_path),
+                          profile="mutation")
+    if mutant.kills == USAGE_ERROR:
+        REPORT.record(mutant, None if run.ret == 4 else set(run.verdicts))
+        assert run.ret == 4 and "pass the .onnx file written by the exporter" in run.stderr, \
+            run.stdout + run.stderr
+        return
+    failed = run.with_outcome("failed") | run.with_outcome("error")
+    REPORT.record(mutant, failed)
+    unexpected = {cid: run.messages.get(cid, "")[:400] for cid in failed - mutant.kills}
+    assert failed == mutant.kills, (
+        f"survived: {sorted(mutant.kills - failed)}; killed undeclared: {unexpected}")
+
+
+@pytest.mark.parametrize("variant", CONFORMING, ids=lambda m: m.name)
+def test_conforming_variant_passes(conformance, fixture_models, base_exports, tmp_path, variant):
+    run = conformance.run("--model", str(fixture_models[variant.model]),
+                          "--onnx", materialize(variant, base_exports, tmp_path),
+                          profile="mutation")
+    assert run.with_outcome("failed") | run.with_outcome("error") == set(), run.messages
+    assert run.ret == 0
+
+
+def test_every_clause_is_killed_by_a_declared_mutant():
+    declared = set().union(*(m.kills for m in MUTANTS if m.kills != USAGE_ERROR))
+    missing = [c.id for c in spec.CLAUSES if c.id not in declared and c.id not in UNKILLABLE]
+    assert missing == []
+    assert set(UNKILLABLE) <= {c.id for c in spec.CLAUSES}
+    names = [m.name for m in (*MUTANTS, *CONFORMING)]
+    assert len(names) == len(set(names))
