@@ -9,6 +9,7 @@ is the META clauses' job; behaviour and parity judge the policy a runtime would 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +18,10 @@ import numpy as np
 import onnx
 
 from . import metadata
+
+
+MAX_ARTIFACT_BYTES = 2 * 2**30  # the file and its external data: far beyond any vector policy
+SIZE_FIX = "check that this is the policy artifact (a vector policy is far smaller)"
 
 
 class ArtifactError(Exception):
@@ -64,6 +69,9 @@ def read_proto(path: Path) -> onnx.ModelProto:
         raise ArtifactError(f"--onnx {path}: is a directory, not a file; {fix}")
     if path.stat().st_size == 0:
         raise ArtifactError(f"--onnx {path}: the file is empty; {fix}")
+    if path.stat().st_size > MAX_ARTIFACT_BYTES:
+        raise ArtifactError(f"--onnx {path}: refused: {path.stat().st_size:,} bytes, over the "
+                            f"suite's limit of {MAX_ARTIFACT_BYTES:,}; {SIZE_FIX}")
     try:
         proto = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends
@@ -71,7 +79,30 @@ def read_proto(path: Path) -> onnx.ModelProto:
                             f"{fix}") from None
     if not proto.HasField("graph") or not proto.graph.output:
         raise ArtifactError(f"--onnx {path}: not an ONNX model (no graph with outputs); {fix}")
+    _check_external_data(path, proto)
     return proto
+
+
+def _check_external_data(path: Path, proto: onnx.ModelProto) -> None:
+    """External data must stay inside the artifact's folder, and the total within the limit."""
+    folder = path.parent.resolve()
+    total = path.stat().st_size
+    for tensor in proto.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise ArtifactError(
+                f"--onnx {path}: initializer {tensor.name!r} keeps its data at {location!r}, "
+                "outside the artifact's folder; the suite will not read it. Save the model as "
+                "one file, or with its external data beside it")
+        declared = int(info.get("length", 0) or 0)
+        total += declared or (target.stat().st_size if target.is_file() else 0)
+    if total > MAX_ARTIFACT_BYTES:
+        raise ArtifactError(f"--onnx {path}: refused: {total:,} bytes with its external data, "
+                            f"over the suite's limit of {MAX_ARTIFACT_BYTES:,}; {SIZE_FIX}")
 
 
 class Artifact:
@@ -133,7 +164,14 @@ class Artifact:
         try:
             return ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise ArtifactError(f"ONNX Runtime cannot load {self.path}: {exc}") from None
+            # ORT prefixes its message with an error code, a source location and a C++ signature.
+            cause = " ".join(str(exc).split())
+            cause = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", cause)
+            cause = re.sub(r"\S+\.(?:cc|h):\d+ \S+\(.*?\) ", "", cause)
+            raise ArtifactError(
+                f"ONNX Runtime {ort.__version__} cannot load {self.path}: {cause}. Export with "
+                "standard ONNX operators, an IR version and opsets this runtime supports "
+                "(torch's default exporter writes IR 10, opset 20)") from None
 
     def run(self, obs: np.ndarray) -> np.ndarray:
         """The action output for a batch of flattened observations, as float64."""

@@ -12,6 +12,7 @@ import base64
 import importlib
 import io
 import json
+import math
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -24,6 +25,11 @@ class ModelLoadError(Exception):
 
 
 SUPPORTED_ALGORITHMS = ("PPO", "A2C", "TRPO")
+
+# Resource limits: refuse, rather than attempt, what would exhaust memory.
+MAX_DATA_BYTES = 64 * 2**20  # the `data` JSON entry, uncompressed
+MAX_ZIP_BYTES = 2 * 2**30  # all entries, uncompressed
+MAX_SPACE_ELEMENTS = 2**20  # one observation or action (an 84x84x3 image is 21,168)
 
 # Entries inference needs; unpickled through the allow-list.
 NEEDED_KEYS = ("observation_space", "action_space", "policy_class", "policy_kwargs")
@@ -114,6 +120,7 @@ def read_data(path: Path) -> dict:
             if "data" not in archive.namelist():
                 raise ModelLoadError(
                     f"--model {path}: zip has no 'data' entry, so it is not an SB3 model; {fix}")
+            _check_sizes(path, archive)
             data = json.loads(archive.read("data"))
     except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
         raise ModelLoadError(f"--model {path}: unreadable SB3 'data' entry ({exc}); {fix}") from None
@@ -122,31 +129,53 @@ def read_data(path: Path) -> dict:
     return data
 
 
+def _check_sizes(path: Path, archive: zipfile.ZipFile) -> None:
+    total = sum(info.file_size for info in archive.infolist())
+    if archive.getinfo("data").file_size > MAX_DATA_BYTES or total > MAX_ZIP_BYTES:
+        raise ModelLoadError(
+            f"--model {path}: refused: the zip unpacks to {total:,} bytes ('data': "
+            f"{archive.getinfo('data').file_size:,}), over the suite's limits of "
+            f"{MAX_ZIP_BYTES:,} and {MAX_DATA_BYTES:,}; check that this is the model file (an SB3 "
+            "policy zip is far smaller)")
+
+
 def _is_serialized(value: Any) -> bool:
     return isinstance(value, dict) and ":serialized:" in value
 
 
-def safe_custom_objects(path: Path, data: dict) -> dict[str, Any]:
-    """Values for every serialized entry, so that SB3 unpickles none of them itself."""
+def inference_objects(path: Path, data: dict, trust_code: bool) -> dict[str, Any]:
+    """Values for the serialized entries, handed to SB3 as `custom_objects`.
+
+    By default every serialized entry gets one, so that SB3 unpickles none of them itself: the
+    entries inference needs through the allow-list, the others a harmless default. With
+    `trust_code`, the needed entries are unpickled by cloudpickle and SB3 unpickles the rest.
+    """
     objects: dict[str, Any] = {}
     for key, value in data.items():
         if not _is_serialized(value):
             continue
         if key in NEEDED_KEYS:
-            try:
-                objects[key] = safe_unpickle(value[":serialized:"])
-            except RefusedGlobal as refused:
-                raise ModelLoadError(
-                    f"--model {path}: refused to unpickle {refused.qualified_name} from "
-                    f"'{key}': it is not a class inference needs, and loading it could run code. "
-                    "If you trust this file, rerun with --trust-model-code") from None
-            except Exception as exc:  # corrupt payloads: base64, pickle or reconstruction errors
-                raise ModelLoadError(
-                    f"--model {path}: '{key}' cannot be read ({type(exc).__name__}: {exc}); "
-                    "re-save the model with model.save()") from None
-        else:
+            objects[key] = _unpickle_needed(path, key, value[":serialized:"], trust_code)
+        elif not trust_code:
             objects[key] = 0.0 if key in SCHEDULE_KEYS else None
     return objects
+
+
+def _unpickle_needed(path: Path, key: str, payload: str, trust_code: bool) -> Any:
+    try:
+        if trust_code:
+            import cloudpickle
+
+            return cloudpickle.loads(base64.b64decode(payload))
+        return safe_unpickle(payload)
+    except RefusedGlobal as refused:
+        problem = (f"refused to unpickle {refused.qualified_name} from '{key}': it is not a "
+                   "class inference needs, and loading it could run code. If you trust this "
+                   "file, rerun with --trust-model-code")
+    except Exception as exc:  # corrupt payloads: base64, pickle or reconstruction errors
+        problem = (f"'{key}' cannot be read ({type(exc).__name__}: {exc}); re-save the model "
+                   "with model.save()")
+    raise ModelLoadError(f"--model {path}: {problem}")
 
 
 def detect_algorithm(path: Path, data: dict, policy_class: Any) -> str:
@@ -175,6 +204,7 @@ def _algorithm_class(algorithm: str) -> Any:
 
 
 def check_spaces(path: Path, observation_space: Any, action_space: Any) -> None:
+    """Supported, consistent and small enough to check, before any network is built."""
     import gymnasium
     import numpy as np
 
@@ -187,39 +217,44 @@ def check_spaces(path: Path, observation_space: Any, action_space: Any) -> None:
         raise ModelLoadError(
             f"--model {path}: action space {action_space} is not supported yet "
             "(supported: Box)")
+    for name, space in (("observation", observation_space), ("action", action_space)):
+        shape = tuple(space.shape)
+        elements = math.prod(shape)
+        if elements > MAX_SPACE_ELEMENTS:
+            raise ModelLoadError(
+                f"--model {path}: refused: the {name} space has {elements:,} elements, over the "
+                f"suite's limit of {MAX_SPACE_ELEMENTS:,}; policies with observations this large "
+                "are not supported")
+        if np.shape(space.low) != shape or np.shape(space.high) != shape:
+            raise ModelLoadError(
+                f"--model {path}: the {name} space is inconsistent: shape {shape}, bounds of "
+                f"shape {np.shape(space.low)} and {np.shape(space.high)}")
 
 
 def load_model(path: str | Path, *, trust_code: bool = False) -> LoadedModel:
-    """Load an SB3 model for inference on the CPU, unpickling only allow-listed classes."""
+    """Load an SB3 model for inference on the CPU, unpickling only allow-listed classes (or,
+    with `trust_code`, everything)."""
     path = Path(path)
     data = read_data(path)
-    missing = [k for k in ("observation_space", "action_space", "policy_class") if k not in data]
+    missing = [k for k in ("observation_space", "action_space", "policy_class")
+               if not _is_serialized(data.get(k))]
     if missing:
         raise ModelLoadError(
             f"--model {path}: 'data' lacks {', '.join(missing)}, so it is not an SB3 model; "
             "pass the .zip written by model.save()")
-    if trust_code:
-        objects = None
-        policy_class = _trusted_policy_class(path, data)
-    else:
-        objects = safe_custom_objects(path, data)
-        policy_class = objects.get("policy_class")
-    algorithm = detect_algorithm(path, data, policy_class)
+    objects = inference_objects(path, data, trust_code)
+    check_spaces(path, objects["observation_space"], objects["action_space"])
+    algorithm = detect_algorithm(path, data, objects["policy_class"])
     try:
         sb3 = _algorithm_class(algorithm).load(path, device="cpu", custom_objects=objects)
     except Exception as exc:
         raise ModelLoadError(
             f"--model {path}: Stable-Baselines3 could not load it as {algorithm} "
-            f"({type(exc).__name__}: {exc}); re-save the model with model.save()") from None
-    check_spaces(path, sb3.observation_space, sb3.action_space)
+            f"({type(exc).__name__}: {_one_line(exc)}); re-save the model with model.save()"
+        ) from None
     return LoadedModel(path=path, algorithm=algorithm, sb3=sb3)
 
 
-def _trusted_policy_class(path: Path, data: dict) -> Any:
-    """The policy class, unpickled by cloudpickle: only with --trust-model-code."""
-    import cloudpickle
-
-    try:
-        return cloudpickle.loads(base64.b64decode(data["policy_class"][":serialized:"]))
-    except Exception as exc:
-        raise ModelLoadError(f"--model {path}: 'policy_class' cannot be read ({exc})") from None
+def _one_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."

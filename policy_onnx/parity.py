@@ -105,9 +105,7 @@ def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, 
         parity_holds()
     except Mismatch as mismatch:
         notes = [n for n in getattr(mismatch, "__notes__", []) if "reproduce_failure" in n]
-        verdict = "\n".join([str(mismatch), f"Reproduce: {reproduce}", *notes, LIKELY_CAUSES])
+        check.fail(clause, "\n".join([str(mismatch), f"Reproduce: {reproduce}", *notes,
+                                      LIKELY_CAUSES]))
     except ArtifactError as exc:
-        verdict = str(exc)
-    else:
-        return
-    check.fail(clause, verdict)  # outside the except blocks: no chained traceback in the report
+        check.fail(clause, str(exc))

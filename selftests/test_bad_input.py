@@ -3,8 +3,14 @@ traceback, and the user's files are left byte-identical."""
 
 from __future__ import annotations
 
+import base64
+import json
+import pickle
 import zipfile
 
+import gymnasium as gym
+import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -42,6 +48,32 @@ def _discrete_ppo_zip(path):
     return path
 
 
+def _edited_real_zip(path, edit):
+    with zipfile.ZipFile(REAL_MODEL) as archive:
+        entries = {n: archive.read(n) for n in archive.namelist()}
+    edit(entries)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, content in entries.items():
+            archive.writestr(name, content)
+    return path
+
+
+def _truncate_weights(entries):
+    entries["policy.pth"] = entries["policy.pth"][: len(entries["policy.pth"]) // 2]
+
+
+def _huge_data(entries):
+    entries["data"] = b" " * (65 * 2**20) + entries["data"]
+
+
+def _billion_element_observations(entries):
+    data = json.loads(entries["data"])
+    space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+    space._shape = (10**9,)  # the bounds stay small: only the declared shape is huge
+    data["observation_space"][":serialized:"] = base64.b64encode(pickle.dumps(space)).decode()
+    entries["data"] = json.dumps(data).encode()
+
+
 def _custom_class_zip(path):
     from stable_baselines3 import PPO
 
@@ -73,6 +105,13 @@ MODEL_CASES = {
                               ["SAC models are not supported yet", "supported: PPO, A2C, TRPO"]),
     "unsupported action space": (lambda p: _discrete_ppo_zip(p / "discrete.zip"),
                                  ["action space Discrete(3) is not supported yet"]),
+    "truncated weights": (lambda p: _edited_real_zip(p / "m.zip", _truncate_weights),
+                          ["Stable-Baselines3 could not load it as PPO", "re-save the model"]),
+    "a 65 MiB data entry": (lambda p: _edited_real_zip(p / "m.zip", _huge_data),
+                            ["refused: the zip unpacks to", "over the suite's limits"]),
+    "a billion-element observation space": (
+        lambda p: _edited_real_zip(p / "m.zip", _billion_element_observations),
+        ["refused: the observation space has 1,000,000,000 elements"]),
     "class outside the allow-list": (
         lambda p: _custom_class_zip(p / "custom.zip"),
         ["refused to unpickle selftests.test_bad_input.CustomActivation from 'policy_kwargs'",
@@ -89,13 +128,68 @@ def test_bad_model(conformance, tmp_path, case):
     assert (sha256(path) if path.is_file() else None) == before
 
 
+EXPORTER_FIX = "pass the .onnx file written by the exporter"
 ONNX_CASES = {
-    "missing": (lambda p: p / "absent.onnx", ["no such file"]),
-    "empty": (lambda p: _file(p / "a.onnx", b""), ["the file is empty"]),
+    "missing": (lambda p: p / "absent.onnx", ["no such file", EXPORTER_FIX]),
+    "empty": (lambda p: _file(p / "a.onnx", b""), ["the file is empty", EXPORTER_FIX]),
     "not onnx": (lambda p: _file(p / "a.onnx", b"\x00\xffnot a protobuf" * 8),
-                 ["not an ONNX model"]),
-    "a model zip": (lambda p: REAL_MODEL, ["not an ONNX model"]),
+                 ["not an ONNX model", EXPORTER_FIX]),
+    "a model zip": (lambda p: REAL_MODEL, ["not an ONNX model", EXPORTER_FIX]),
+    "truncated": (lambda p: _file(p / "a.onnx", REAL_ONNX.read_bytes()[:300]),
+                  ["not an ONNX model", EXPORTER_FIX]),
+    "external data outside its folder": (
+        lambda p: _with_external_data(p, "../secret.bin", 64),
+        ["keeps its data at '../secret.bin', outside the artifact's folder"]),
+    "a multi-GB initializer": (lambda p: _with_external_data(p, "weights.bin", 3 * 2**30),
+                               ["refused:", "over the suite's limit", "check that this is"]),
 }
+
+
+def _with_external_data(directory, location: str, length: int):
+    """The real artifact with its first initializer stored externally at `location`."""
+    proto = onnx.load(str(REAL_ONNX))
+    tensor = proto.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    del tensor.float_data[:]
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(length))):
+        tensor.external_data.add(key=key, value=value)
+    folder = directory / "artifact"
+    folder.mkdir()
+    onnx.save(proto, str(folder / "a.onnx"))
+    return folder / "a.onnx"
+
+
+RUNNING = {"GRAPH-02", "BEH-01", "BEH-02", "BEH-03", "BEH-04", "BEH-05"}
+UNLOADABLE = {  # artifacts ONNX Runtime refuses: failing clauses with a one-line cause
+    "IR version 99": (lambda p: p.__setattr__("ir_version", 99),
+                      RUNNING | {"GRAPH-01"}, "Unsupported model IR version: 99"),
+    "custom operator domain": (lambda p: _custom_domain(p), RUNNING, "com.example.policy"),
+}
+
+
+def _custom_domain(proto):
+    proto.opset_import.append(onnx.helper.make_opsetid("com.example.policy", 1))
+    proto.graph.node[-1].domain = "com.example.policy"
+
+
+@pytest.mark.parametrize("case", UNLOADABLE)
+def test_artifact_the_runtime_cannot_load(conformance, tmp_path, case):
+    edit, failing, cause = UNLOADABLE[case]
+    proto = onnx.load(str(REAL_ONNX))
+    edit(proto)
+    path = tmp_path / "a.onnx"
+    onnx.save(proto, str(path))
+    before = sha256(path)
+    run = conformance.run("--onnx", str(path))
+    assert run.ret == 1
+    assert run.with_outcome("failed") == failing
+    for clause_id in failing - {"GRAPH-01"}:
+        message = run.messages[clause_id]
+        assert message.startswith(f"[{clause_id}] ONNX Runtime") and cause in message
+        assert "\n" not in message.strip() and "Traceback" not in message
+    assert "INTERNALERROR" not in run.stdout + run.stderr
+    assert sha256(path) == before
 
 
 @pytest.mark.parametrize("case", ONNX_CASES)
@@ -103,8 +197,7 @@ def test_bad_onnx(conformance, tmp_path, case):
     make, parts = ONNX_CASES[case]
     path = make(tmp_path)
     before = sha256(path) if path.is_file() else None
-    assert_usage_error(conformance.run("--onnx", str(path)), f"--onnx {path}", *parts,
-                       "pass the .onnx file written by the exporter")
+    assert_usage_error(conformance.run("--onnx", str(path)), f"--onnx {path}", *parts)
     assert (sha256(path) if path.is_file() else None) == before
 
 

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import base64
+import functools
+import io
 import json
 import os
 import pickle
+import types
 import zipfile
 
+import cloudpickle
 import numpy as np
 import pytest
+import torch
 
-from policy_onnx.load import ModelLoadError, load_model
+from policy_onnx.load import (_NUMPY_GLOBALS, RefusedGlobal, _allowed_class_bases, load_model,
+                              safe_unpickle)
 
-from .conftest import REAL_MODEL
+from fixtures.models import FIXTURES
+
+from .conftest import REAL_MODEL, sha256
 
 
 def _stock_load(path):
@@ -25,8 +33,8 @@ def _stock_load(path):
     return cls.load(path, device="cpu")
 
 
-@pytest.mark.parametrize("name", ["real", "ppo_default", "ppo_asymmetric_relu", "a2c_matrix_obs",
-                                  "trpo", "ppo_gsde", "ppo_gsde_squash"])
+@pytest.mark.filterwarnings("ignore:numpy.core.numeric is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("name", ["real", *(f.name for f in FIXTURES)])
 def test_safe_load_predicts_like_a_stock_load(fixture_models, name):
     path = REAL_MODEL if name == "real" else fixture_models[name]
     safe = load_model(path).sb3
@@ -46,27 +54,95 @@ class _WritesMarker:
         return os.system, (f"touch {self.marker}",)
 
 
-def _with_payload(source, target, key, marker):
-    """A copy of `source` whose `data` entry `key` unpickles by running a shell command."""
+def _rewrite_zip(source, target, edit) -> None:
     with zipfile.ZipFile(source) as archive:
         entries = {n: archive.read(n) for n in archive.namelist()}
-    data = json.loads(entries["data"])
-    payload = base64.b64encode(pickle.dumps(_WritesMarker(marker))).decode()
-    data[key] = {":type:": "<class 'object'>", ":serialized:": payload}
-    entries["data"] = json.dumps(data).encode()
+    edit(entries)
     with zipfile.ZipFile(target, "w") as archive:
         for name, content in entries.items():
             archive.writestr(name, content)
-    return target
 
 
-@pytest.mark.parametrize("key", ["observation_space", "policy_class", "unknown_extra_key"])
-def test_crafted_payload_never_runs(tmp_path, key):
+def _payload_in(key, marker):
+    def edit(entries):
+        data = json.loads(entries["data"])
+        payload = base64.b64encode(pickle.dumps(_WritesMarker(marker))).decode()
+        data[key] = {":type:": "<class 'object'>", ":serialized:": payload}
+        entries["data"] = json.dumps(data).encode()
+    return edit
+
+
+def _payload_in_weights(marker):
+    def edit(entries):
+        buffer = io.BytesIO()
+        torch.save({"weights": _WritesMarker(marker)}, buffer)
+        entries["policy.pth"] = buffer.getvalue()
+    return edit
+
+
+CRAFTED = {  # where the payload sits -> what the suite says
+    "observation_space": "refused to unpickle posix.system from 'observation_space'",
+    "policy_class": "refused to unpickle posix.system from 'policy_class'",
+    "policy_kwargs": "refused to unpickle posix.system from 'policy_kwargs'",
+    "unknown_extra_key": None,  # dropped unread: the model loads and conforms
+    "policy.pth": "Stable-Baselines3 could not load it as PPO (UnpicklingError: Weights only load failed",
+}
+
+
+@pytest.mark.parametrize("where", CRAFTED)
+def test_crafted_payload_never_runs(conformance, tmp_path, where):
     marker = tmp_path / "pwned"
-    crafted = _with_payload(REAL_MODEL, tmp_path / "crafted.zip", key, marker)
-    if key == "unknown_extra_key":
-        load_model(crafted)  # dropped unread; the model still loads
+    crafted = tmp_path / "crafted.zip"
+    edit = _payload_in_weights(marker) if where == "policy.pth" else _payload_in(where, marker)
+    _rewrite_zip(REAL_MODEL, crafted, edit)
+    before = sha256(crafted)
+    run = conformance.run("--model", str(crafted))
+    expected = CRAFTED[where]
+    if expected is None:
+        assert run.ret == 0, run.stdout
     else:
-        with pytest.raises(ModelLoadError, match="refused to unpickle posix.system"):
-            load_model(crafted)
+        assert run.ret == 4 and expected in run.stderr, run.stderr
+        assert "--trust-model-code" in run.stderr or where == "policy.pth"
     assert not marker.exists()
+    assert sha256(crafted) == before
+
+
+@pytest.mark.filterwarnings("ignore:numpy.core.numeric is deprecated:DeprecationWarning")
+def test_trust_model_code_runs_what_the_file_holds(conformance, tmp_path):
+    """The opt-in really is an opt-in: with it, SB3's own unpickling runs the payload."""
+    marker = tmp_path / "ran"
+    crafted = tmp_path / "crafted.zip"
+    _rewrite_zip(REAL_MODEL, crafted, _payload_in("unknown_extra_key", marker))
+    conformance.run("--model", str(crafted), "--trust-model-code", "-k", "GRAPH-01")
+    assert marker.exists()
+
+
+FORBIDDEN = ["builtins", "copyreg", "types", "functools", "operator", "os", "posix", "subprocess",
+             "sys", "importlib", "cloudpickle", "pickle", "torch._C", "numpy.lib", "code"]
+
+
+def test_allow_list_stays_minimal():
+    modules = {module for module, _ in _NUMPY_GLOBALS}
+    modules |= {prefix.rstrip(".") for prefix, _ in _allowed_class_bases()}
+    for module in modules:
+        assert not any(module == f or module.startswith(f + ".") for f in FORBIDDEN), module
+
+
+PAYLOADS = {
+    "builtins.eval": lambda: pickle.dumps(eval),
+    "builtins.getattr": lambda: pickle.dumps(getattr),
+    "a code object": lambda: cloudpickle.dumps((lambda: 0).__code__),
+    "the code type": lambda: cloudpickle.dumps(types.CodeType),
+    "a lambda": lambda: cloudpickle.dumps(lambda: 1),
+    "functools.partial": lambda: pickle.dumps(functools.partial(print, "x")),
+    "a class defined by value": lambda: cloudpickle.dumps(type("Local", (), {})),
+    "os.system": lambda: pickle.dumps(os.system),
+    "numpy.load": lambda: pickle.dumps(np.load),
+    "torch.load": lambda: pickle.dumps(torch.load),
+}
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_code_and_functions_are_refused(payload):
+    with pytest.raises(RefusedGlobal):
+        safe_unpickle(base64.b64encode(PAYLOADS[payload]()).decode())
