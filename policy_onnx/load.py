@@ -14,6 +14,7 @@ import io
 import json
 import math
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,7 +167,9 @@ def _unpickle_needed(path: Path, key: str, payload: str, trust_code: bool) -> An
         if trust_code:
             import cloudpickle
 
-            return cloudpickle.loads(base64.b64decode(payload))
+            with warnings.catch_warnings():  # zips saved under numpy 1.x name numpy.core
+                warnings.filterwarnings("ignore", "numpy.core", DeprecationWarning)
+                return cloudpickle.loads(base64.b64decode(payload))
         return safe_unpickle(payload)
     except RefusedGlobal as refused:
         problem = (f"refused to unpickle {refused.qualified_name} from '{key}': it is not a "
@@ -246,7 +249,9 @@ def load_model(path: str | Path, *, trust_code: bool = False) -> LoadedModel:
     check_spaces(path, objects["observation_space"], objects["action_space"])
     algorithm = detect_algorithm(path, data, objects["policy_class"])
     try:
-        sb3 = _algorithm_class(algorithm).load(path, device="cpu", custom_objects=objects)
+        with warnings.catch_warnings():  # zips saved under numpy 1.x name numpy.core
+            warnings.filterwarnings("ignore", "numpy.core", DeprecationWarning)
+            sb3 = _algorithm_class(algorithm).load(path, device="cpu", custom_objects=objects)
     except Exception as exc:
         raise ModelLoadError(
             f"--model {path}: Stable-Baselines3 could not load it as {algorithm} "
