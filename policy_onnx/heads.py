@@ -7,6 +7,9 @@ flattened observation batch `[B, obs_dim]`; its output depends on the artifact s
 - transform "none": the final action, post-processing baked in (clip, or tanh + unscale);
 - transform "clip": the raw mean, for a runtime that clips to the declared bounds;
 - transform "tanh": tanh of the mean, for a runtime that applies action_scale/action_offset.
+
+A family only says how to compute the mean (before squashing and clipping) and whether
+predict() squashes it with tanh; the post-processing is shared.
 """
 
 from __future__ import annotations
@@ -16,20 +19,21 @@ import torch
 from torch import nn
 
 
-class GaussianHead(nn.Module):
-    """PPO / A2C / TRPO with a Box action space: the Gaussian mean (gSDE included)."""
+class BoxHead(nn.Module):
+    """A policy with a Box action space: mean, then predict()'s clip or tanh + unscale."""
+
+    squash: bool
 
     def __init__(self, policy, transform: str = "none"):
         super().__init__()
-        squash = bool(policy.squash_output)
-        allowed = ("none", "tanh") if squash else ("none", "clip")
+        allowed = ("none", "tanh") if self.squash else ("none", "clip")
         if transform not in allowed:
             raise ValueError(
                 f"action_transform {transform!r} does not fit this policy "
-                f"(squash_output={squash}): choose one of {', '.join(allowed)}")
+                f"({'squashed with tanh' if self.squash else 'clipped'} by predict()): choose "
+                f"one of {', '.join(allowed)}")
         self.policy = policy
         self.transform = transform
-        self.squash = squash
         self.obs_shape = tuple(policy.observation_space.shape)
         space = policy.action_space
         self.register_buffer("low", torch.as_tensor(space.low, dtype=torch.float32).reshape(-1))
@@ -37,11 +41,12 @@ class GaussianHead(nn.Module):
 
     def mean(self, obs: torch.Tensor) -> torch.Tensor:
         """The mean of the action distribution, before squashing and clipping."""
-        # For a vector Box, SB3's preprocessing is only a cast: call the extractor directly so
+        raise NotImplementedError
+
+    def _observations(self, obs: torch.Tensor) -> torch.Tensor:
+        # For a vector Box, SB3's preprocessing is only a cast: feed the extractor directly so
         # that a float64 copy of the head stays float64.
-        features = self.policy.pi_features_extractor(obs.reshape((-1, *self.obs_shape)))
-        latent = self.policy.mlp_extractor.forward_actor(features)
-        return self.policy.action_net(latent)
+        return obs.reshape((-1, *self.obs_shape))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         mean = self.mean(obs)
@@ -63,6 +68,48 @@ class GaussianHead(nn.Module):
         return np.ones_like(low), np.zeros_like(low)
 
 
-def head_for(loaded, transform: str = "none") -> nn.Module:
-    """The head of a loaded model's family (one family so far)."""
-    return GaussianHead(loaded.sb3.policy, transform).eval()
+class ActorCriticHead(BoxHead):
+    """PPO / A2C / TRPO: the Gaussian mean (gSDE included); squashed only with squash_output."""
+
+    def __init__(self, policy, transform: str = "none"):
+        self.squash = bool(policy.squash_output)
+        super().__init__(policy, transform)
+
+    def mean(self, obs):
+        features = self.policy.pi_features_extractor(self._observations(obs))
+        return self.policy.action_net(self.policy.mlp_extractor.forward_actor(features))
+
+
+class SquashedGaussianHead(BoxHead):
+    """SAC / TQC: the mean of the squashed Gaussian (gSDE included), always tanh + unscale."""
+
+    squash = True
+
+    def mean(self, obs):
+        actor = self.policy.actor
+        return actor.mu(actor.latent_pi(actor.features_extractor(self._observations(obs))))
+
+
+class DeterministicActorHead(BoxHead):
+    """TD3 / DDPG: the actor network without its final Tanh, always tanh + unscale."""
+
+    squash = True
+
+    def __init__(self, policy, transform: str = "none"):
+        super().__init__(policy, transform)
+        if not isinstance(policy.actor.mu[-1], nn.Tanh):
+            raise ValueError(f"the actor does not end in Tanh: {policy.actor.mu[-1]}")
+
+    def mean(self, obs):
+        actor = self.policy.actor
+        return actor.mu[:-1](actor.features_extractor(self._observations(obs)))
+
+
+HEADS = {"PPO": ActorCriticHead, "A2C": ActorCriticHead, "TRPO": ActorCriticHead,
+         "SAC": SquashedGaussianHead, "TQC": SquashedGaussianHead,
+         "TD3": DeterministicActorHead, "DDPG": DeterministicActorHead}
+
+
+def head_for(loaded, transform: str = "none") -> BoxHead:
+    """The head of a loaded model's family."""
+    return HEADS[loaded.algorithm](loaded.sb3.policy, transform).eval()

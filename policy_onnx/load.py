@@ -25,7 +25,7 @@ class ModelLoadError(Exception):
     """A model file that cannot be checked; the message names the problem and the fix."""
 
 
-SUPPORTED_ALGORITHMS = ("PPO", "A2C", "TRPO")
+SUPPORTED_ALGORITHMS = ("PPO", "A2C", "TRPO", "SAC", "TD3", "DDPG", "TQC")
 
 # Resource limits: refuse, rather than attempt, what would exhaust memory.
 MAX_DATA_BYTES = 64 * 2**20  # the `data` JSON entry, uncompressed
@@ -34,14 +34,14 @@ MAX_SPACE_ELEMENTS = 2**20  # one observation or action (an 84x84x3 image is 21,
 
 # Entries inference needs; unpickled through the allow-list.
 NEEDED_KEYS = ("observation_space", "action_space", "policy_class", "policy_kwargs")
-# Entries SB3 turns into schedules when the model is set up: a number is a valid stand-in.
-SCHEDULE_KEYS = ("learning_rate", "lr_schedule", "clip_range", "clip_range_vf",
-                 "exploration_schedule")
+# Stand-ins for serialized entries the allow-list refuses and inference does not need, where
+# SB3's set-up rejects None: schedules take a number, train_freq an integer.
+DEFAULTS = {"learning_rate": 0.0, "lr_schedule": 0.0, "clip_range": 0.0, "clip_range_vf": 0.0,
+            "exploration_schedule": 0.0, "train_freq": 1}
 
 # Policy classes of families the suite does not check yet, by the algorithm that uses them.
 _OTHER_FAMILIES = {
-    "SACPolicy": "SAC", "TD3Policy": "TD3/DDPG", "DQNPolicy": "DQN", "QRDQNPolicy": "QR-DQN",
-    "TQCPolicy": "TQC", "MaskableActorCriticPolicy": "MaskablePPO",
+    "DQNPolicy": "DQN", "QRDQNPolicy": "QR-DQN", "MaskableActorCriticPolicy": "MaskablePPO",
     "RecurrentActorCriticPolicy": "RecurrentPPO", "ARSPolicy": "ARS", "CrossQPolicy": "CrossQ",
 }
 
@@ -158,7 +158,12 @@ def inference_objects(path: Path, data: dict, trust_code: bool) -> dict[str, Any
         if key in NEEDED_KEYS:
             objects[key] = _unpickle_needed(path, key, value[":serialized:"], trust_code)
         elif not trust_code:
-            objects[key] = 0.0 if key in SCHEDULE_KEYS else None
+            try:
+                objects[key] = safe_unpickle(value[":serialized:"])
+            except Exception:  # refused or unreadable: never run, replaced
+                objects[key] = DEFAULTS.get(key)
+    if "buffer_size" in data:  # an off-policy replay buffer is not needed for inference
+        objects["buffer_size"] = 1
     return objects
 
 
@@ -187,21 +192,26 @@ def detect_algorithm(path: Path, data: dict, policy_class: Any) -> str:
         raise ModelLoadError(
             f"--model {path}: {_OTHER_FAMILIES[name]} models are not supported yet "
             f"(supported: {', '.join(SUPPORTED_ALGORITHMS)})")
-    if name != "ActorCriticPolicy":
-        raise ModelLoadError(
-            f"--model {path}: policy class {name} is not supported yet (supported: "
-            f"MlpPolicy of {', '.join(SUPPORTED_ALGORITHMS)})")
-    if "clip_range" in data:
-        return "PPO"
-    if "cg_max_steps" in data:
-        return "TRPO"
-    return "A2C"
+    if name == "ActorCriticPolicy":
+        if "clip_range" in data:
+            return "PPO"
+        return "TRPO" if "cg_max_steps" in data else "A2C"
+    if name == "SACPolicy":
+        return "SAC"
+    if name == "TQCPolicy":
+        return "TQC"
+    if name == "TD3Policy":  # DDPG is TD3 with one policy update per step and no target noise
+        return "DDPG" if data.get("policy_delay") == 1 and data.get("target_noise_clip") == 0 \
+            else "TD3"
+    raise ModelLoadError(
+        f"--model {path}: policy class {name} is not supported yet (supported: MlpPolicy of "
+        f"{', '.join(SUPPORTED_ALGORITHMS)})")
 
 
-def _algorithm_class(algorithm: str) -> Any:
-    if algorithm == "TRPO":
-        from sb3_contrib import TRPO
-        return TRPO
+def algorithm_class(algorithm: str) -> Any:
+    if algorithm in ("TRPO", "TQC"):
+        import sb3_contrib
+        return getattr(sb3_contrib, algorithm)
     import stable_baselines3
     return getattr(stable_baselines3, algorithm)
 
@@ -246,12 +256,12 @@ def load_model(path: str | Path, *, trust_code: bool = False) -> LoadedModel:
             f"--model {path}: 'data' lacks {', '.join(missing)}, so it is not an SB3 model; "
             "pass the .zip written by model.save()")
     objects = inference_objects(path, data, trust_code)
-    check_spaces(path, objects["observation_space"], objects["action_space"])
     algorithm = detect_algorithm(path, data, objects["policy_class"])
+    check_spaces(path, objects["observation_space"], objects["action_space"])
     try:
         with warnings.catch_warnings():  # zips saved under numpy 1.x name numpy.core
             warnings.filterwarnings("ignore", "numpy.core", DeprecationWarning)
-            sb3 = _algorithm_class(algorithm).load(path, device="cpu", custom_objects=objects)
+            sb3 = algorithm_class(algorithm).load(path, device="cpu", custom_objects=objects)
     except Exception as exc:
         raise ModelLoadError(
             f"--model {path}: Stable-Baselines3 could not load it as {algorithm} "

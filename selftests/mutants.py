@@ -313,8 +313,18 @@ def _scale_offset_swapped(p):
 
 
 def _tanh_with_unscale_baked(p):
-    return set_meta(set_meta(set_meta(p, "action_transform", "tanh"), "action_scale", "[2.5, 2.5]"),
-                    "action_offset", "[0.5, 2.5]")
+    """The scale and offset a tanh output needs, declared over an output already unscaled."""
+    space = json.loads(meta(p, "action_space"))
+    low, high = np.asarray(space["low"]), np.asarray(space["high"])
+    set_meta(p, "action_scale", json.dumps(((high - low) / 2).tolist()))
+    set_meta(p, "action_offset", json.dumps(((high + low) / 2).tolist()))
+    return set_meta(p, "action_transform", "tanh")
+
+
+def _declare_identity(p):
+    size = int(np.prod(json.loads(meta(p, "action_space"))["shape"]))
+    set_meta(p, "action_scale", json.dumps([1.0] * size))
+    return set_meta(p, "action_offset", json.dumps([0.0] * size))
 
 
 def _newer_opset(p):
@@ -456,6 +466,13 @@ MUTANTS: tuple[Mutant, ...] = (
            transform="tanh"),
     Mutant("tanh_declared_unscale_baked", "tanh declared over an output already unscaled",
            _tanh_with_unscale_baked, frozenset({"BEH-05", "PAR-01"}), model="ppo_gsde_squash"),
+    Mutant("sac_tanh_scale_offset_swapped", "SAC: action_scale and action_offset swapped",
+           _scale_offset_swapped, frozenset({"PAR-01"}), model="sac", transform="tanh"),
+    Mutant("sac_tanh_declared_unscale_baked", "SAC: tanh declared over an unscaled output",
+           _tanh_with_unscale_baked, frozenset({"BEH-05", "PAR-01"}), model="sac"),
+    Mutant("ddpg_unscale_forgotten", "DDPG: the tanh output with scale 1 and offset 0 for "
+           "bounds of +-0.5", _declare_identity, frozenset({"BEH-05", "PAR-01"}), model="ddpg",
+           transform="tanh"),
 )
 
 CONFORMING: tuple[Mutant, ...] = (
@@ -466,6 +483,8 @@ CONFORMING: tuple[Mutant, ...] = (
            transform="clip"),
     Mutant("tanh_transform", "tanh output with scale/offset", lambda p: p, frozenset(),
            model="ppo_gsde_squash", transform="tanh"),
+    Mutant("sac_tanh_transform", "SAC: tanh output with scale/offset", lambda p: p, frozenset(),
+           model="sac", transform="tanh"),
     Mutant("newer_opset", "converted to opset 21", _newer_opset, frozenset()),
     Mutant("clip_declared_over_baked_clamp", "action_transform = clip over a clamped output",
            lambda p: set_meta(p, "action_transform", "clip"), frozenset()),

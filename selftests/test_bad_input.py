@@ -31,11 +31,11 @@ def assert_usage_error(run, *parts: str) -> None:
         assert part in run.stderr
 
 
-def _sac_zip(path):
-    from stable_baselines3 import SAC
+def _dqn_zip(path):
+    from stable_baselines3 import DQN
 
-    env = SpacesEnv(box(-1.0, 1.0, (3,)), box(-1.0, 1.0, (2,)))
-    SAC("MlpPolicy", env, buffer_size=10, seed=0, device="cpu").save(path)
+    env = SpacesEnv(box(-1.0, 1.0, (3,)), gym.spaces.Discrete(3))
+    DQN("MlpPolicy", env, buffer_size=10, seed=0, device="cpu").save(path)
     return path
 
 
@@ -101,8 +101,8 @@ MODEL_CASES = {
     "not a zip": (lambda p: _file(p / "m.zip", b"hello"), ["not a zip archive", "model.save()"]),
     "zip without data": (lambda p: _zip_without_data(p / "m.zip"),
                          ["no 'data' entry, so it is not an SB3 model"]),
-    "unsupported algorithm": (lambda p: _sac_zip(p / "sac.zip"),
-                              ["SAC models are not supported yet", "supported: PPO, A2C, TRPO"]),
+    "unsupported algorithm": (lambda p: _dqn_zip(p / "dqn.zip"),
+                              ["DQN models are not supported yet", "supported: PPO, A2C, TRPO"]),
     "unsupported action space": (lambda p: _discrete_ppo_zip(p / "discrete.zip"),
                                  ["action space Discrete(3) is not supported yet"]),
     "truncated weights": (lambda p: _edited_real_zip(p / "m.zip", _truncate_weights),
@@ -207,7 +207,7 @@ def test_nothing_to_check(conformance):
 
 def test_transform_that_does_not_fit_the_policy(conformance):
     assert_usage_error(conformance.run("--model", str(REAL_MODEL), "--action-transform", "tanh"),
-                       "--action-transform tanh", "squash_output=False", "none, clip")
+                       "--action-transform tanh", "clipped by predict()", "none, clip")
 
 
 def test_unknown_transform_value(conformance):

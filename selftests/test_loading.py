@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from policy_onnx.load import (_NUMPY_GLOBALS, RefusedGlobal, _allowed_class_bases, load_model,
-                              safe_unpickle)
+from policy_onnx.load import (_NUMPY_GLOBALS, RefusedGlobal, _allowed_class_bases,
+                              algorithm_class, load_model, safe_unpickle)
 
 from fixtures.models import FIXTURES
 
@@ -25,12 +25,7 @@ from .conftest import REAL_MODEL, sha256
 
 
 def _stock_load(path):
-    from sb3_contrib import TRPO
-    from stable_baselines3 import A2C, PPO
-
-    name = path.stem
-    cls = TRPO if name.startswith("trpo") else A2C if name.startswith("a2c") else PPO
-    return cls.load(path, device="cpu")
+    return algorithm_class(load_model(path).algorithm).load(path, device="cpu")
 
 
 @pytest.mark.filterwarnings("ignore:numpy.core.numeric is deprecated:DeprecationWarning")

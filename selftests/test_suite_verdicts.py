@@ -14,9 +14,8 @@ from .conftest import REAL_MODEL, REAL_ONNX, sha256
 
 ALL = {c.id for c in spec.CLAUSES}
 NEEDS_MODEL = {c.id for c in spec.CLAUSES if c.needs_model}
-# Models whose mean can never be clipped: PAR-02 is reported as not applicable.
-NO_CLIPPING = {"ppo_no_overshoot": "cannot produce a mean outside the action bounds",
-               "ppo_gsde_squash": "squashes its mean with tanh"}
+# Models whose mean is never clipped: PAR-02 is reported as not applicable, with this reason.
+NO_CLIPPING = {f.name: f.no_clipping for f in FIXTURES if f.no_clipping}
 
 
 def assert_all_pass(run, skipped: dict[str, str] | None = None) -> None:
@@ -55,7 +54,8 @@ def test_onnx_alone_skips_exactly_the_clauses_that_need_the_model(conformance):
 
 
 @pytest.mark.parametrize("transform, name", [("clip", "ppo_asymmetric_relu"),
-                                             ("tanh", "ppo_gsde_squash")])
+                                             ("tanh", "ppo_gsde_squash"), ("tanh", "sac"),
+                                             ("tanh", "td3_large_obs")])
 def test_runtime_side_transforms_conform(conformance, fixture_models, transform, name):
     run = conformance.run("--model", str(fixture_models[name]), "--action-transform", transform)
     assert_all_pass(run, {"PAR-02": NO_CLIPPING[name]} if name in NO_CLIPPING else {})
