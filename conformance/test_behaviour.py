@@ -9,14 +9,18 @@ BATCH_SIZES = (1, 2, 7, 64, 1000)
 
 @clause_test("BEH-01")
 def test_batch_sizes(clause, artifact, probe_observations):
+    if artifact.action is None:
+        fail(clause, "there is no action output (see GRAPH-04)")
+    row_shape = artifact.action.dims[1:]
     problems = []
     with running(clause):
         for n in BATCH_SIZES:
             obs = np.resize(probe_observations, (n, probe_observations.shape[1]))
-            shape = artifact.run(obs).shape
-            if shape != (n, artifact.act_dim):
-                problems.append(f"batch of {n} gives shape {shape}, must be ({n}, act_dim="
-                                f"{artifact.act_dim})")
+            shape = artifact.run(obs, one_row_each=False).shape
+            static = all(isinstance(d, int) for d in row_shape)
+            if shape[0] != n or (static and shape[1:] != row_shape):
+                problems.append(f"batch of {n} gives shape {shape}, must be "
+                                f"({n}, {', '.join(map(str, row_shape))})")
     require(clause, problems)
 
 
@@ -41,8 +45,8 @@ def test_rows_independent(clause, artifact, probe_observations, action_tolerance
 @clause_test("BEH-03")
 def test_repeatable(clause, artifact, probe_observations):
     with running(clause):
-        first = artifact.run(probe_observations)
-        second = artifact.run(probe_observations)
+        first = artifact.run(probe_observations, one_row_each=False)
+        second = artifact.run(probe_observations, one_row_each=False)
     if not np.array_equal(first, second, equal_nan=True):
         i = int(np.argmax((first != second).any(axis=1)))
         fail(clause, f"row {i} gave {first[i].tolist()}, then {second[i].tolist()} for the same "
@@ -52,7 +56,7 @@ def test_repeatable(clause, artifact, probe_observations):
 @clause_test("BEH-04")
 def test_finite(clause, artifact, probe_observations):
     with running(clause):
-        final = artifact.final_action(probe_observations)
+        final = artifact.final_action(probe_observations).reshape(len(probe_observations), -1)
     bad = ~np.isfinite(final).all(axis=1)
     if bad.any():
         i = int(np.argmax(bad))

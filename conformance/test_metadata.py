@@ -15,6 +15,18 @@ def test_metadata_entry(clause, artifact):
 
 @clause_test("META-03")
 def test_action_space_matches_model(clause, artifact, reference):
+    if reference.kind != "Box":
+        expected = metadata.describe_space(reference.action_space)
+        values = artifact.metadata.get("action_space", [])
+        try:
+            declared = metadata.parse_discrete(values[0]) if values else None
+        except ValueError:
+            declared = None
+        if declared is None:
+            fail(clause, "action_space is missing or malformed (see DISC-03)")
+        if {k: declared.get(k) for k in expected} != expected:
+            fail(clause, f"declares {values[0]}, the model's action space is {expected}")
+        return
     declared = artifact.declared_box()
     if declared is None:
         fail(clause, "action_space is missing or malformed (see META-02)")

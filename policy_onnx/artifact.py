@@ -9,6 +9,7 @@ is the META clauses' job; behaviour and parity judge the policy a runtime would 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -144,7 +145,19 @@ class Artifact:
 
     @property
     def act_dim(self) -> int | None:
+        """Output elements per row: dimension 1, or 1 for a `[batch]` (Discrete) output."""
+        if self.action is not None and len(self.action.dims) == 1:
+            return 1
         return self._feature_dim(self.action)
+
+    @property
+    def declared_kind(self) -> str:
+        """The action space type the metadata declares; Box when it cannot be read."""
+        try:
+            kind = json.loads(self._entry("action_space") or "").get("type")
+        except (ValueError, AttributeError):
+            return "Box"
+        return kind if kind in ("Box", "Discrete", "MultiDiscrete", "MultiBinary") else "Box"
 
     @property
     def batch_dynamic(self) -> bool:
@@ -173,8 +186,9 @@ class Artifact:
                 "standard ONNX operators, an IR version and opsets this runtime supports "
                 "(torch's default exporter writes IR 10, opset 20)") from None
 
-    def run(self, obs: np.ndarray) -> np.ndarray:
-        """The action output for a batch of flattened observations, as float64."""
+    def run(self, obs: np.ndarray, *, one_row_each: bool = True) -> np.ndarray:
+        """The action output for a batch of flattened observations, as float64; unless told
+        otherwise, an output without one row per observation is an ArtifactError."""
         if self.obs is None or self.action is None:
             raise ArtifactError(
                 f"cannot tell the observation input and action output apart "
@@ -188,6 +202,9 @@ class Artifact:
         except Exception as exc:
             raise ArtifactError(
                 f"ONNX Runtime failed on a batch of shape {feed.shape}: {exc}") from None
+        if one_row_each and (np.ndim(out) == 0 or len(out) != len(feed)):
+            raise ArtifactError(f"{len(feed)} observations gave an action of shape "
+                                f"{np.shape(out)}: not one row per observation (see BEH-01)")
         return np.asarray(out, dtype=np.float64)
 
     # --- the declared action transform, read as a runtime reads it --------------------------

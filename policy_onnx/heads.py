@@ -105,11 +105,100 @@ class DeterministicActorHead(BoxHead):
         return actor.mu[:-1](actor.features_extractor(self._observations(obs)))
 
 
-HEADS = {"PPO": ActorCriticHead, "A2C": ActorCriticHead, "TRPO": ActorCriticHead,
-         "SAC": SquashedGaussianHead, "TQC": SquashedGaussianHead,
-         "TD3": DeterministicActorHead, "DDPG": DeterministicActorHead}
+class DiscreteHead(nn.Module):
+    """A policy with a discrete action space: scores (Q-values, logits), then predict()'s
+    selection. The output is the final action: no runtime transform applies."""
+
+    squash = False
+
+    def __init__(self, policy, transform: str = "none"):
+        super().__init__()
+        if transform != "none":
+            raise ValueError(f"action_transform {transform!r} does not fit a discrete policy: "
+                             "only none")
+        self.policy = policy
+        self.transform = transform
+        self.obs_shape = tuple(policy.observation_space.shape)
+
+    def _observations(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs.reshape((-1, *self.obs_shape))
+
+    def scores(self, obs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def select(self, scores: torch.Tensor) -> torch.Tensor:
+        return torch.argmax(scores, dim=1)
+
+    def forward(self, obs: torch.Tensor, scores: bool = False) -> torch.Tensor:
+        values = self.scores(obs)
+        return values if scores else self.select(values)
+
+    def scale_offset(self) -> tuple[np.ndarray, np.ndarray]:
+        size = int(np.prod(self.policy.action_space.shape)) or 1
+        return np.ones(size), np.zeros(size)
 
 
-def head_for(loaded, transform: str = "none") -> BoxHead:
+class QValueHead(DiscreteHead):
+    """DQN: argmax of the Q-values."""
+
+    def scores(self, obs):
+        q_net = self.policy.q_net
+        return q_net.q_net(q_net.features_extractor(self._observations(obs)))
+
+
+class QuantileHead(DiscreteHead):
+    """QR-DQN: argmax of the quantiles' mean."""
+
+    def scores(self, obs):
+        net = self.policy.quantile_net
+        quantiles = net.quantile_net(net.features_extractor(self._observations(obs)))
+        return quantiles.view(-1, net.n_quantiles, int(net.action_space.n)).mean(dim=1)
+
+
+class CategoricalHead(DiscreteHead):
+    """PPO / A2C / TRPO with a Discrete space: argmax of the logits."""
+
+    def scores(self, obs):
+        features = self.policy.pi_features_extractor(self._observations(obs))
+        return self.policy.action_net(self.policy.mlp_extractor.forward_actor(features))
+
+
+class MultiCategoricalHead(CategoricalHead):
+    """MultiDiscrete: argmax of each split of the logits."""
+
+    def select(self, scores):
+        splits = torch.split(scores, [int(n) for n in self.policy.action_space.nvec], dim=1)
+        return torch.stack([torch.argmax(split, dim=1) for split in splits], dim=1)
+
+
+class BernoulliHead(CategoricalHead):
+    """MultiBinary: round(sigmoid(logits)), as float32 like predict()."""
+
+    def select(self, scores):
+        return torch.round(torch.sigmoid(scores))
+
+
+BOX_HEADS = {"PPO": ActorCriticHead, "A2C": ActorCriticHead, "TRPO": ActorCriticHead,
+             "SAC": SquashedGaussianHead, "TQC": SquashedGaussianHead,
+             "TD3": DeterministicActorHead, "DDPG": DeterministicActorHead}
+ON_POLICY_DISCRETE_HEADS = {"Discrete": CategoricalHead, "MultiDiscrete": MultiCategoricalHead,
+                            "MultiBinary": BernoulliHead}
+
+
+def action_kind(space) -> str:
+    return type(space).__name__
+
+
+def head_for(loaded, transform: str = "none") -> BoxHead | DiscreteHead:
     """The head of a loaded model's family."""
-    return HEADS[loaded.algorithm](loaded.sb3.policy, transform).eval()
+    policy = loaded.sb3.policy
+    kind = action_kind(policy.action_space)
+    if kind == "Box":
+        head = BOX_HEADS[loaded.algorithm]
+    elif loaded.algorithm == "DQN":
+        head = QValueHead
+    elif loaded.algorithm == "QR-DQN":
+        head = QuantileHead
+    else:
+        head = ON_POLICY_DISCRETE_HEADS[kind]
+    return head(policy, transform).eval()

@@ -25,7 +25,7 @@ class ModelLoadError(Exception):
     """A model file that cannot be checked; the message names the problem and the fix."""
 
 
-SUPPORTED_ALGORITHMS = ("PPO", "A2C", "TRPO", "SAC", "TD3", "DDPG", "TQC")
+SUPPORTED_ALGORITHMS = ("PPO", "A2C", "TRPO", "SAC", "TD3", "DDPG", "TQC", "DQN", "QR-DQN")
 
 # Resource limits: refuse, rather than attempt, what would exhaust memory.
 MAX_DATA_BYTES = 64 * 2**20  # the `data` JSON entry, uncompressed
@@ -41,7 +41,7 @@ DEFAULTS = {"learning_rate": 0.0, "lr_schedule": 0.0, "clip_range": 0.0, "clip_r
 
 # Policy classes of families the suite does not check yet, by the algorithm that uses them.
 _OTHER_FAMILIES = {
-    "DQNPolicy": "DQN", "QRDQNPolicy": "QR-DQN", "MaskableActorCriticPolicy": "MaskablePPO",
+    "MaskableActorCriticPolicy": "MaskablePPO",
     "RecurrentActorCriticPolicy": "RecurrentPPO", "ARSPolicy": "ARS", "CrossQPolicy": "CrossQ",
 }
 
@@ -200,6 +200,10 @@ def detect_algorithm(path: Path, data: dict, policy_class: Any) -> str:
         return "SAC"
     if name == "TQCPolicy":
         return "TQC"
+    if name == "DQNPolicy":
+        return "DQN"
+    if name == "QRDQNPolicy":
+        return "QR-DQN"
     if name == "TD3Policy":  # DDPG is TD3 with one policy update per step and no target noise
         return "DDPG" if data.get("policy_delay") == 1 and data.get("target_noise_clip") == 0 \
             else "TD3"
@@ -209,9 +213,9 @@ def detect_algorithm(path: Path, data: dict, policy_class: Any) -> str:
 
 
 def algorithm_class(algorithm: str) -> Any:
-    if algorithm in ("TRPO", "TQC"):
+    if algorithm in ("TRPO", "TQC", "QR-DQN"):
         import sb3_contrib
-        return getattr(sb3_contrib, algorithm)
+        return getattr(sb3_contrib, algorithm.replace("-", ""))
     import stable_baselines3
     return getattr(stable_baselines3, algorithm)
 
@@ -226,10 +230,17 @@ def check_spaces(path: Path, observation_space: Any, action_space: Any) -> None:
         raise ModelLoadError(
             f"--model {path}: observation space {observation_space} is not supported yet "
             "(supported: a floating-point Box)")
-    if not isinstance(action_space, gymnasium.spaces.Box):
+    spaces = gymnasium.spaces
+    supported = isinstance(action_space, spaces.Box) or (
+        isinstance(action_space, spaces.MultiBinary) and len(action_space.shape) == 1) or (
+        isinstance(action_space, spaces.Discrete) and action_space.start == 0) or (
+        isinstance(action_space, spaces.MultiDiscrete) and action_space.nvec.ndim == 1
+        and not np.any(action_space.start))
+    if not supported:
         raise ModelLoadError(
-            f"--model {path}: action space {action_space} is not supported yet "
-            "(supported: Box)")
+            f"--model {path}: action space {action_space} is not supported yet (supported: Box, "
+            "Discrete and one-dimensional MultiDiscrete starting at 0, one-dimensional "
+            "MultiBinary)")
     for name, space in (("observation", observation_space), ("action", action_space)):
         shape = tuple(space.shape)
         elements = math.prod(shape)
@@ -238,7 +249,8 @@ def check_spaces(path: Path, observation_space: Any, action_space: Any) -> None:
                 f"--model {path}: refused: the {name} space has {elements:,} elements, over the "
                 f"suite's limit of {MAX_SPACE_ELEMENTS:,}; policies with observations this large "
                 "are not supported")
-        if np.shape(space.low) != shape or np.shape(space.high) != shape:
+        if isinstance(space, spaces.Box) and (np.shape(space.low) != shape
+                                              or np.shape(space.high) != shape):
             raise ModelLoadError(
                 f"--model {path}: the {name} space is inconsistent: shape {shape}, bounds of "
                 f"shape {np.shape(space.low)} and {np.shape(space.high)}")

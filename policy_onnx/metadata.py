@@ -19,21 +19,28 @@ TRANSFORMS = ("none", "clip", "tanh")
 BOOLEANS = ("true", "false")
 
 
+def describe_space(space) -> dict:
+    """The `action_space` JSON object of a gymnasium action space."""
+    kind = type(space).__name__
+    if kind == "Discrete":
+        return {"type": kind, "n": int(space.n), "start": int(space.start)}
+    if kind == "MultiDiscrete":
+        return {"type": kind, "nvec": [int(n) for n in np.asarray(space.nvec).reshape(-1)]}
+    if kind == "MultiBinary":
+        return {"type": kind, "n": int(np.prod(space.shape))}
+    return {"type": "Box", "shape": [int(d) for d in space.shape], "dtype": "float32",
+            "low": [float(v) for v in np.asarray(space.low, np.float64).reshape(-1)],
+            "high": [float(v) for v in np.asarray(space.high, np.float64).reshape(-1)]}
+
+
 def build(action_space, transform: str, scale: np.ndarray, offset: np.ndarray) -> dict[str, str]:
-    """The nine entries for a Box action space, in the spec's order."""
+    """The nine entries, in the spec's order."""
     def floats(values) -> str:
         return json.dumps([float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)])
 
-    space = {
-        "type": "Box",
-        "shape": [int(d) for d in action_space.shape],
-        "dtype": "float32",
-        "low": json.loads(floats(action_space.low)),
-        "high": json.loads(floats(action_space.high)),
-    }
     return {
         "clanker_policy_version": POLICY_VERSION,
-        "action_space": json.dumps(space),
+        "action_space": json.dumps(describe_space(action_space)),
         "action_transform": transform,
         "action_scale": floats(scale),
         "action_offset": floats(offset),
@@ -100,6 +107,36 @@ def parse_box(value: str, act_dim: int | None) -> DeclaredBox:
     if np.any(low > high):
         raise ValueError(f"low > high at index {int(np.argmax(low > high))}")
     return DeclaredBox(tuple(shape), low, high)
+
+
+DISCRETE_FIELDS = {"Discrete": ("n", "start"), "MultiDiscrete": ("nvec",), "MultiBinary": ("n",)}
+
+
+def parse_discrete(value: str) -> dict:
+    """A well-formed discrete `action_space` entry; ValueError naming the defect otherwise."""
+    space = _json(value)
+    if not isinstance(space, dict):
+        raise ValueError("not a JSON object")
+    kind = space.get("type")
+    if kind not in DISCRETE_FIELDS:
+        raise ValueError(f"type is {kind!r}, not one of {', '.join(DISCRETE_FIELDS)}")
+    missing = [k for k in DISCRETE_FIELDS[kind] if k not in space]
+    if missing:
+        raise ValueError(f"lacks {', '.join(missing)}")
+
+    def positive(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    if kind == "MultiDiscrete":
+        if not (isinstance(space["nvec"], list) and space["nvec"]
+                and all(positive(n) for n in space["nvec"])):
+            raise ValueError(f"nvec {space['nvec']!r} is not a list of positive integers")
+    elif not positive(space["n"]):
+        raise ValueError(f"n {space['n']!r} is not a positive integer")
+    if kind == "Discrete" and not (isinstance(space["start"], int)
+                                   and not isinstance(space["start"], bool)):
+        raise ValueError(f"start {space['start']!r} is not an integer")
+    return space
 
 
 def _version(value: str, artifact) -> list[str]:

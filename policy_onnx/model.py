@@ -11,7 +11,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from .heads import head_for
+from .heads import action_kind, head_for
 from .load import LoadedModel
 from .strategies import MAX_MAGNITUDE, ObservationDomain
 from .tolerance import action_unit, tolerance
@@ -29,11 +29,14 @@ class Reference:
         self.action_space = self.sb3.action_space
         self.obs_shape = tuple(self.observation_space.shape)
         self.obs_dim = math.prod(self.obs_shape)
-        self.act_dim = math.prod(self.action_space.shape)
-        self.low = np.asarray(self.action_space.low, dtype=np.float64).reshape(-1)
-        self.high = np.asarray(self.action_space.high, dtype=np.float64).reshape(-1)
+        self.act_dim = math.prod(self.action_space.shape)  # 1 for Discrete
+        self.kind = action_kind(self.action_space)
         self.head = head_for(loaded)
-        self.clips = not self.head.squash  # predict() clips the mean; squashed policies unscale
+        if self.kind == "Box":
+            self.low = np.asarray(self.action_space.low, dtype=np.float64).reshape(-1)
+            self.high = np.asarray(self.action_space.high, dtype=np.float64).reshape(-1)
+        # predict() clips the mean of an unsquashed Box policy; squashed ones unscale tanh.
+        self.clips = self.kind == "Box" and not self.head.squash
         self.domain = ObservationDomain.of_space(self.observation_space)
 
     def predict(self, obs: np.ndarray) -> np.ndarray:
@@ -53,7 +56,17 @@ class Reference:
         tensors = {**dict(self.head.named_parameters()), **dict(self.head.named_buffers())}
         return {k: v.detach().double() if v.is_floating_point() else v for k, v in tensors.items()}
 
-    def rounding_noise(self, obs: np.ndarray, samples: int = 4) -> np.ndarray:
+    def scores(self, obs: np.ndarray) -> np.ndarray:
+        """A discrete policy's scores (Q-values, logits) that predict() selects from."""
+        with torch.no_grad():
+            return self.head(torch.as_tensor(obs, dtype=torch.float32), scores=True).double().numpy()
+
+    def score_tolerance(self, obs: np.ndarray) -> np.ndarray:
+        """How far apart two scores may be and still be a rounding tie, per score."""
+        magnitude = np.abs(self.scores(obs))
+        return tolerance(-magnitude, magnitude, self.rounding_noise(obs, scores=True))
+
+    def rounding_noise(self, obs: np.ndarray, samples: int = 4, **forward) -> np.ndarray:
         """The oracle's own float32 rounding error per element, estimated two ways, the larger
         kept: the measured |float32 - float64| of the computation, and stochastic arithmetic:
         `samples` float64 forwards in which every Linear output is perturbed by a simulated
@@ -77,14 +90,15 @@ class Reference:
         rows = torch.as_tensor(np.tile(obs, (samples + 1, 1)), dtype=torch.float64)
         try:
             with torch.no_grad():
-                out = torch.func.functional_call(self.head, self._state64, (rows,))
+                out = torch.func.functional_call(self.head, self._state64, (rows,), forward)
         finally:
             for hook in hooks:
                 hook.remove()
         exact = out[:n]
         simulated = (out[n:].reshape(samples, n, -1) - exact).abs().amax(dim=0)
         with torch.no_grad():
-            measured = (self.head(torch.as_tensor(obs, dtype=torch.float32)).double() - exact).abs()
+            f32 = self.head(torch.as_tensor(obs, dtype=torch.float32), **forward).double()
+            measured = (f32 - exact).abs()
         return torch.maximum(measured, simulated).numpy()
 
     @property
@@ -93,6 +107,9 @@ class Reference:
         return tolerance(self.low, self.high)
 
     def tolerance(self, obs: np.ndarray) -> np.ndarray:
+        """Per action element; discrete actions are compared exactly."""
+        if self.kind != "Box":
+            return np.zeros((len(obs), self.act_dim))
         return tolerance(self.low, self.high, self.rounding_noise(obs))
 
     def overshoot(self, obs: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings, target
 from . import check, spec
 from .artifact import Artifact, ArtifactError
 from .strategies import Batch
-from .tolerance import RULE
+from .tolerance import RULE, tolerance
 
 if TYPE_CHECKING:
     from .model import Reference
@@ -23,6 +23,7 @@ class ParityStats:
     """What the parity clauses actually exercised, per clause ID."""
     observations: Counter = field(default_factory=Counter)
     out_of_bounds: Counter = field(default_factory=Counter)
+    near_ties: Counter = field(default_factory=Counter)  # discrete disagreements at rounding ties
 
     def record(self, clause_id: str, checked: int, out_of_bounds: int) -> None:
         self.observations[clause_id] += checked
@@ -76,11 +77,74 @@ def compare(reference: Reference, artifact: Artifact, obs: np.ndarray) -> str | 
     ])
 
 
+def _score_gaps(reference: Reference, expected: np.ndarray, obtained: np.ndarray,
+                scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per action element: how much better the model scores its own choice than the artifact's,
+    and the score of its own choice (both float64, [B, elements])."""
+    if reference.kind == "MultiBinary":
+        # round(sigmoid(logit)): the choice flips at logit 0, so the gap is |logit|.
+        return np.abs(scores), scores
+    if reference.kind == "Discrete":
+        splits = [scores]
+    else:
+        splits = np.split(scores, np.cumsum(reference.action_space.nvec)[:-1], axis=1)
+    gaps, chosen = [], []
+    for j, split in enumerate(splits):
+        n = split.shape[1]
+        mine = np.clip(expected[:, j].astype(np.int64), 0, n - 1)
+        theirs = obtained[:, j]
+        valid = (theirs == np.round(theirs)) & (theirs >= 0) & (theirs < n)
+        theirs = np.where(valid, theirs, 0).astype(np.int64)
+        rows = np.arange(len(split))
+        gap = split[rows, mine] - split[rows, theirs]
+        gaps.append(np.where(valid, gap, np.inf))
+        chosen.append(split[rows, mine])
+    return np.stack(gaps, axis=1), np.stack(chosen, axis=1)
+
+
+def compare_discrete(reference: Reference, artifact: Artifact, obs: np.ndarray,
+                     stats: ParityStats, clause_id: str) -> str | None:
+    """None when every action equals predict() or differs only at a rounding tie."""
+    expected = reference.predict(obs)
+    obtained = artifact.final_action(obs).reshape(len(obs), -1)
+    if obtained.shape != expected.shape:
+        return (f"the action has shape {obtained.shape} per batch, but predict() returns "
+                f"{expected.shape} for {len(obs)} observations")
+    differs = ~(obtained == expected)
+    if not differs.any():
+        return None
+    rows = np.flatnonzero(differs.any(axis=1))
+    scores = reference.scores(obs[rows])
+    gaps, chosen = _score_gaps(reference, expected[rows], obtained[rows], scores)
+    # A tie: the two choices' scores are within the tolerance of the larger score.
+    allowed = tolerance(-np.abs(chosen), np.abs(chosen),
+                        reference.rounding_noise(obs[rows], scores=True).max(axis=1, keepdims=True))
+    real = differs[rows] & ~(gaps <= allowed)
+    stats.near_ties[clause_id] += int((differs[rows] & ~real).any(axis=1).sum())
+    if not real.any():
+        return None
+    worst = int(np.argmax(real.any(axis=1)))
+    i = rows[worst]
+    return "\n".join([
+        f"the action differs from predict() at row {i} ({int(real.any(axis=1).sum())} of "
+        f"{len(obs)} rows differ beyond a rounding tie)",
+        f"  obs     = {_row(obs[i])}",
+        f"  predict = {expected[i].tolist()}",
+        f"  action  = {obtained[i].tolist()}",
+        f"  model scores = {_row(scores[worst])}",
+        f"  score gap = {_row(gaps[worst])}, a tie only within {_row(allowed[worst])}",
+    ])
+
+
 LIKELY_CAUSES = (
     "Usual causes: the clamp to the action bounds is missing or uses other bounds "
     "(predict() clips the Gaussian mean); the declared action_transform, action_scale or "
     "action_offset does not reproduce predict()'s post-processing; the exported weights differ "
     "from the model's; the graph samples instead of taking the mean.")
+DISCRETE_CAUSES = (
+    "Usual causes: argmax over the wrong axis or the wrong split of the logits; the exported "
+    "weights differ from the model's; a threshold other than predict()'s round(sigmoid(logit)); "
+    "the graph samples instead of taking the most likely action.")
 
 
 def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, strategy,
@@ -97,7 +161,10 @@ def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, 
         if steer:
             target(out_of_bounds / len(obs), label="share of rows whose mean leaves the bounds")
         stats.record(clause.id, len(obs), out_of_bounds)
-        problem = compare(reference, artifact, obs)
+        if reference.kind == "Box":
+            problem = compare(reference, artifact, obs)
+        else:
+            problem = compare_discrete(reference, artifact, obs, stats, clause.id)
         if problem:
             raise Mismatch(f"{problem}\n  drawn as {batch}")
 
@@ -106,6 +173,7 @@ def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, 
     except Mismatch as mismatch:
         notes = [n for n in getattr(mismatch, "__notes__", []) if "reproduce_failure" in n]
         check.fail(clause, "\n".join([str(mismatch), f"Reproduce: {reproduce}", *notes,
-                                      LIKELY_CAUSES]))
+                                      LIKELY_CAUSES if reference.kind == "Box"
+                                      else DISCRETE_CAUSES]))
     except ArtifactError as exc:
         check.fail(clause, str(exc))

@@ -60,8 +60,16 @@ class SuiteState:
     onnx_path: Path | None
     transform: str
     loaded: LoadedModel | None
+    given_artifact: Artifact | None  # the --onnx artifact
     stats: ParityStats = field(default_factory=ParityStats)
     exported_path: Path | None = None
+
+    @cached_property
+    def action_kind(self) -> str:
+        """The model's action space type, or else the one the artifact declares."""
+        if self.loaded:
+            return type(self.loaded.sb3.action_space).__name__
+        return self.given_artifact.declared_kind
 
     @cached_property
     def reference(self):
@@ -94,8 +102,7 @@ def pytest_configure(config: pytest.Config) -> None:
     onnx_path = _path(config.getoption("onnx"))
     transform = config.getoption("action_transform")
     try:
-        if onnx_path:
-            Artifact(onnx_path)
+        given_artifact = Artifact(onnx_path) if onnx_path else None
         loaded = load_model(model_path, trust_code=config.getoption("trust_model_code")) \
             if model_path else None
         if loaded and not onnx_path:
@@ -106,7 +113,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     except ValueError as exc:  # a transform that does not fit the policy
         raise pytest.UsageError(f"--action-transform {transform}: {exc}") from None
-    config.stash[STATE] = SuiteState(model_path, onnx_path, transform, loaded)
+    config.stash[STATE] = SuiteState(model_path, onnx_path, transform, loaded, given_artifact)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -124,9 +131,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if marker is None:
         return
     clause = spec.clause(marker.args[0])
-    if clause.needs_model and not item.config.stash[STATE].loaded:
+    state = item.config.stash[STATE]
+    if clause.needs_model and not state.loaded:
         pytest.skip(f"{clause.id} compares the artifact with the trained model: "
                     "it needs --model m.zip")
+    if state.action_kind not in clause.kinds:
+        pytest.skip(f"{clause.id} not applicable: it concerns {', '.join(clause.kinds)} action "
+                    f"spaces, this policy's is {state.action_kind}")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -154,8 +165,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     if state.exported_path:
         write(f"exported artifact: {state.exported_path} (sha256 {sha256(state.exported_path)})")
     for clause_id, checked in sorted(state.stats.observations.items()):
-        write(f"{clause_id}: {checked:,} observations checked against predict(), "
-              f"{state.stats.out_of_bounds[clause_id]:,} with the mean outside the action bounds")
+        if spec.clause(clause_id).kinds == spec.BOX:
+            detail = (f"{state.stats.out_of_bounds[clause_id]:,} with the mean outside the action "
+                      "bounds")
+        else:
+            detail = f"{state.stats.near_ties[clause_id]:,} disagreeing only at a rounding tie"
+        write(f"{clause_id}: {checked:,} observations checked against predict(), {detail}")
 
 
 # --- session fixtures -----------------------------------------------------------------------------
@@ -175,8 +190,8 @@ def reference(suite: SuiteState):
 @pytest.fixture(scope="session")
 def artifact(suite: SuiteState, tmp_path_factory: pytest.TempPathFactory) -> Artifact:
     """The artifact under test: --onnx, or the suite's own export of --model (once a session)."""
-    if suite.onnx_path:
-        return Artifact(suite.onnx_path)
+    if suite.given_artifact:
+        return suite.given_artifact
     from .export import export
 
     target = tmp_path_factory.mktemp("export") / f"{suite.model_path.stem}.onnx"
@@ -217,4 +232,6 @@ def action_tolerance(suite: SuiteState, artifact: Artifact):
         return suite.reference.tolerance
     box = artifact.declared_box()
     fixed = tolerance(box.low, box.high) if box else tolerance(-1.0, 1.0)
+    if suite.action_kind != "Box":
+        fixed = 0.0  # discrete actions are compared exactly
     return lambda obs: np.broadcast_to(fixed, (len(obs), artifact.act_dim or 1))

@@ -23,6 +23,11 @@ class Level(enum.IntEnum):
         return self.name.capitalize()
 
 
+BOX = ("Box",)
+DISCRETE = ("Discrete", "MultiDiscrete", "MultiBinary")
+ACTION_KINDS = BOX + DISCRETE
+
+
 @dataclass(frozen=True)
 class Clause:
     id: str
@@ -31,6 +36,7 @@ class Clause:
     title: str
     text: str
     needs_model: bool = False
+    kinds: tuple[str, ...] = ACTION_KINDS  # the action spaces the clause applies to
 
     @property
     def test_id(self) -> str:
@@ -41,7 +47,7 @@ class Clause:
         return self.test_id
 
 
-B, S = Level.BASIC, Level.STANDARD
+B, S, E = Level.BASIC, Level.STANDARD, Level.EXTENDED
 
 CLAUSES: tuple[Clause, ...] = (
     # --- the graph -----------------------------------------------------------------------------
@@ -59,13 +65,13 @@ CLAUSES: tuple[Clause, ...] = (
     Clause("GRAPH-05", "input_dtype", B, "The input `obs` is float32",
            "The element type of `obs` MUST be float32."),
     Clause("GRAPH-06", "output_dtype", B, "The output `action` is float32",
-           "The element type of `action` MUST be float32 (Box action spaces)."),
+           "The element type of `action` MUST be float32.", kinds=BOX),
     Clause("GRAPH-07", "input_shape", B, "`obs` is `[batch, obs_dim]` with a static `obs_dim`",
            "`obs` MUST have rank 2, and dimension 1 (`obs_dim`) MUST be a static positive "
            "integer."),
     Clause("GRAPH-08", "output_shape", B, "`action` is `[batch, act_dim]` with a static `act_dim`",
            "`action` MUST have rank 2, and dimension 1 (`act_dim`) MUST be a static positive "
-           "integer."),
+           "integer.", kinds=BOX),
     Clause("GRAPH-09", "input_batch_dynamic", B, "The batch dimension of `obs` is symbolic",
            "Dimension 0 of `obs` MUST be symbolic (a `dim_param`), not a fixed size. Its name "
            "SHOULD be `batch`."),
@@ -78,8 +84,9 @@ CLAUSES: tuple[Clause, ...] = (
            "observation space; observations are fed flattened in C order.", needs_model=True),
     Clause("GRAPH-12", "act_dim_matches_model", B,
            "`act_dim` is the flattened size of the model's action space",
-           "`act_dim` MUST equal the number of elements of one action of the SB3 model's action "
-           "space.", needs_model=True),
+           "`act_dim` (the number of output elements per row: 1 for a `[batch]` output) MUST "
+           "equal the number of elements of one action of the SB3 model's action space.",
+           needs_model=True),
     # --- the metadata ----------------------------------------------------------------------------
     Clause("META-01", "clanker_policy_version", B, "`clanker_policy_version` is a 1.x version",
            "The key `clanker_policy_version` MUST be present exactly once, and its value MUST be a "
@@ -88,11 +95,12 @@ CLAUSES: tuple[Clause, ...] = (
            "The key `action_space` MUST be present exactly once; its value MUST be a JSON object "
            "with `type` \"Box\", `shape` (a list of positive integers whose product is "
            "`act_dim`), `dtype` \"float32\", and `low` and `high`: lists of `act_dim` finite "
-           "numbers with low <= high element-wise."),
+           "numbers with low <= high element-wise.", kinds=BOX),
     Clause("META-03", "action_space_matches_model", B,
            "`action_space` is the model's action space",
            "The declared `action_space` MUST equal the SB3 model's action space: the same type "
-           "and shape, and `low`/`high` equal to the model's bounds in float32.",
+           "and shape, and `low`/`high` equal to the model's bounds in float32 (Box), the same "
+           "`n` and `start` (Discrete), `nvec` (MultiDiscrete) or `n` (MultiBinary).",
            needs_model=True),
     Clause("META-04", "action_transform", B, "`action_transform` is none, clip or tanh",
            "The key `action_transform` MUST be present exactly once, with one of the values "
@@ -121,8 +129,8 @@ CLAUSES: tuple[Clause, ...] = (
            "symbolic."),
     # --- behaviour -------------------------------------------------------------------------------
     Clause("BEH-01", "batch_sizes", S, "N observations give N actions",
-           "For every batch size N in {1, 2, 7, 64, 1000}, `action` MUST have shape "
-           "`(N, act_dim)`."),
+           "For every batch size N in {1, 2, 7, 64, 1000}, `action` MUST have N rows, each of "
+           "the output's declared static shape."),
     Clause("BEH-02", "rows_independent", S, "Each row of a batch is computed on its own",
            "Row i of the output for a batch MUST equal the output for row i fed alone, within the "
            "parity tolerance."),
@@ -133,20 +141,45 @@ CLAUSES: tuple[Clause, ...] = (
            "be finite."),
     Clause("BEH-05", "within_bounds", S, "The final action lies inside the declared bounds",
            "Every element of the final action MUST lie in the declared `[low, high]` of "
-           "`action_space`, within the parity tolerance."),
+           "`action_space`, within the parity tolerance.", kinds=BOX),
     # --- parity ----------------------------------------------------------------------------------
     Clause("PAR-01", "parity", S, "The final action matches `predict()`",
            "For every observation the suite draws from the model's observation space (inside its "
            "bounds and beyond them), the final action MUST match "
            "`model.predict(obs, deterministic=True)` within the parity tolerance.",
-           needs_model=True),
+           needs_model=True, kinds=BOX),
     Clause("PAR-02", "parity_out_of_bounds", S,
            "The final action matches `predict()` where the mean leaves the bounds",
            "For observations whose pre-clip mean lies outside the action bounds, the final action "
            "MUST match `model.predict(obs, deterministic=True)` (which clips) within the parity "
            "tolerance. The suite MUST exercise such observations, or state that the model cannot "
            "produce any (then the clause is not applicable and is reported as skipped).",
-           needs_model=True),
+           needs_model=True, kinds=BOX),
+    # --- discrete actions (Extended) -------------------------------------------------------------
+    Clause("DISC-01", "discrete_output_dtype", E, "`action` has the dtype predict() returns",
+           "For a Discrete or MultiDiscrete action space `action` MUST be int64; for "
+           "MultiBinary it MUST be float32 (0.0 or 1.0), as `predict()` returns them.",
+           kinds=DISCRETE),
+    Clause("DISC-02", "discrete_output_shape", E, "`action` has the shape predict() returns",
+           "`action` MUST be `[batch]` for Discrete, `[batch, k]` with k = len(nvec) for "
+           "MultiDiscrete and `[batch, n]` for MultiBinary, with k and n static.",
+           kinds=DISCRETE),
+    Clause("DISC-03", "discrete_action_space", E, "`action_space` describes the discrete output",
+           "The key `action_space` MUST be present exactly once, a JSON object: "
+           "`{\"type\": \"Discrete\", \"n\": n, \"start\": 0}`, "
+           "`{\"type\": \"MultiDiscrete\", \"nvec\": [...]}` or "
+           "`{\"type\": \"MultiBinary\", \"n\": n}` with positive integers, agreeing with the "
+           "output's shape; `action_transform` MUST be `none`.", kinds=DISCRETE),
+    Clause("DISC-04", "discrete_valid_actions", E, "Every action is a member of the space",
+           "For every observation the suite draws, each action element MUST be an integer in "
+           "`[start, start + n)` (Discrete), in `[0, nvec[i])` (MultiDiscrete) or 0 or 1 "
+           "(MultiBinary).", kinds=DISCRETE),
+    Clause("DISC-05", "discrete_parity", E, "The action equals `predict()` but at near-ties",
+           "For every observation the suite draws, the action MUST equal "
+           "`model.predict(obs, deterministic=True)` exactly, except where the model's own "
+           "scores (Q-values, logits) of the two actions differ by no more than the parity "
+           "tolerance: such near-ties are rounding, counted and reported, not defects.",
+           needs_model=True, kinds=DISCRETE),
 )
 
 _BY_ID = {c.id: c for c in CLAUSES}

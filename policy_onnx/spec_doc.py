@@ -10,18 +10,22 @@ SPEC_PATH = Path(__file__).resolve().parent.parent / "POLICY_ONNX_SPEC.md"
 BEGIN = ("<!-- BEGIN CLAUSES: generated from policy_onnx/spec.py by "
          "`python -m policy_onnx spec --write`; edit the registry, not this table -->")
 END = "<!-- END CLAUSES -->"
-GROUPS = {"GRAPH": "Graph", "META": "Metadata", "BEH": "Behaviour", "PAR": "Parity"}
+GROUPS = {"GRAPH": "Graph", "META": "Metadata", "BEH": "Behaviour", "PAR": "Parity",
+          "DISC": "Discrete actions (Extended)"}
 
 
 def render() -> str:
     lines = [BEGIN]
     for prefix, heading in GROUPS.items():
         lines += ["", f"### {heading}", "",
-                  "| ID | Level | Needs model | Requirement |", "| --- | --- | --- | --- |"]
+                  "| ID | Level | Needs model | Action spaces | Requirement |",
+                  "| --- | --- | --- | --- | --- |"]
         for c in spec.CLAUSES:
             if c.id.split("-")[0] == prefix:
+                kinds = "all" if c.kinds == spec.ACTION_KINDS else ", ".join(c.kinds)
                 lines.append(f"| **{c.id}** `{c.slug}` | {c.level.label} | "
-                             f"{'yes' if c.needs_model else 'no'} | **{c.title}.** {c.text} |")
+                             f"{'yes' if c.needs_model else 'no'} | {kinds} | "
+                             f"**{c.title}.** {c.text} |")
     lines += ["", END]
     return "\n".join(lines)
 

@@ -327,6 +327,47 @@ def _declare_identity(p):
     return set_meta(p, "action_offset", json.dumps([0.0] * size))
 
 
+def _int32_actions(p):
+    p.graph.output[0].type.tensor_type.elem_type = TensorProto.INT32
+    return append_after_output(
+        p, lambda src, dst: [helper.make_node("Cast", [src], [dst], to=TensorProto.INT32)])
+
+
+def _actions_as_column(p):
+    set_dim(p.graph.output[0], 0, "batch")
+    p.graph.output[0].type.tensor_type.shape.dim.add().dim_value = 1
+    return append_after_output(p, lambda src, dst: [
+        helper.make_node("Unsqueeze", [src, "axis1"], [dst])], [const("axis1", [1], np.int64)])
+
+
+def _set_last(kind: str, new_kind: str | None = None, **attributes):
+    """Change the last node of type `kind`: its type, or integer attributes."""
+    def mutate(p):
+        node = [n for n in p.graph.node if n.op_type == kind][-1]
+        node.op_type = new_kind or kind
+        for name, value in attributes.items():
+            next(a for a in node.attribute if a.name == name).i = value
+        del p.graph.value_info[:]
+        return p
+    return mutate
+
+
+def _index_plus_one(p):
+    return append_after_output(p, lambda src, dst: [
+        helper.make_node("Add", [src, "one"], [dst])], [const("one", 1, np.int64)])
+
+
+def _threshold_shifted(p):
+    sigmoid = next(n for n in p.graph.node if n.op_type == "Sigmoid")
+    logits = sigmoid.input[0]
+    sigmoid.input[0] = "shifted_logits"
+    p.graph.node.insert(list(p.graph.node).index(sigmoid),
+                        helper.make_node("Sub", [logits, "shift"], ["shifted_logits"]))
+    p.graph.initializer.append(const("shift", 0.5))
+    del p.graph.value_info[:]
+    return p
+
+
 def _newer_opset(p):
     return onnx.version_converter.convert_version(p, 21)
 
@@ -416,7 +457,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("rank3_input", "obs is [batch, 1, obs_dim]", _rank3_input,
            frozenset({"GRAPH-07", "GRAPH-11"} | RUNNING)),
     Mutant("rank3_output", "action is [batch, 1, act_dim]", _rank3_output,
-           frozenset({"GRAPH-08", "GRAPH-12", "BEH-01", "BEH-05"} | PARITY)),
+           frozenset({"GRAPH-08", "GRAPH-12", "BEH-05"} | PARITY)),
     Mutant("custom_op_domain", "a node from a custom operator domain", _custom_op,
            frozenset({"GRAPH-02"} | RUNNING)),
     Mutant("lying_value_info", "a value_info whose shape contradicts the graph",
@@ -460,7 +501,7 @@ MUTANTS: tuple[Mutant, ...] = (
            _symmetric_clamp, frozenset({"BEH-05"} | PARITY), model="ppo_asymmetric_relu",
            transform="clip"),
     Mutant("rows_truncated", "at most 64 rows come out", _rows_truncated,
-           frozenset({"BEH-01", "BEH-05"} | PARITY)),
+           frozenset({"BEH-01", "BEH-04", "BEH-05"} | PARITY)),
     Mutant("tanh_scale_offset_swapped", "action_scale and action_offset swapped",
            _scale_offset_swapped, frozenset({"PAR-01"}), model="ppo_gsde_squash",
            transform="tanh"),
@@ -470,6 +511,31 @@ MUTANTS: tuple[Mutant, ...] = (
            _scale_offset_swapped, frozenset({"PAR-01"}), model="sac", transform="tanh"),
     Mutant("sac_tanh_declared_unscale_baked", "SAC: tanh declared over an unscaled output",
            _tanh_with_unscale_baked, frozenset({"BEH-05", "PAR-01"}), model="sac"),
+    # discrete actions
+    Mutant("dqn_int32_actions", "DQN: int32 actions instead of int64", _int32_actions,
+           frozenset({"DISC-01"}), model="dqn"),
+    Mutant("dqn_actions_as_column", "DQN: actions as [batch, 1] instead of [batch]",
+           _actions_as_column, frozenset({"DISC-02"}), model="dqn"),
+    Mutant("dqn_argmin", "DQN: argmin of the Q-values", _set_last("ArgMax", "ArgMin"),
+           frozenset({"DISC-05"}), model="dqn"),
+    Mutant("dqn_index_plus_one", "DQN: actions counted from 1", _index_plus_one,
+           frozenset({"DISC-04", "DISC-05"}), model="dqn"),
+    Mutant("dqn_argmax_over_batch", "DQN: argmax over the batch axis", _set_last("ArgMax", axis=0),
+           frozenset({"BEH-01", "BEH-02", "BEH-04", "DISC-04", "DISC-05"}), model="dqn"),
+    Mutant("dqn_transform_clip", "DQN: action_transform = clip on a discrete output",
+           lambda p: set_meta(p, "action_transform", "clip"),
+           frozenset({"DISC-03", "DISC-05"}), model="dqn"),
+    Mutant("dqn_n_zero", "DQN: action_space n = 0", lambda p: set_meta(
+        p, "action_space", '{"type": "Discrete", "n": 0, "start": 0}'),
+        frozenset({"DISC-03", "META-03"}), model="dqn"),
+    Mutant("dqn_n_not_the_models", "DQN: action_space n = 6 for a 5-action model",
+           lambda p: set_meta(p, "action_space", '{"type": "Discrete", "n": 6, "start": 0}'),
+           frozenset({"META-03"}), model="dqn"),
+    Mutant("multidiscrete_split_argmax_swapped", "MultiDiscrete: the last split's argmax "
+           "replaced by argmin", _set_last("ArgMax", "ArgMin"), frozenset({"DISC-05"}),
+           model="a2c_multidiscrete"),
+    Mutant("multibinary_threshold_shifted", "MultiBinary: round(sigmoid(logit - 0.5))",
+           _threshold_shifted, frozenset({"DISC-05"}), model="ppo_multibinary"),
     Mutant("ddpg_unscale_forgotten", "DDPG: the tanh output with scale 1 and offset 0 for "
            "bounds of +-0.5", _declare_identity, frozenset({"BEH-05", "PAR-01"}), model="ddpg",
            transform="tanh"),
@@ -485,6 +551,8 @@ CONFORMING: tuple[Mutant, ...] = (
            model="ppo_gsde_squash", transform="tanh"),
     Mutant("sac_tanh_transform", "SAC: tanh output with scale/offset", lambda p: p, frozenset(),
            model="sac", transform="tanh"),
+    Mutant("qrdqn_as_exported", "QR-DQN as the suite exports it", lambda p: p, frozenset(),
+           model="qrdqn"),
     Mutant("newer_opset", "converted to opset 21", _newer_opset, frozenset()),
     Mutant("clip_declared_over_baked_clamp", "action_transform = clip over a clamped output",
            lambda p: set_meta(p, "action_transform", "clip"), frozenset()),
