@@ -122,9 +122,15 @@ class Artifact:
     # --- graph facts ------------------------------------------------------------------------
     @property
     def obs(self) -> TensorFacts | None:
-        """The observation input: `obs`, or else the only required input."""
+        """The observation input: `obs`, or else the only required input other than masks."""
         named = [t for t in self.inputs if t.name == "obs"]
-        return named[0] if named else (self.inputs[0] if len(self.inputs) == 1 else None)
+        others = [t for t in self.inputs if t.name != "action_masks"]
+        return named[0] if named else (others[0] if len(others) == 1 else None)
+
+    @property
+    def masks(self) -> TensorFacts | None:
+        """The action-mask input `action_masks`, if the graph has one."""
+        return next((t for t in self.inputs if t.name == "action_masks"), None)
 
     @property
     def action(self) -> TensorFacts | None:
@@ -186,17 +192,27 @@ class Artifact:
                 "standard ONNX operators, an IR version and opsets this runtime supports "
                 "(torch's default exporter writes IR 10, opset 20)") from None
 
-    def run(self, obs: np.ndarray, *, one_row_each: bool = True) -> np.ndarray:
-        """The action output for a batch of flattened observations, as float64; unless told
-        otherwise, an output without one row per observation is an ArtifactError."""
+    def run(self, obs: np.ndarray, masks: np.ndarray | None = None, *,
+            one_row_each: bool = True) -> np.ndarray:
+        """The action output for a batch of flattened observations (and action masks, all
+        allowed unless given), as float64; unless told otherwise, an output without one row per
+        observation is an ArtifactError."""
         if self.obs is None or self.action is None:
             raise ArtifactError(
                 f"cannot tell the observation input and action output apart "
                 f"(inputs {[t.name for t in self.inputs]}, outputs "
                 f"{[t.name for t in self.outputs]})")
         feed = np.ascontiguousarray(obs, dtype=self.obs.numpy_dtype)
+        feeds = {self.obs.name: feed}
+        if self.masks is not None:
+            if masks is None:
+                width = self.masks.dims[1] if len(self.masks.dims) == 2 else None
+                if not isinstance(width, int):
+                    raise ArtifactError(f"action_masks has no static width: {self.masks.dims}")
+                masks = np.ones((len(feed), width), dtype=bool)
+            feeds[self.masks.name] = np.ascontiguousarray(masks, dtype=self.masks.numpy_dtype)
         try:
-            (out,) = self.session.run([self.action.name], {self.obs.name: feed})
+            (out,) = self.session.run([self.action.name], feeds)
         except ArtifactError:
             raise
         except Exception as exc:
@@ -242,5 +258,5 @@ class Artifact:
             return np.clip(raw, box.low, box.high)
         return raw
 
-    def final_action(self, obs: np.ndarray) -> np.ndarray:
-        return self.to_final(self.run(obs))
+    def final_action(self, obs: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+        return self.to_final(self.run(obs, masks))

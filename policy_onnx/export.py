@@ -27,14 +27,17 @@ def export(loaded: LoadedModel, output: str | Path, *, transform: str = "none") 
     output = Path(output)
     head = head_for(loaded, transform)
     scale, offset = head.scale_offset()
-    example = torch.zeros(2, math.prod(loaded.sb3.observation_space.shape))
+    batch = torch.export.Dim("batch")
+    inputs = {"obs": torch.zeros(2, math.prod(loaded.sb3.observation_space.shape))}
+    if head.masked:
+        inputs["action_masks"] = torch.ones(2, head.mask_width, dtype=torch.bool)
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "graph.onnx"
         with _quiet():
             torch.onnx.export(
-                head, (example,), str(raw), dynamo=True, external_data=False,
-                input_names=["obs"], output_names=["action"],
-                dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+                head, tuple(inputs.values()), str(raw), dynamo=True, external_data=False,
+                input_names=list(inputs), output_names=["action"],
+                dynamic_shapes=tuple({0: batch} for _ in inputs), verbose=False)
         proto = onnx.load(str(raw))
     entries = metadata.build(loaded.sb3.action_space, transform, scale, offset)
     del proto.metadata_props[:]

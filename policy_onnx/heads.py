@@ -23,6 +23,7 @@ class BoxHead(nn.Module):
     """A policy with a Box action space: mean, then predict()'s clip or tanh + unscale."""
 
     squash: bool
+    masked = False
 
     def __init__(self, policy, transform: str = "none"):
         super().__init__()
@@ -110,6 +111,7 @@ class DiscreteHead(nn.Module):
     selection. The output is the final action: no runtime transform applies."""
 
     squash = False
+    masked = False
 
     def __init__(self, policy, transform: str = "none"):
         super().__init__()
@@ -178,6 +180,32 @@ class BernoulliHead(CategoricalHead):
         return torch.round(torch.sigmoid(scores))
 
 
+class MaskedHead:
+    """MaskablePPO: a second input `action_masks` [B, m] (True allows a choice); masked logits
+    are set to -1e8, as MaskableCategorical does, before the selection."""
+
+    masked = True
+
+    @property
+    def mask_width(self) -> int:
+        space = self.policy.action_space
+        return int(np.sum(space.nvec)) if hasattr(space, "nvec") else int(space.n)
+
+    def forward(self, obs, action_masks=None, scores: bool = False):
+        logits = self.scores(obs)
+        if action_masks is not None:
+            logits = torch.where(action_masks, logits, torch.full_like(logits, -1e8))
+        return logits if scores else self.select(logits)
+
+
+class MaskedCategoricalHead(MaskedHead, CategoricalHead):
+    pass
+
+
+class MaskedMultiCategoricalHead(MaskedHead, MultiCategoricalHead):
+    pass
+
+
 BOX_HEADS = {"PPO": ActorCriticHead, "A2C": ActorCriticHead, "TRPO": ActorCriticHead,
              "SAC": SquashedGaussianHead, "TQC": SquashedGaussianHead,
              "TD3": DeterministicActorHead, "DDPG": DeterministicActorHead}
@@ -199,6 +227,9 @@ def head_for(loaded, transform: str = "none") -> BoxHead | DiscreteHead:
         head = QValueHead
     elif loaded.algorithm == "QR-DQN":
         head = QuantileHead
+    elif loaded.algorithm == "MaskablePPO":
+        head = {"Discrete": MaskedCategoricalHead,
+                "MultiDiscrete": MaskedMultiCategoricalHead}[kind]
     else:
         head = ON_POLICY_DISCRETE_HEADS[kind]
     return head(policy, transform).eval()

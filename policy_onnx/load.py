@@ -25,7 +25,8 @@ class ModelLoadError(Exception):
     """A model file that cannot be checked; the message names the problem and the fix."""
 
 
-SUPPORTED_ALGORITHMS = ("PPO", "A2C", "TRPO", "SAC", "TD3", "DDPG", "TQC", "DQN", "QR-DQN")
+SUPPORTED_ALGORITHMS = ("PPO", "A2C", "TRPO", "SAC", "TD3", "DDPG", "TQC", "DQN", "QR-DQN",
+                        "MaskablePPO")
 
 # Resource limits: refuse, rather than attempt, what would exhaust memory.
 MAX_DATA_BYTES = 64 * 2**20  # the `data` JSON entry, uncompressed
@@ -41,7 +42,6 @@ DEFAULTS = {"learning_rate": 0.0, "lr_schedule": 0.0, "clip_range": 0.0, "clip_r
 
 # Policy classes of families the suite does not check yet, by the algorithm that uses them.
 _OTHER_FAMILIES = {
-    "MaskableActorCriticPolicy": "MaskablePPO",
     "RecurrentActorCriticPolicy": "RecurrentPPO", "ARSPolicy": "ARS", "CrossQPolicy": "CrossQ",
 }
 
@@ -200,6 +200,8 @@ def detect_algorithm(path: Path, data: dict, policy_class: Any) -> str:
         return "SAC"
     if name == "TQCPolicy":
         return "TQC"
+    if name == "MaskableActorCriticPolicy":
+        return "MaskablePPO"
     if name == "DQNPolicy":
         return "DQN"
     if name == "QRDQNPolicy":
@@ -213,7 +215,7 @@ def detect_algorithm(path: Path, data: dict, policy_class: Any) -> str:
 
 
 def algorithm_class(algorithm: str) -> Any:
-    if algorithm in ("TRPO", "TQC", "QR-DQN"):
+    if algorithm in ("TRPO", "TQC", "QR-DQN", "MaskablePPO"):
         import sb3_contrib
         return getattr(sb3_contrib, algorithm.replace("-", ""))
     import stable_baselines3
@@ -270,6 +272,10 @@ def load_model(path: str | Path, *, trust_code: bool = False) -> LoadedModel:
     objects = inference_objects(path, data, trust_code)
     algorithm = detect_algorithm(path, data, objects["policy_class"])
     check_spaces(path, objects["observation_space"], objects["action_space"])
+    if algorithm == "MaskablePPO" and type(objects["action_space"]).__name__ not in (
+            "Discrete", "MultiDiscrete"):
+        raise ModelLoadError(f"--model {path}: MaskablePPO with {objects['action_space']} is "
+                             "not supported yet (supported: Discrete, MultiDiscrete)")
     try:
         with warnings.catch_warnings():  # zips saved under numpy 1.x name numpy.core
             warnings.filterwarnings("ignore", "numpy.core", DeprecationWarning)

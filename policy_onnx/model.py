@@ -37,13 +37,16 @@ class Reference:
             self.high = np.asarray(self.action_space.high, dtype=np.float64).reshape(-1)
         # predict() clips the mean of an unsquashed Box policy; squashed ones unscale tanh.
         self.clips = self.kind == "Box" and not self.head.squash
+        self.masked = self.head.masked
         self.domain = ObservationDomain.of_space(self.observation_space)
 
-    def predict(self, obs: np.ndarray) -> np.ndarray:
-        """`model.predict(obs, deterministic=True)` for flattened float32 rows, as float64."""
+    def predict(self, obs: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+        """`model.predict(obs, deterministic=True)` for flattened float32 rows (with
+        `action_masks` for a masked policy), as float64."""
         batch = np.asarray(obs, dtype=np.float32).reshape((-1, *self.obs_shape))
+        extra = {"action_masks": masks} if masks is not None else {}
         actions, _ = self.sb3.predict(batch.astype(self.observation_space.dtype),
-                                      deterministic=True)
+                                      deterministic=True, **extra)
         return np.asarray(actions, dtype=np.float64).reshape(len(batch), -1)
 
     def mean(self, obs: np.ndarray) -> np.ndarray:
@@ -56,10 +59,13 @@ class Reference:
         tensors = {**dict(self.head.named_parameters()), **dict(self.head.named_buffers())}
         return {k: v.detach().double() if v.is_floating_point() else v for k, v in tensors.items()}
 
-    def scores(self, obs: np.ndarray) -> np.ndarray:
-        """A discrete policy's scores (Q-values, logits) that predict() selects from."""
+    def scores(self, obs: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+        """A discrete policy's scores (Q-values, logits; masked ones at -1e8) that predict()
+        selects from."""
+        extra = {"action_masks": torch.as_tensor(masks)} if masks is not None else {}
         with torch.no_grad():
-            return self.head(torch.as_tensor(obs, dtype=torch.float32), scores=True).double().numpy()
+            return self.head(torch.as_tensor(obs, dtype=torch.float32), scores=True,
+                             **extra).double().numpy()
 
     def score_tolerance(self, obs: np.ndarray) -> np.ndarray:
         """How far apart two scores may be and still be a rounding tie, per score."""

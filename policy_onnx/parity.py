@@ -103,10 +103,13 @@ def _score_gaps(reference: Reference, expected: np.ndarray, obtained: np.ndarray
 
 
 def compare_discrete(reference: Reference, artifact: Artifact, obs: np.ndarray,
-                     stats: ParityStats, clause_id: str) -> str | None:
+                     stats: ParityStats, clause_id: str, masks: np.ndarray | None = None
+                     ) -> str | None:
     """None when every action equals predict() or differs only at a rounding tie."""
-    expected = reference.predict(obs)
-    obtained = artifact.final_action(obs).reshape(len(obs), -1)
+    if reference.masked and masks is None:
+        masks = np.ones((len(obs), reference.head.mask_width), dtype=bool)
+    expected = reference.predict(obs, masks)
+    obtained = artifact.final_action(obs, masks).reshape(len(obs), -1)
     if obtained.shape != expected.shape:
         return (f"the action has shape {obtained.shape} per batch, but predict() returns "
                 f"{expected.shape} for {len(obs)} observations")
@@ -114,7 +117,7 @@ def compare_discrete(reference: Reference, artifact: Artifact, obs: np.ndarray,
     if not differs.any():
         return None
     rows = np.flatnonzero(differs.any(axis=1))
-    scores = reference.scores(obs[rows])
+    scores = reference.scores(obs[rows], None if masks is None else masks[rows])
     gaps, chosen = _score_gaps(reference, expected[rows], obtained[rows], scores)
     # A tie: the two choices' scores are within the tolerance of the larger score.
     allowed = tolerance(-np.abs(chosen), np.abs(chosen),
@@ -131,6 +134,7 @@ def compare_discrete(reference: Reference, artifact: Artifact, obs: np.ndarray,
         f"  obs     = {_row(obs[i])}",
         f"  predict = {expected[i].tolist()}",
         f"  action  = {obtained[i].tolist()}",
+        *([f"  mask    = {masks[i].astype(int).tolist()}"] if masks is not None else []),
         f"  model scores = {_row(scores[worst])}",
         f"  score gap = {_row(gaps[worst])}, a tie only within {_row(allowed[worst])}",
     ])
@@ -164,7 +168,7 @@ def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, 
         if reference.kind == "Box":
             problem = compare(reference, artifact, obs)
         else:
-            problem = compare_discrete(reference, artifact, obs, stats, clause.id)
+            problem = compare_discrete(reference, artifact, obs, stats, clause.id, batch.masks)
         if problem:
             raise Mismatch(f"{problem}\n  drawn as {batch}")
 

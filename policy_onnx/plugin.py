@@ -72,6 +72,13 @@ class SuiteState:
         return self.given_artifact.declared_kind
 
     @cached_property
+    def masked(self) -> bool:
+        """Whether the policy takes action masks (MaskablePPO, or an `action_masks` input)."""
+        if self.loaded:
+            return self.loaded.algorithm == "MaskablePPO"
+        return self.given_artifact.masks is not None
+
+    @cached_property
     def reference(self):
         from .model import Reference
 
@@ -135,9 +142,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if clause.needs_model and not state.loaded:
         pytest.skip(f"{clause.id} compares the artifact with the trained model: "
                     "it needs --model m.zip")
-    if state.action_kind not in clause.kinds:
+    if not clause.applies(state.action_kind, state.masked):
+        policy = f"{'a masked ' if state.masked else 'an unmasked '}{state.action_kind} policy"
         pytest.skip(f"{clause.id} not applicable: it concerns {', '.join(clause.kinds)} action "
-                    f"spaces, this policy's is {state.action_kind}")
+                    f"spaces{_masks_phrase(clause)}; this is {policy}")
+
+
+def _masks_phrase(clause: spec.Clause) -> str:
+    return {None: "", True: " with action masks", False: " without action masks"}[clause.masked]
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

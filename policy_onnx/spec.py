@@ -37,6 +37,10 @@ class Clause:
     text: str
     needs_model: bool = False
     kinds: tuple[str, ...] = ACTION_KINDS  # the action spaces the clause applies to
+    masked: bool | None = None  # only to policies with (True) or without (False) action masks
+
+    def applies(self, kind: str, masked: bool) -> bool:
+        return kind in self.kinds and self.masked in (None, masked)
 
     @property
     def test_id(self) -> str:
@@ -58,8 +62,8 @@ CLAUSES: tuple[Clause, ...] = (
            "ONNX Runtime MUST create an inference session from the artifact with the CPU "
            "execution provider."),
     Clause("GRAPH-03", "input_name", B, "The one required input is named `obs`",
-           "A vector policy MUST have exactly one required graph input (initializers do not "
-           "count), and it MUST be named `obs`."),
+           "A vector policy without action masks MUST have exactly one required graph input "
+           "(initializers do not count), and it MUST be named `obs`.", masked=False),
     Clause("GRAPH-04", "output_name", B, "The one output is named `action`",
            "A feed-forward vector policy MUST have exactly one graph output, named `action`."),
     Clause("GRAPH-05", "input_dtype", B, "The input `obs` is float32",
@@ -180,6 +184,17 @@ CLAUSES: tuple[Clause, ...] = (
            "scores (Q-values, logits) of the two actions differ by no more than the parity "
            "tolerance: such near-ties are rounding, counted and reported, not defects.",
            needs_model=True, kinds=DISCRETE),
+    # --- action masks (Extended) -----------------------------------------------------------------
+    Clause("MASK-01", "mask_input", E, "Masks come in through `action_masks`",
+           "A policy with action masks (MaskablePPO) MUST have exactly two required inputs, `obs` "
+           "and `action_masks`: bool `[batch, m]` with a symbolic batch and m, static, the number "
+           "of choices (n for Discrete, sum(nvec) for MultiDiscrete). True allows a choice.",
+           kinds=("Discrete", "MultiDiscrete"), masked=True),
+    Clause("MASK-02", "masked_parity", E, "The masked action equals `predict()` but at near-ties",
+           "For every observation and mask the suite draws (all-allowed, all-masked and mixed "
+           "rows), the action MUST equal `model.predict(obs, action_masks=mask, "
+           "deterministic=True)`, except at a rounding tie of the masked scores.",
+           needs_model=True, kinds=("Discrete", "MultiDiscrete"), masked=True),
 )
 
 _BY_ID = {c.id: c for c in CLAUSES}

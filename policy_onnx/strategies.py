@@ -121,13 +121,17 @@ class Batch:
     regime: str
     seed: int
     observations: np.ndarray  # float32 [n, obs_dim]
+    masks: np.ndarray | None = None  # bool [n, mask_width], for masked policies
 
     def __repr__(self) -> str:
         return f"Batch(regime={self.regime!r}, seed={self.seed}, rows={len(self.observations)})"
 
 
 def batches(domain: ObservationDomain, regimes=REGIMES, clip_seeds: np.ndarray | None = None,
-            bulk_rows: int = BULK_ROWS) -> st.SearchStrategy[Batch]:
+            bulk_rows: int = BULK_ROWS, mask_width: int | None = None
+            ) -> st.SearchStrategy[Batch]:
+    """Batches of observations; with `mask_width`, each row also gets an action mask: rows all
+    allowed, all masked, and masked at random with a drawn density."""
     @st.composite
     def draw_batch(draw) -> Batch:
         regime = draw(st.sampled_from(regimes))
@@ -137,8 +141,17 @@ def batches(domain: ObservationDomain, regimes=REGIMES, clip_seeds: np.ndarray |
             index = draw(st.integers(0, len(clip_seeds) - 1))
             explicit = np.vstack([clip_seeds[index:index + 1], explicit])
         seed = draw(st.integers(0, 2**32 - 1))
-        bulk = domain.sample(regime, np.random.default_rng(seed), bulk_rows, clip_seeds)
-        return Batch(regime, seed, _finish(np.vstack([explicit, bulk])))
+        rng = np.random.default_rng(seed)
+        observations = _finish(np.vstack([explicit, domain.sample(regime, rng, bulk_rows,
+                                                                   clip_seeds)]))
+        masks = None
+        if mask_width:
+            density = draw(st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.0]))
+            masks = rng.random((len(observations), mask_width)) < density
+            masks[0] = draw(st.lists(st.booleans(), min_size=mask_width, max_size=mask_width))
+            masks[1::7] = True
+            masks[2::7] = False
+        return Batch(regime, seed, observations, masks)
 
     return draw_batch()
 

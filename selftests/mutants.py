@@ -368,6 +368,31 @@ def _threshold_shifted(p):
     return p
 
 
+def _masks_ignored(p):
+    where = next(n for n in p.graph.node if n.op_type == "Where")
+    where.op_type = "Identity"
+    where.input[:] = [where.input[1]]
+    return p
+
+
+def _float_masks(p):
+    masks = next(i for i in p.graph.input if i.name == "action_masks")
+    masks.type.tensor_type.elem_type = TensorProto.FLOAT
+    _rename_everywhere(p.graph, "action_masks", "bool_masks")
+    p.graph.node.insert(0, helper.make_node("Cast", ["action_masks"], ["bool_masks"],
+                                            to=TensorProto.BOOL))
+    del p.graph.value_info[:]
+    return p
+
+
+def _masks_input_dropped(p):
+    """The mask input removed and every mask taken as all-allowed."""
+    masks = next(i for i in p.graph.input if i.name == "action_masks")
+    p.graph.input.remove(masks)
+    _masks_ignored(p)
+    return p
+
+
 def _newer_opset(p):
     return onnx.version_converter.convert_version(p, 21)
 
@@ -536,6 +561,15 @@ MUTANTS: tuple[Mutant, ...] = (
            model="a2c_multidiscrete"),
     Mutant("multibinary_threshold_shifted", "MultiBinary: round(sigmoid(logit - 0.5))",
            _threshold_shifted, frozenset({"DISC-05"}), model="ppo_multibinary"),
+    # action masks
+    Mutant("masks_ignored", "MaskablePPO: the mask input is there but unused", _masks_ignored,
+           frozenset({"MASK-02"}), model="maskable_ppo"),
+    Mutant("float_masks", "MaskablePPO: action_masks is float32, not bool", _float_masks,
+           frozenset({"MASK-01"}), model="maskable_ppo"),
+    Mutant("masks_input_dropped", "MaskablePPO exported like plain PPO: no action_masks input",
+           _masks_input_dropped, frozenset({"MASK-01", "MASK-02"}), model="maskable_ppo"),
+    Mutant("multidiscrete_masks_ignored", "MaskablePPO, MultiDiscrete: masks unused",
+           _masks_ignored, frozenset({"MASK-02"}), model="maskable_multidiscrete"),
     Mutant("ddpg_unscale_forgotten", "DDPG: the tanh output with scale 1 and offset 0 for "
            "bounds of +-0.5", _declare_identity, frozenset({"BEH-05", "PAR-01"}), model="ddpg",
            transform="tanh"),
