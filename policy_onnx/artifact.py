@@ -21,6 +21,8 @@ import onnx
 from . import metadata
 
 
+AUXILIARY_INPUTS = ("action_masks", "state_h", "state_c", "episode_start")
+RECURRENT_OUTPUTS = ("next_state_h", "next_state_c")
 MAX_ARTIFACT_BYTES = 2 * 2**30  # the file and its external data: far beyond any vector policy
 SIZE_FIX = "check that this is the policy artifact (a vector policy is far smaller)"
 
@@ -124,13 +126,23 @@ class Artifact:
     def obs(self) -> TensorFacts | None:
         """The observation input: `obs`, or else the only required input other than masks."""
         named = [t for t in self.inputs if t.name == "obs"]
-        others = [t for t in self.inputs if t.name != "action_masks"]
+        others = [t for t in self.inputs if t.name not in AUXILIARY_INPUTS]
         return named[0] if named else (others[0] if len(others) == 1 else None)
 
     @property
     def masks(self) -> TensorFacts | None:
         """The action-mask input `action_masks`, if the graph has one."""
         return next((t for t in self.inputs if t.name == "action_masks"), None)
+
+    def input_named(self, name: str) -> TensorFacts | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+    @property
+    def structure(self) -> str:
+        """plain, masked (an `action_masks` input) or recurrent (a `state_h` input)."""
+        if self.masks is not None:
+            return "masked"
+        return "recurrent" if self.input_named("state_h") is not None else "plain"
 
     @property
     def action(self) -> TensorFacts | None:
@@ -171,7 +183,7 @@ class Artifact:
 
     @property
     def has_recurrent_state(self) -> bool:
-        return len(self.inputs) > 1 and len(self.outputs) > 1
+        return self.structure == "recurrent" or (len(self.inputs) > 1 and len(self.outputs) > 1)
 
     # --- running it ---------------------------------------------------------------------------
     @cached_property
@@ -203,7 +215,7 @@ class Artifact:
                 f"(inputs {[t.name for t in self.inputs]}, outputs "
                 f"{[t.name for t in self.outputs]})")
         feed = np.ascontiguousarray(obs, dtype=self.obs.numpy_dtype)
-        feeds = {self.obs.name: feed}
+        feeds = {self.obs.name: feed, **self._zero_state(len(feed))}
         if self.masks is not None:
             if masks is None:
                 width = self.masks.dims[1] if len(self.masks.dims) == 2 else None
@@ -222,6 +234,39 @@ class Artifact:
             raise ArtifactError(f"{len(feed)} observations gave an action of shape "
                                 f"{np.shape(out)}: not one row per observation (see BEH-01)")
         return np.asarray(out, dtype=np.float64)
+
+    def _zero_state(self, batch: int) -> dict[str, np.ndarray]:
+        """A recurrent graph's state inputs at the start of an episode."""
+        if self.structure != "recurrent":
+            return {}
+        feeds = {}
+        if self.input_named("episode_start") is not None:
+            feeds["episode_start"] = np.ones(batch, dtype=np.float32)
+        for name in ("state_h", "state_c"):
+            tensor = self.input_named(name)
+            layers, hidden = (tensor.dims[0], tensor.dims[2]) if len(tensor.dims) == 3 else (0, 0)
+            if not (isinstance(layers, int) and isinstance(hidden, int)):
+                raise ArtifactError(f"{name} is {list(tensor.dims)}, not [layers, batch, hidden] "
+                                    "with static layers and hidden (see REC-01)")
+            feeds[name] = np.zeros((layers, batch, hidden), dtype=np.float32)
+        return feeds
+
+    def step(self, obs: np.ndarray, state_h: np.ndarray, state_c: np.ndarray,
+             episode_start: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One step of a recurrent graph: (action as float64, next_state_h, next_state_c)."""
+        given = {"obs": obs, "state_h": state_h, "state_c": state_c,
+                 "episode_start": episode_start}
+        # Only what the graph takes: an artifact without episode_start simply never resets.
+        feeds = {t.name: np.asarray(given[t.name], np.float32) for t in self.inputs
+                 if t.name in given}
+        try:
+            action, next_h, next_c = self.session.run(["action", *RECURRENT_OUTPUTS], feeds)
+        except ArtifactError:
+            raise
+        except Exception as exc:
+            raise ArtifactError(f"ONNX Runtime failed on one recurrent step: "
+                                f"{' '.join(str(exc).split())}") from None
+        return self.to_final(np.asarray(action, np.float64)), next_h, next_c
 
     # --- the declared action transform, read as a runtime reads it --------------------------
     def _entry(self, key: str) -> str | None:

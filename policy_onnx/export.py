@@ -28,18 +28,27 @@ def export(loaded: LoadedModel, output: str | Path, *, transform: str = "none") 
     head = head_for(loaded, transform)
     scale, offset = head.scale_offset()
     batch = torch.export.Dim("batch")
-    inputs = {"obs": torch.zeros(2, math.prod(loaded.sb3.observation_space.shape))}
-    if head.masked:
-        inputs["action_masks"] = torch.ones(2, head.mask_width, dtype=torch.bool)
+    # name -> (example, dynamic dimensions)
+    inputs = {"obs": (torch.zeros(2, math.prod(loaded.sb3.observation_space.shape)), {0: batch})}
+    outputs = ["action"]
+    if head.structure == "masked":
+        inputs["action_masks"] = (torch.ones(2, head.mask_width, dtype=torch.bool), {0: batch})
+    if head.structure == "recurrent":
+        layers, hidden = head.state_shape
+        inputs["state_h"] = (torch.zeros(layers, 2, hidden), {1: batch})
+        inputs["state_c"] = (torch.zeros(layers, 2, hidden), {1: batch})
+        inputs["episode_start"] = (torch.zeros(2), {0: batch})
+        outputs += ["next_state_h", "next_state_c"]
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "graph.onnx"
         with _quiet():
             torch.onnx.export(
-                head, tuple(inputs.values()), str(raw), dynamo=True, external_data=False,
-                input_names=list(inputs), output_names=["action"],
-                dynamic_shapes=tuple({0: batch} for _ in inputs), verbose=False)
+                head, tuple(example for example, _ in inputs.values()), str(raw), dynamo=True,
+                external_data=False, input_names=list(inputs), output_names=outputs,
+                dynamic_shapes=tuple(dims for _, dims in inputs.values()), verbose=False)
         proto = onnx.load(str(raw))
-    entries = metadata.build(loaded.sb3.action_space, transform, scale, offset)
+    entries = metadata.build(loaded.sb3.action_space, transform, scale, offset,
+                             recurrent=head.structure == "recurrent")
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, entries)
     proto.producer_name = "policy_onnx"

@@ -23,7 +23,7 @@ class BoxHead(nn.Module):
     """A policy with a Box action space: mean, then predict()'s clip or tanh + unscale."""
 
     squash: bool
-    masked = False
+    structure = "plain"
 
     def __init__(self, policy, transform: str = "none"):
         super().__init__()
@@ -50,7 +50,10 @@ class BoxHead(nn.Module):
         return obs.reshape((-1, *self.obs_shape))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        mean = self.mean(obs)
+        return self.post(self.mean(obs))
+
+    def post(self, mean: torch.Tensor) -> torch.Tensor:
+        """predict()'s post-processing of the mean, as far as this artifact style bakes it in."""
         if self.squash:
             squashed = torch.tanh(mean)
             if self.transform == "tanh":
@@ -111,7 +114,7 @@ class DiscreteHead(nn.Module):
     selection. The output is the final action: no runtime transform applies."""
 
     squash = False
-    masked = False
+    structure = "plain"
 
     def __init__(self, policy, transform: str = "none"):
         super().__init__()
@@ -130,6 +133,9 @@ class DiscreteHead(nn.Module):
 
     def select(self, scores: torch.Tensor) -> torch.Tensor:
         return torch.argmax(scores, dim=1)
+
+    def post(self, scores: torch.Tensor) -> torch.Tensor:
+        return self.select(scores)
 
     def forward(self, obs: torch.Tensor, scores: bool = False) -> torch.Tensor:
         values = self.scores(obs)
@@ -184,7 +190,7 @@ class MaskedHead:
     """MaskablePPO: a second input `action_masks` [B, m] (True allows a choice); masked logits
     are set to -1e8, as MaskableCategorical does, before the selection."""
 
-    masked = True
+    structure = "masked"
 
     @property
     def mask_width(self) -> int:
@@ -206,6 +212,37 @@ class MaskedMultiCategoricalHead(MaskedHead, MultiCategoricalHead):
     pass
 
 
+class RecurrentHead(nn.Module):
+    """RecurrentPPO: one step of the actor LSTM, then the head of the action space's family.
+
+    Inputs obs [B, obs_dim], state_h and state_c [layers, B, hidden], episode_start [B] (1.0
+    zeroes the state, as predict() does); outputs the action and the next state.
+    """
+
+    structure = "recurrent"
+    squash = False
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.policy = inner.policy
+        self.transform = inner.transform
+        self.squash = inner.squash
+        lstm = self.policy.lstm_actor
+        self.state_shape = (lstm.num_layers, lstm.hidden_size)
+
+    def forward(self, obs, state_h, state_c, episode_start, scores: bool = False):
+        keep = (1.0 - episode_start).reshape(1, -1, 1)
+        features = self.policy.pi_features_extractor(self.inner._observations(obs))
+        latent, (next_h, next_c) = self.policy.lstm_actor(
+            features.unsqueeze(0), (keep * state_h, keep * state_c))
+        raw = self.policy.action_net(self.policy.mlp_extractor.forward_actor(latent[0]))
+        return (raw if scores else self.inner.post(raw)), next_h, next_c
+
+    def scale_offset(self):
+        return self.inner.scale_offset()
+
+
 BOX_HEADS = {"PPO": ActorCriticHead, "A2C": ActorCriticHead, "TRPO": ActorCriticHead,
              "SAC": SquashedGaussianHead, "TQC": SquashedGaussianHead,
              "TD3": DeterministicActorHead, "DDPG": DeterministicActorHead}
@@ -217,10 +254,13 @@ def action_kind(space) -> str:
     return type(space).__name__
 
 
-def head_for(loaded, transform: str = "none") -> BoxHead | DiscreteHead:
+def head_for(loaded, transform: str = "none") -> nn.Module:
     """The head of a loaded model's family."""
     policy = loaded.sb3.policy
     kind = action_kind(policy.action_space)
+    if loaded.algorithm == "RecurrentPPO":
+        inner = ActorCriticHead if kind == "Box" else ON_POLICY_DISCRETE_HEADS[kind]
+        return RecurrentHead(inner(policy, transform)).eval()
     if kind == "Box":
         head = BOX_HEADS[loaded.algorithm]
     elif loaded.algorithm == "DQN":

@@ -26,7 +26,7 @@ class ModelLoadError(Exception):
 
 
 SUPPORTED_ALGORITHMS = ("PPO", "A2C", "TRPO", "SAC", "TD3", "DDPG", "TQC", "DQN", "QR-DQN",
-                        "MaskablePPO")
+                        "MaskablePPO", "RecurrentPPO")
 
 # Resource limits: refuse, rather than attempt, what would exhaust memory.
 MAX_DATA_BYTES = 64 * 2**20  # the `data` JSON entry, uncompressed
@@ -42,7 +42,7 @@ DEFAULTS = {"learning_rate": 0.0, "lr_schedule": 0.0, "clip_range": 0.0, "clip_r
 
 # Policy classes of families the suite does not check yet, by the algorithm that uses them.
 _OTHER_FAMILIES = {
-    "RecurrentActorCriticPolicy": "RecurrentPPO", "ARSPolicy": "ARS", "CrossQPolicy": "CrossQ",
+    "ARSPolicy": "ARS", "ARSLinearPolicy": "ARS", "CrossQPolicy": "CrossQ",
 }
 
 _NUMPY_GLOBALS = {
@@ -202,6 +202,8 @@ def detect_algorithm(path: Path, data: dict, policy_class: Any) -> str:
         return "TQC"
     if name == "MaskableActorCriticPolicy":
         return "MaskablePPO"
+    if name == "RecurrentActorCriticPolicy":
+        return "RecurrentPPO"
     if name == "DQNPolicy":
         return "DQN"
     if name == "QRDQNPolicy":
@@ -215,7 +217,7 @@ def detect_algorithm(path: Path, data: dict, policy_class: Any) -> str:
 
 
 def algorithm_class(algorithm: str) -> Any:
-    if algorithm in ("TRPO", "TQC", "QR-DQN", "MaskablePPO"):
+    if algorithm in ("TRPO", "TQC", "QR-DQN", "MaskablePPO", "RecurrentPPO"):
         import sb3_contrib
         return getattr(sb3_contrib, algorithm.replace("-", ""))
     import stable_baselines3

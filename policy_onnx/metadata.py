@@ -33,7 +33,8 @@ def describe_space(space) -> dict:
             "high": [float(v) for v in np.asarray(space.high, np.float64).reshape(-1)]}
 
 
-def build(action_space, transform: str, scale: np.ndarray, offset: np.ndarray) -> dict[str, str]:
+def build(action_space, transform: str, scale: np.ndarray, offset: np.ndarray,
+          recurrent: bool = False) -> dict[str, str]:
     """The nine entries, in the spec's order."""
     def floats(values) -> str:
         return json.dumps([float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)])
@@ -45,7 +46,7 @@ def build(action_space, transform: str, scale: np.ndarray, offset: np.ndarray) -
         "action_scale": floats(scale),
         "action_offset": floats(offset),
         "training_framework": FRAMEWORK,
-        "recurrent": "false",
+        "recurrent": "true" if recurrent else "false",
         "deterministic_mode": "true",
         "batch_inference": "true",
     }

@@ -5,6 +5,7 @@ whose mean leaves the action bounds. The only place that calls SB3 at check time
 
 from __future__ import annotations
 
+import copy
 import math
 from functools import cached_property
 
@@ -32,12 +33,13 @@ class Reference:
         self.act_dim = math.prod(self.action_space.shape)  # 1 for Discrete
         self.kind = action_kind(self.action_space)
         self.head = head_for(loaded)
+        self.structure = self.head.structure
+        self.masked = self.structure == "masked"
         if self.kind == "Box":
             self.low = np.asarray(self.action_space.low, dtype=np.float64).reshape(-1)
             self.high = np.asarray(self.action_space.high, dtype=np.float64).reshape(-1)
         # predict() clips the mean of an unsquashed Box policy; squashed ones unscale tanh.
-        self.clips = self.kind == "Box" and not self.head.squash
-        self.masked = self.head.masked
+        self.clips = self.kind == "Box" and not self.head.squash and self.structure == "plain"
         self.domain = ObservationDomain.of_space(self.observation_space)
 
     def predict(self, obs: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
@@ -48,6 +50,37 @@ class Reference:
         actions, _ = self.sb3.predict(batch.astype(self.observation_space.dtype),
                                       deterministic=True, **extra)
         return np.asarray(actions, dtype=np.float64).reshape(len(batch), -1)
+
+    def initial_state(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """A recurrent policy's state at the start of an episode: zeros."""
+        layers, hidden = self.head.state_shape
+        zeros = np.zeros((layers, batch, hidden), dtype=np.float32)
+        return zeros, zeros.copy()
+
+    def step(self, obs: np.ndarray, state, episode_start: np.ndarray):
+        """One recurrent step of `predict(obs, state, episode_start, deterministic=True)`:
+        (actions as float64 [B, act_dim], next state)."""
+        batch = np.asarray(obs, dtype=np.float32).reshape((-1, *self.obs_shape))
+        actions, state = self.sb3.predict(batch, state=state, episode_start=episode_start,
+                                          deterministic=True)
+        return np.asarray(actions, dtype=np.float64).reshape(len(batch), -1), state
+
+    @cached_property
+    def _recurrent_head64(self):
+        # nn.LSTM keeps its own references to its weights, so functional_call cannot swap in
+        # float64 ones: a float64 copy it is (recurrent policies have no gSDE tensors to trip
+        # deepcopy).
+        return copy.deepcopy(self.head).double()
+
+    def step_outputs(self, obs, state, episode_start, double=False, scores=False):
+        """The recurrent head's action (or, with `scores`, raw action-net output), computed in
+        float32, or float64 with `double`."""
+        dtype = torch.float64 if double else torch.float32
+        args = [torch.as_tensor(np.asarray(a), dtype=dtype) for a in (obs, *state, episode_start)]
+        head = self._recurrent_head64 if double else self.head
+        with torch.no_grad():
+            out = head(*args, scores=scores)
+        return out[0].double().numpy().reshape(len(obs), -1)
 
     def mean(self, obs: np.ndarray) -> np.ndarray:
         """The pre-clip (pre-squash) mean, float32 computation, as float64."""
@@ -116,6 +149,8 @@ class Reference:
         """Per action element; discrete actions are compared exactly."""
         if self.kind != "Box":
             return np.zeros((len(obs), self.act_dim))
+        if self.structure == "recurrent":  # its noise is measured step by step in REC-02
+            return np.broadcast_to(self.fixed_tolerance, (len(obs), self.act_dim))
         return tolerance(self.low, self.high, self.rounding_noise(obs))
 
     def overshoot(self, obs: np.ndarray) -> np.ndarray:

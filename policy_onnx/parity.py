@@ -181,3 +181,77 @@ def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, 
                                       else DISCRETE_CAUSES]))
     except ArtifactError as exc:
         check.fail(clause, str(exc))
+
+
+ROLLOUT_STEPS = 8
+
+
+def check_recurrent_parity(clause: spec.Clause, reference: Reference, artifact: Artifact,
+                           strategy, stats: ParityStats, reproduce: str) -> None:
+    """Rollouts of ROLLOUT_STEPS steps over the drawn rows, each side carrying its own state."""
+
+    @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(batch=strategy)
+    def rollouts_agree(batch: Batch) -> None:
+        envs = len(batch.observations) // ROLLOUT_STEPS
+        steps = batch.observations[:envs * ROLLOUT_STEPS].reshape(ROLLOUT_STEPS, envs, -1)
+        rng = np.random.default_rng(batch.seed)
+        starts = (rng.random((ROLLOUT_STEPS, envs)) < 0.25).astype(np.float32)
+        starts[0] = 1.0
+        mine = theirs = reference.initial_state(envs)
+        for t, (obs, start) in enumerate(zip(steps, starts, strict=True)):
+            expected, next_mine = reference.step(obs, mine, start)
+            obtained, h, c = artifact.step(obs, *theirs, start)
+            stats.record(clause.id, envs, 0)
+            problem = _step_problem(reference, obs, mine, start, expected, obtained, stats,
+                                    clause.id)
+            if problem:
+                raise Mismatch(f"at step {t} of a rollout of {envs} environments: {problem}\n"
+                               f"  episode_start = {start.astype(int).tolist()}\n"
+                               f"  drawn as {batch}")
+            mine, theirs = next_mine, (h, c)
+
+    try:
+        rollouts_agree()
+    except Mismatch as mismatch:
+        notes = [n for n in getattr(mismatch, "__notes__", []) if "reproduce_failure" in n]
+        check.fail(clause, "\n".join([str(mismatch), f"Reproduce: {reproduce}", *notes,
+                                      RECURRENT_CAUSES]))
+    except ArtifactError as exc:
+        check.fail(clause, str(exc))
+
+
+def _step_problem(reference, obs, state, start, expected, obtained, stats, clause_id):
+    if obtained.reshape(len(obs), -1).shape != expected.shape:
+        return f"the action has shape {obtained.shape}, predict() returns {expected.shape}"
+    obtained = obtained.reshape(len(obs), -1)
+    if reference.kind == "Box":
+        f32 = reference.step_outputs(obs, state, start)
+        f64 = reference.step_outputs(obs, state, start, double=True)
+        allowed = tolerance(reference.low, reference.high, np.abs(f32 - f64))
+        bad = ~(np.abs(obtained - expected) <= allowed)
+    else:
+        scores = reference.step_outputs(obs, state, start, scores=True)
+        noise = np.abs(scores - reference.step_outputs(obs, state, start, double=True,
+                                                        scores=True))
+        gaps, chosen = _score_gaps(reference, expected, obtained, scores)
+        allowed = tolerance(-np.abs(chosen), np.abs(chosen), noise.max(axis=1, keepdims=True))
+        differs = ~(obtained == expected)
+        bad = differs & ~(gaps <= allowed)
+        stats.near_ties[clause_id] += int((differs & ~bad).any(axis=1).sum())
+    if not bad.any():
+        return None
+    i = int(np.argmax(bad.any(axis=1)))
+    return "\n".join([
+        f"environment {i} ({int(bad.any(axis=1).sum())} of {len(obs)} differ)",
+        f"  obs     = {_row(obs[i])}",
+        f"  predict = {_row(expected[i])}",
+        f"  action  = {_row(obtained[i])}",
+        f"  allowed = {_row(allowed[i] if allowed.ndim == 2 else allowed)}"])
+
+
+RECURRENT_CAUSES = (
+    "Usual causes: the state is not zeroed where episode_start is 1; next_state_h and "
+    "next_state_c swapped or not returned; a legacy (TorchScript) export that baked in the "
+    "no-reset branch and dropped episode_start; the post-processing of the action as for "
+    "the feed-forward clauses.")

@@ -72,11 +72,12 @@ class SuiteState:
         return self.given_artifact.declared_kind
 
     @cached_property
-    def masked(self) -> bool:
-        """Whether the policy takes action masks (MaskablePPO, or an `action_masks` input)."""
+    def structure(self) -> str:
+        """plain, masked (action masks) or recurrent: the model's, else the artifact's."""
         if self.loaded:
-            return self.loaded.algorithm == "MaskablePPO"
-        return self.given_artifact.masks is not None
+            return {"MaskablePPO": "masked", "RecurrentPPO": "recurrent"}.get(
+                self.loaded.algorithm, "plain")
+        return self.given_artifact.structure
 
     @cached_property
     def reference(self):
@@ -142,14 +143,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if clause.needs_model and not state.loaded:
         pytest.skip(f"{clause.id} compares the artifact with the trained model: "
                     "it needs --model m.zip")
-    if not clause.applies(state.action_kind, state.masked):
-        policy = f"{'a masked ' if state.masked else 'an unmasked '}{state.action_kind} policy"
+    if not clause.applies(state.action_kind, state.structure):
         pytest.skip(f"{clause.id} not applicable: it concerns {', '.join(clause.kinds)} action "
-                    f"spaces{_masks_phrase(clause)}; this is {policy}")
-
-
-def _masks_phrase(clause: spec.Clause) -> str:
-    return {None: "", True: " with action masks", False: " without action masks"}[clause.masked]
+                    f"spaces of {', '.join(clause.structures)} policies; this is a "
+                    f"{state.structure} {state.action_kind} policy")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -178,11 +175,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         write(f"exported artifact: {state.exported_path} (sha256 {sha256(state.exported_path)})")
     for clause_id, checked in sorted(state.stats.observations.items()):
         if spec.clause(clause_id).kinds == spec.BOX:
-            detail = (f"{state.stats.out_of_bounds[clause_id]:,} with the mean outside the action "
-                      "bounds")
+            detail = (f", {state.stats.out_of_bounds[clause_id]:,} with the mean outside the "
+                      "action bounds")
+        elif state.action_kind != "Box":
+            detail = f", {state.stats.near_ties[clause_id]:,} disagreeing only at a rounding tie"
         else:
-            detail = f"{state.stats.near_ties[clause_id]:,} disagreeing only at a rounding tie"
-        write(f"{clause_id}: {checked:,} observations checked against predict(), {detail}")
+            detail = ""
+        write(f"{clause_id}: {checked:,} observations checked against predict(){detail}")
 
 
 # --- session fixtures -----------------------------------------------------------------------------

@@ -26,6 +26,8 @@ class Level(enum.IntEnum):
 BOX = ("Box",)
 DISCRETE = ("Discrete", "MultiDiscrete", "MultiBinary")
 ACTION_KINDS = BOX + DISCRETE
+# How a policy is called: obs alone; obs and action masks; obs and recurrent state.
+STRUCTURES = ("plain", "masked", "recurrent")
 
 
 @dataclass(frozen=True)
@@ -37,10 +39,10 @@ class Clause:
     text: str
     needs_model: bool = False
     kinds: tuple[str, ...] = ACTION_KINDS  # the action spaces the clause applies to
-    masked: bool | None = None  # only to policies with (True) or without (False) action masks
+    structures: tuple[str, ...] = STRUCTURES  # the policy structures the clause applies to
 
-    def applies(self, kind: str, masked: bool) -> bool:
-        return kind in self.kinds and self.masked in (None, masked)
+    def applies(self, kind: str, structure: str) -> bool:
+        return kind in self.kinds and structure in self.structures
 
     @property
     def test_id(self) -> str:
@@ -62,10 +64,12 @@ CLAUSES: tuple[Clause, ...] = (
            "ONNX Runtime MUST create an inference session from the artifact with the CPU "
            "execution provider."),
     Clause("GRAPH-03", "input_name", B, "The one required input is named `obs`",
-           "A vector policy without action masks MUST have exactly one required graph input "
-           "(initializers do not count), and it MUST be named `obs`.", masked=False),
+           "A vector policy without action masks or recurrent state MUST have exactly one "
+           "required graph input (initializers do not count), and it MUST be named `obs`.",
+           structures=("plain",)),
     Clause("GRAPH-04", "output_name", B, "The one output is named `action`",
-           "A feed-forward vector policy MUST have exactly one graph output, named `action`."),
+           "A feed-forward vector policy MUST have exactly one graph output, named `action`.",
+           structures=("plain", "masked")),
     Clause("GRAPH-05", "input_dtype", B, "The input `obs` is float32",
            "The element type of `obs` MUST be float32."),
     Clause("GRAPH-06", "output_dtype", B, "The output `action` is float32",
@@ -151,14 +155,14 @@ CLAUSES: tuple[Clause, ...] = (
            "For every observation the suite draws from the model's observation space (inside its "
            "bounds and beyond them), the final action MUST match "
            "`model.predict(obs, deterministic=True)` within the parity tolerance.",
-           needs_model=True, kinds=BOX),
+           needs_model=True, kinds=BOX, structures=("plain",)),
     Clause("PAR-02", "parity_out_of_bounds", S,
            "The final action matches `predict()` where the mean leaves the bounds",
            "For observations whose pre-clip mean lies outside the action bounds, the final action "
            "MUST match `model.predict(obs, deterministic=True)` (which clips) within the parity "
            "tolerance. The suite MUST exercise such observations, or state that the model cannot "
            "produce any (then the clause is not applicable and is reported as skipped).",
-           needs_model=True, kinds=BOX),
+           needs_model=True, kinds=BOX, structures=("plain",)),
     # --- discrete actions (Extended) -------------------------------------------------------------
     Clause("DISC-01", "discrete_output_dtype", E, "`action` has the dtype predict() returns",
            "For a Discrete or MultiDiscrete action space `action` MUST be int64; for "
@@ -183,18 +187,35 @@ CLAUSES: tuple[Clause, ...] = (
            "`model.predict(obs, deterministic=True)` exactly, except where the model's own "
            "scores (Q-values, logits) of the two actions differ by no more than the parity "
            "tolerance: such near-ties are rounding, counted and reported, not defects.",
-           needs_model=True, kinds=DISCRETE),
+           needs_model=True, kinds=DISCRETE, structures=("plain", "masked")),
     # --- action masks (Extended) -----------------------------------------------------------------
     Clause("MASK-01", "mask_input", E, "Masks come in through `action_masks`",
            "A policy with action masks (MaskablePPO) MUST have exactly two required inputs, `obs` "
            "and `action_masks`: bool `[batch, m]` with a symbolic batch and m, static, the number "
            "of choices (n for Discrete, sum(nvec) for MultiDiscrete). True allows a choice.",
-           kinds=("Discrete", "MultiDiscrete"), masked=True),
+           kinds=("Discrete", "MultiDiscrete"), structures=("masked",)),
     Clause("MASK-02", "masked_parity", E, "The masked action equals `predict()` but at near-ties",
            "For every observation and mask the suite draws (all-allowed, all-masked and mixed "
            "rows), the action MUST equal `model.predict(obs, action_masks=mask, "
            "deterministic=True)`, except at a rounding tie of the masked scores.",
-           needs_model=True, kinds=("Discrete", "MultiDiscrete"), masked=True),
+           needs_model=True, kinds=("Discrete", "MultiDiscrete"), structures=("masked",)),
+    # --- recurrent state (Extended) --------------------------------------------------------------
+    Clause("REC-01", "recurrent_interface", E, "State comes in and goes out by name",
+           "A recurrent policy (RecurrentPPO) MUST have exactly the required inputs `obs`, "
+           "`state_h`, `state_c` (float32 `[layers, batch, hidden]`, static layers and hidden, "
+           "symbolic batch) and `episode_start` (float32 `[batch]`, 1.0 at the first step of an "
+           "episode), and exactly the outputs `action`, `next_state_h` and `next_state_c`, the "
+           "state outputs shaped like the state inputs.", structures=("recurrent",)),
+    Clause("REC-02", "recurrent_parity", E, "Rollouts act like `predict()` step by step",
+           "Over multi-step rollouts of drawn observations with random episode starts, feeding "
+           "each side its own returned state, the action at every step MUST match "
+           "`model.predict(obs, state, episode_start, deterministic=True)` (within the parity "
+           "tolerance for Box actions; exactly, except at rounding ties, for discrete ones).",
+           needs_model=True, structures=("recurrent",)),
+    Clause("REC-03", "episode_start_resets", E, "`episode_start` zeroes the state",
+           "For every drawn observation and any state, the outputs with `episode_start` = 1 MUST "
+           "equal the outputs with a zero state and `episode_start` = 0.",
+           structures=("recurrent",)),
 )
 
 _BY_ID = {c.id: c for c in CLAUSES}

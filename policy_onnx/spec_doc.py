@@ -11,7 +11,8 @@ BEGIN = ("<!-- BEGIN CLAUSES: generated from policy_onnx/spec.py by "
          "`python -m policy_onnx spec --write`; edit the registry, not this table -->")
 END = "<!-- END CLAUSES -->"
 GROUPS = {"GRAPH": "Graph", "META": "Metadata", "BEH": "Behaviour", "PAR": "Parity",
-          "DISC": "Discrete actions (Extended)", "MASK": "Action masks (Extended)"}
+          "DISC": "Discrete actions (Extended)", "MASK": "Action masks (Extended)",
+          "REC": "Recurrent state (Extended)"}
 
 
 def render() -> str:
@@ -23,8 +24,8 @@ def render() -> str:
         for c in spec.CLAUSES:
             if c.id.split("-")[0] == prefix:
                 kinds = "all" if c.kinds == spec.ACTION_KINDS else ", ".join(c.kinds)
-                if c.masked is not None:
-                    kinds += ", masked" if c.masked else ", unmasked"
+                if c.structures != spec.STRUCTURES:
+                    kinds += "; " + ", ".join(c.structures) + " policies"
                 lines.append(f"| **{c.id}** `{c.slug}` | {c.level.label} | "
                              f"{'yes' if c.needs_model else 'no'} | {kinds} | "
                              f"**{c.title}.** {c.text} |")

@@ -109,10 +109,11 @@ def fixture_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _pipeline_imported(fixture_models, tmp_path_factory):
     """Run load, export, oracle and runtime once in this process, so that every module they
     import lazily is in sys.modules before pytester's first snapshot (see the imports above)."""
-    loaded = load_model(fixture_models["ppo_default"])
-    path = export(loaded, tmp_path_factory.mktemp("warm-up") / "warm.onnx")
-    Reference(loaded).find_out_of_bounds()
-    Artifact(path).run(np.zeros((1, 4), dtype=np.float32))
+    for name in ("ppo_default", "recurrent_ppo"):  # the recurrent export takes other paths
+        loaded = load_model(fixture_models[name])
+        path = export(loaded, tmp_path_factory.mktemp("warm-up") / f"{name}.onnx")
+        Reference(loaded).find_out_of_bounds()
+        Artifact(path).run(np.zeros((1, 4), dtype=np.float32))
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -393,6 +393,30 @@ def _masks_input_dropped(p):
     return p
 
 
+def _state_not_reset(p):
+    """The Mul of the state by (1 - episode_start) replaced by the state itself."""
+    for node in p.graph.node:
+        if node.op_type == "Mul" and set(node.input) & {"state_h", "state_c"}:
+            node.op_type = "Identity"
+            node.input[:] = [n for n in node.input if n in ("state_h", "state_c")]
+    del p.graph.value_info[:]
+    return p
+
+
+def _state_outputs_swapped(p):
+    _rename_everywhere(p.graph, "next_state_h", "tmp_state")
+    _rename_everywhere(p.graph, "next_state_c", "next_state_h")
+    _rename_everywhere(p.graph, "tmp_state", "next_state_c")
+    return p
+
+
+def _episode_start_dropped(p):
+    """No episode_start input: the legacy exporter's mistake (it baked in the no-reset branch)."""
+    p.graph.input.remove(next(i for i in p.graph.input if i.name == "episode_start"))
+    p.graph.initializer.append(const("episode_start", np.zeros(1)))
+    return p
+
+
 def _newer_opset(p):
     return onnx.version_converter.convert_version(p, 21)
 
@@ -570,6 +594,16 @@ MUTANTS: tuple[Mutant, ...] = (
            _masks_input_dropped, frozenset({"MASK-01", "MASK-02"}), model="maskable_ppo"),
     Mutant("multidiscrete_masks_ignored", "MaskablePPO, MultiDiscrete: masks unused",
            _masks_ignored, frozenset({"MASK-02"}), model="maskable_multidiscrete"),
+    # recurrent state
+    Mutant("state_not_reset", "RecurrentPPO: the state is not zeroed at episode_start",
+           _state_not_reset, frozenset({"REC-02", "REC-03"}), model="recurrent_ppo"),
+    Mutant("state_outputs_swapped", "RecurrentPPO: next_state_h and next_state_c swapped",
+           _state_outputs_swapped, frozenset({"REC-02"}), model="recurrent_ppo"),
+    Mutant("episode_start_dropped", "RecurrentPPO: no episode_start input (legacy export)",
+           _episode_start_dropped, frozenset({"REC-01", "REC-02", "REC-03"}),
+           model="recurrent_ppo_discrete"),
+    Mutant("recurrent_no_clamp", "RecurrentPPO: the raw mean with action_transform = none",
+           _no_clamp, frozenset({"REC-02"}), model="recurrent_ppo", transform="clip"),
     Mutant("ddpg_unscale_forgotten", "DDPG: the tanh output with scale 1 and offset 0 for "
            "bounds of +-0.5", _declare_identity, frozenset({"BEH-05", "PAR-01"}), model="ddpg",
            transform="tanh"),
