@@ -45,6 +45,12 @@ _OTHER_FAMILIES = {
     "ARSPolicy": "ARS", "ARSLinearPolicy": "ARS", "CrossQPolicy": "CrossQ",
 }
 
+# Policy classes that belong to one algorithm (ActorCriticPolicy and TD3Policy are shared).
+_POLICY_ALGORITHMS = {
+    "SACPolicy": "SAC", "TQCPolicy": "TQC", "DQNPolicy": "DQN", "QRDQNPolicy": "QR-DQN",
+    "MaskableActorCriticPolicy": "MaskablePPO", "RecurrentActorCriticPolicy": "RecurrentPPO",
+}
+
 _NUMPY_GLOBALS = {
     ("numpy", "dtype"), ("numpy", "ndarray"),
     ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
@@ -196,18 +202,8 @@ def detect_algorithm(path: Path, data: dict, policy_class: Any) -> str:
         if "clip_range" in data:
             return "PPO"
         return "TRPO" if "cg_max_steps" in data else "A2C"
-    if name == "SACPolicy":
-        return "SAC"
-    if name == "TQCPolicy":
-        return "TQC"
-    if name == "MaskableActorCriticPolicy":
-        return "MaskablePPO"
-    if name == "RecurrentActorCriticPolicy":
-        return "RecurrentPPO"
-    if name == "DQNPolicy":
-        return "DQN"
-    if name == "QRDQNPolicy":
-        return "QR-DQN"
+    if name in _POLICY_ALGORITHMS:
+        return _POLICY_ALGORITHMS[name]
     if name == "TD3Policy":  # DDPG is TD3 with one policy update per step and no target noise
         return "DDPG" if data.get("policy_delay") == 1 and data.get("target_noise_clip") == 0 \
             else "TD3"

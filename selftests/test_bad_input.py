@@ -119,15 +119,6 @@ MODEL_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", MODEL_CASES)
-def test_bad_model(conformance, tmp_path, case):
-    make, parts = MODEL_CASES[case]
-    path = make(tmp_path)
-    before = sha256(path) if path.is_file() else None
-    assert_usage_error(conformance.run("--model", str(path)), f"--model {path}", *parts)
-    assert (sha256(path) if path.is_file() else None) == before
-
-
 EXPORTER_FIX = "pass the .onnx file written by the exporter"
 ONNX_CASES = {
     "missing": (lambda p: p / "absent.onnx", ["no such file", EXPORTER_FIX]),
@@ -192,12 +183,13 @@ def test_artifact_the_runtime_cannot_load(conformance, tmp_path, case):
     assert sha256(path) == before
 
 
-@pytest.mark.parametrize("case", ONNX_CASES)
-def test_bad_onnx(conformance, tmp_path, case):
-    make, parts = ONNX_CASES[case]
+@pytest.mark.parametrize("option, case", [*(("--model", c) for c in MODEL_CASES),
+                                           *(("--onnx", c) for c in ONNX_CASES)])
+def test_bad_input_file(conformance, tmp_path, option, case):
+    make, parts = (MODEL_CASES if option == "--model" else ONNX_CASES)[case]
     path = make(tmp_path)
     before = sha256(path) if path.is_file() else None
-    assert_usage_error(conformance.run("--onnx", str(path)), f"--onnx {path}", *parts)
+    assert_usage_error(conformance.run(option, str(path)), f"{option} {path}", *parts)
     assert (sha256(path) if path.is_file() else None) == before
 
 
