@@ -29,6 +29,11 @@ class ParityStats:
         self.observations[clause_id] += checked
         self.out_of_bounds[clause_id] += out_of_bounds
 
+    def as_dict(self) -> dict:
+        return {cid: {"observations": n, "mean_outside_bounds": self.out_of_bounds[cid],
+                      "rounding_ties": self.near_ties[cid]}
+                for cid, n in sorted(self.observations.items())}
+
 
 class Mismatch(AssertionError):
     def __init__(self, text: str):

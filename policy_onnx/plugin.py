@@ -22,6 +22,7 @@ from .artifact import Artifact, ArtifactError, sha256
 from .load import LoadedModel, ModelLoadError, load_model
 from .metadata import TRANSFORMS
 from .parity import ParityStats
+from .report import Verdicts
 from .tolerance import RULE, tolerance
 
 settings.register_profile("quick", max_examples=20, deadline=None)
@@ -48,6 +49,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "into the graph; 'clip' (unsquashed policies) and 'tanh' (squash_output) leave it to "
              "the runtime. Ignored with --onnx. Default: none.")
     group.addoption(
+        "--level", choices=[level.name.lower() for level in spec.Level], default="standard",
+        help="conformance level the run must reach: exit status 0 only when it is met (a Basic "
+             "run does not fail on a Standard-only clause). Default: standard.")
+    group.addoption(
+        "--report", metavar="JSON",
+        help="write the per-clause verdicts, the level reached, the model's and artifact's "
+             "SHA-256, the settings and the parity statistics to this JSON file. Default: none.")
+    group.addoption(
         "--trust-model-code", action="store_true", default=False,
         help="let Stable-Baselines3 unpickle everything in --model, running any code the file "
              "holds. Only for models you trust that need custom classes. Default: off (only "
@@ -61,7 +70,10 @@ class SuiteState:
     transform: str
     loaded: LoadedModel | None
     given_artifact: Artifact | None  # the --onnx artifact
+    requested_level: spec.Level = spec.Level.STANDARD
+    report_path: Path | None = None
     stats: ParityStats = field(default_factory=ParityStats)
+    verdicts: Verdicts = field(default_factory=Verdicts)
     exported_path: Path | None = None
 
     @cached_property
@@ -121,7 +133,10 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     except ValueError as exc:  # a transform that does not fit the policy
         raise pytest.UsageError(f"--action-transform {transform}: {exc}") from None
-    config.stash[STATE] = SuiteState(model_path, onnx_path, transform, loaded, given_artifact)
+    config.stash[STATE] = SuiteState(
+        model_path, onnx_path, transform, loaded, given_artifact,
+        requested_level=spec.Level[config.getoption("level").upper()],
+        report_path=_path(config.getoption("report")))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -144,8 +159,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip(f"{clause.id} compares the artifact with the trained model: "
                     "it needs --model m.zip")
     if not clause.applies(state.action_kind, state.structure):
-        pytest.skip(f"{clause.id} not applicable: it concerns {', '.join(clause.kinds)} action "
-                    f"spaces of {', '.join(clause.structures)} policies; this is a "
+        scope = f"{', '.join(clause.kinds)} action spaces"
+        if clause.structures != spec.STRUCTURES:
+            scope += f" of {', '.join(clause.structures)} policies"
+        pytest.skip(f"{clause.id} not applicable: it concerns {scope}; this is a "
                     f"{state.structure} {state.action_kind} policy")
 
 
@@ -165,12 +182,57 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    report = yield
+    item.config.stash[STATE].verdicts.record(report)
+    return report
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The exit status follows the requested level; the JSON report is written."""
+    state = session.config.stash.get(STATE, None)
+    if state is None or not state.verdicts.by_clause:
+        return
+    reached, _ = state.verdicts.level_reached(state.structure, state.action_kind)
+    if exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        met = reached is not None and reached >= state.requested_level
+        session.exitstatus = pytest.ExitCode.OK if met else pytest.ExitCode.TESTS_FAILED
+    if state.report_path:
+        state.verdicts.write_json(state.report_path, _report_header(state), state.structure,
+                                  state.action_kind, state.requested_level,
+                                  state.stats.as_dict())
+
+
+def _report_header(state: SuiteState) -> dict:
+    artifact = state.onnx_path or state.exported_path
+    return {
+        "suite_version": __version__,
+        "spec_version": spec.SPEC_VERSION,
+        "hypothesis_profile": settings.get_current_profile_name(),
+        "tolerance": RULE,
+        "model": {"path": str(state.model_path), "sha256": sha256(state.model_path),
+                  "algorithm": state.loaded.algorithm} if state.loaded else None,
+        "artifact": {"path": str(artifact), "sha256": sha256(artifact),
+                     "exported_by_suite": state.onnx_path is None} if artifact else None,
+        "action_space": state.action_kind,
+        "structure": state.structure,
+    }
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     state = config.stash.get(STATE, None)
-    if state is None or not (state.stats.observations or state.exported_path):
+    if state is None or not (state.stats.observations or state.exported_path
+                             or state.verdicts.by_clause):
         return
     write = terminalreporter.write_line
     terminalreporter.section("policy-onnx")
+    for line in state.verdicts.summary_lines(state.structure, state.action_kind,
+                                             state.requested_level):
+        write(line)
+    if state.report_path:
+        write(f"report: {state.report_path}")
     if state.exported_path:
         write(f"exported artifact: {state.exported_path} (sha256 {sha256(state.exported_path)})")
     for clause_id, checked in sorted(state.stats.observations.items()):

@@ -1,0 +1,106 @@
+"""Per-clause verdicts of a run, the conformance level they reach, and the JSON report."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import spec
+
+CLAUSE_IN_NODEID = re.compile(r"\[([A-Z]+-\d{2})-[a-z0-9_]+\]$")
+NOT_APPLICABLE = "not applicable"
+
+
+@dataclass
+class Verdict:
+    id: str
+    level: str
+    title: str
+    outcome: str  # passed, failed, error or skipped
+    detail: str  # the skip reason or the failure, empty when passed
+
+    @property
+    def satisfied(self) -> bool:
+        """Passed, or does not apply to this policy (a skip for a missing --model does not)."""
+        return self.outcome == "passed" or (self.outcome == "skipped"
+                                            and NOT_APPLICABLE in self.detail)
+
+
+class Verdicts:
+    def __init__(self):
+        self.by_clause: dict[str, Verdict] = {}
+
+    def record(self, report) -> None:
+        """Take a pytest TestReport of a clause test (other reports are ignored)."""
+        match = CLAUSE_IN_NODEID.search(report.nodeid)
+        if not match or (report.when != "call" and report.outcome == "passed"):
+            return
+        clause = spec.clause(match.group(1))
+        outcome = report.outcome
+        if report.outcome == "failed" and report.when != "call":
+            outcome = "error"
+        if report.outcome == "skipped":
+            detail = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+            detail = detail.removeprefix("Skipped: ")
+        else:
+            detail = report.longreprtext if report.outcome == "failed" else ""
+        self.by_clause[clause.id] = Verdict(clause.id, clause.level.label, clause.title,
+                                            outcome, detail)
+
+    def level_reached(self, structure: str, kind: str) -> tuple[spec.Level | None, str]:
+        """The highest level reached, and what stops the next one (empty at Extended).
+
+        A policy checked for parity only by Extended clauses (discrete, masked, recurrent) needs
+        those clauses from Standard on: Standard means "acts like predict()" for every policy.
+        """
+        beyond_box = structure != "plain" or kind != "Box"
+        reached = None
+        for level in spec.Level:
+            required = [c for c in spec.CLAUSES if c.level <= level
+                        or (beyond_box and level >= spec.Level.STANDARD)]
+            blocking = [c.id for c in required if c.id in self.by_clause
+                        and not self.by_clause[c.id].satisfied]
+            missing = [c.id for c in required if c.id not in self.by_clause]
+            if blocking or missing:
+                why = ", ".join(f"{cid} {self.by_clause[cid].outcome}" for cid in blocking[:3])
+                return reached, why or f"{', '.join(missing[:3])} not run"
+            reached = level
+        return reached, ""
+
+    def summary_lines(self, structure: str, kind: str, requested: spec.Level) -> list[str]:
+        lines = []
+        for c in spec.CLAUSES:
+            verdict = self.by_clause.get(c.id)
+            if verdict is None:
+                continue
+            detail = verdict.detail.splitlines()[0][:70] if verdict.outcome != "passed" else ""
+            lines.append(f"{c.id:9} {c.level.label:9} {verdict.outcome:8} {c.title}"
+                         + (f"  ({detail})" if detail else ""))
+        reached, why = self.level_reached(structure, kind)
+        marks = []
+        for level in spec.Level:
+            ok = reached is not None and level <= reached
+            marks.append(f"{level.label} {'PASS' if ok else 'FAIL'}"
+                         + ("" if ok or (reached or 0) + 1 != level else f" ({why})"))
+        lines.append("level: " + ", ".join(marks)
+                     + f"; requested {requested.label}: "
+                     + ("met" if reached is not None and reached >= requested else "NOT MET"))
+        return lines
+
+    def write_json(self, path: Path, header: dict, structure: str, kind: str,
+                   requested: spec.Level, statistics: dict) -> None:
+        reached, why = self.level_reached(structure, kind)
+        document = {
+            **header,
+            "level_reached": reached.label if reached else None,
+            "level_requested": requested.label,
+            "level_met": reached is not None and reached >= requested,
+            "next_level_blocked_by": why,
+            "clauses": [asdict(self.by_clause[c.id]) for c in spec.CLAUSES
+                        if c.id in self.by_clause],
+            "statistics": statistics,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(document, indent=2) + "\n")

@@ -1,0 +1,84 @@
+"""The verdict at a glance, the exit status per requested level, and the JSON report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from policy_onnx import spec
+from policy_onnx.export import export
+from policy_onnx.load import load_model
+
+from .conftest import REAL_MODEL, REAL_ONNX, sha256
+from .mutants import MUTANTS
+from .test_mutants import materialize
+from .test_suite_verdicts import unclamped
+
+
+@pytest.fixture(scope="module")
+def unclamped_real(tmp_path_factory):
+    return unclamped(REAL_MODEL, tmp_path_factory.mktemp("unclamped"))
+
+
+def test_conforming_run_reports_every_clause_and_the_level(conformance, tmp_path):
+    report = tmp_path / "out" / "report.json"
+    run = conformance.run("--model", str(REAL_MODEL), "--onnx", str(REAL_ONNX),
+                          "--report", str(report))
+    assert run.ret == 0
+    assert "level: Basic PASS, Standard PASS, Extended PASS; requested Standard: met" in run.stdout
+    document = json.loads(report.read_text())
+    assert document["spec_version"] == spec.SPEC_VERSION
+    assert document["hypothesis_profile"] == "ci"
+    assert document["model"] == {"path": str(REAL_MODEL), "sha256": sha256(REAL_MODEL),
+                                 "algorithm": "PPO"}
+    assert document["artifact"] == {"path": str(REAL_ONNX), "sha256": sha256(REAL_ONNX),
+                                    "exported_by_suite": False}
+    assert (document["level_reached"], document["level_met"]) == ("Extended", True)
+    assert [c["id"] for c in document["clauses"]] == [c.id for c in spec.CLAUSES]
+    outcomes = {c["id"]: c["outcome"] for c in document["clauses"]}
+    assert outcomes["PAR-01"] == "passed" and outcomes["DISC-05"] == "skipped"
+    assert document["statistics"]["PAR-01"]["observations"] >= 10_000
+    assert document["statistics"]["PAR-02"]["mean_outside_bounds"] > 0
+    assert document["tolerance"].startswith("|final - predict| <= 1e-05")
+
+
+@pytest.mark.parametrize("level, status, verdict", [
+    ("basic", 0, "requested Basic: met"),
+    ("standard", 1, "requested Standard: NOT MET"),
+    ("extended", 1, "requested Extended: NOT MET"),
+])
+def test_exit_status_follows_the_requested_level(conformance, tmp_path, unclamped_real, level,
+                                                 status, verdict):
+    report = tmp_path / "report.json"
+    run = conformance.run("--model", str(REAL_MODEL), "--onnx", str(unclamped_real),
+                          "--level", level, "--report", str(report), profile="mutation")
+    assert run.ret == status
+    assert "level: Basic PASS, Standard FAIL (BEH-05 failed, PAR-01 failed, PAR-02 failed)" \
+        in run.stdout
+    assert verdict in run.stdout
+    document = json.loads(report.read_text())
+    assert document["level_reached"] == "Basic"
+    assert document["next_level_blocked_by"] == "BEH-05 failed, PAR-01 failed, PAR-02 failed"
+    failed = {c["id"]: c["detail"] for c in document["clauses"] if c["outcome"] == "failed"}
+    assert set(failed) == {"BEH-05", "PAR-01", "PAR-02"}
+    assert "obs       = [" in failed["PAR-01"]  # the failing observation is in the report
+
+
+def test_onnx_alone_cannot_establish_a_level(conformance):
+    """Clauses skipped for want of the model are not verified: no level is claimed."""
+    run = conformance.run("--onnx", str(REAL_ONNX), "--level", "basic")
+    assert run.ret == 1
+    assert "level: Basic FAIL (GRAPH-11 skipped, GRAPH-12 skipped, META-03 skipped)" in run.stdout
+
+
+def test_discrete_policy_needs_its_extended_parity_for_standard(conformance, fixture_models,
+                                                                tmp_path):
+    """A DQN artifact that picks the wrong action cannot pass as Standard on its Box clauses."""
+    argmin = next(m for m in MUTANTS if m.name == "dqn_argmin")
+    base = export(load_model(fixture_models["dqn"]), tmp_path / "dqn.onnx").read_bytes()
+    path = materialize(argmin, lambda model, transform: base, tmp_path)
+    run = conformance.run("--model", str(fixture_models["dqn"]), "--onnx", path,
+                          profile="mutation")
+    assert run.ret == 1
+    assert "Standard FAIL (DISC-05 failed)" in run.stdout
