@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -154,6 +155,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if marker is None:
         return
     clause = spec.clause(marker.args[0])
+    # JUnit XML carries these as testcase properties (pytest.ini sets junit_family = xunit1,
+    # the family whose schema has them).
+    item.user_properties += [("clause", clause.id), ("level", clause.level.label)]
     state = item.config.stash[STATE]
     if clause.needs_model and not state.loaded:
         pytest.skip(f"{clause.id} compares the artifact with the trained model: "
@@ -246,6 +250,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         write(f"{clause_id}: {checked:,} observations checked against predict(){detail}")
 
 
+def _progress(config: pytest.Config, line: str) -> None:
+    """A line on the terminal now, from inside a test's capture (long runs: the export)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.ensure_newline()
+            reporter.write_line(line)
+
+
 # --- session fixtures -----------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def suite(pytestconfig: pytest.Config) -> SuiteState:
@@ -261,15 +275,19 @@ def reference(suite: SuiteState):
 
 
 @pytest.fixture(scope="session")
-def artifact(suite: SuiteState, tmp_path_factory: pytest.TempPathFactory) -> Artifact:
+def artifact(suite: SuiteState, tmp_path_factory: pytest.TempPathFactory,
+             pytestconfig: pytest.Config) -> Artifact:
     """The artifact under test: --onnx, or the suite's own export of --model (once a session)."""
     if suite.given_artifact:
         return suite.given_artifact
     from .export import export
 
     target = tmp_path_factory.mktemp("export") / f"{suite.model_path.stem}.onnx"
+    started = time.perf_counter()
     try:
         suite.exported_path = export(suite.loaded, target, transform=suite.transform)
+        _progress(pytestconfig, f"policy-onnx: exported {suite.model_path} to {target} in "
+                                f"{time.perf_counter() - started:.1f} s")
     except Exception as exc:  # the exporter's own failure, reported once per test, no traceback
         failure = f"the exporter failed on {suite.model_path}: {type(exc).__name__}: {exc}"
     else:

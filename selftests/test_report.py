@@ -82,3 +82,23 @@ def test_discrete_policy_needs_its_extended_parity_for_standard(conformance, fix
                           profile="mutation")
     assert run.ret == 1
     assert "Standard FAIL (DISC-05 failed)" in run.stdout
+
+
+def test_junit_xml_carries_the_clause_of_each_test(conformance, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    junit = tmp_path / "conformance.xml"
+    run = conformance.run("--onnx", str(REAL_ONNX), "--junitxml", str(junit))
+    assert "PytestWarning" not in run.stdout
+    cases = ET.parse(junit).getroot().iter("testcase")
+    clauses = {}
+    for case in cases:
+        properties = {p.get("name"): p.get("value") for p in case.iter("property")}
+        clauses[properties["clause"]] = properties["level"]
+        assert f"[{properties['clause']}-" in case.get("name")
+    assert clauses == {c.id: c.level.label for c in spec.CLAUSES}
+
+
+def test_export_is_announced_while_it_runs(conformance):
+    run = conformance.run("--model", str(REAL_MODEL), "-k", "GRAPH-01")
+    assert f"policy-onnx: exported {REAL_MODEL} to " in run.stdout
