@@ -1,9 +1,11 @@
-"""python -m policy_onnx: the reference exporter and the spec document.
+"""policy-onnx (or python -m policy_onnx): the reference exporter, the suite, the spec document.
 
 Examples:
-  python -m policy_onnx export m.zip -o m.onnx
-  python -m policy_onnx export sac_like.zip -o m.onnx --action-transform tanh
-  python -m policy_onnx spec --check      # POLICY_ONNX_SPEC.md matches the clause registry
+  policy-onnx export m.zip -o m.onnx
+  policy-onnx export sac.zip -o m.onnx --action-transform tanh
+  policy-onnx check m.zip a.onnx --report verdict.json    # the suite, as pytest runs it
+  policy-onnx check m.zip -- -k PAR-01                      # further pytest arguments after --
+  policy-onnx spec --check      # POLICY_ONNX_SPEC.md matches the clause registry
 """
 
 from __future__ import annotations
@@ -35,6 +37,18 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    import pytest
+
+    command = ["--pyargs", "policy_onnx.conformance", "-p", "no:cacheprovider",
+               "--model", str(args.model), "--level", args.level]
+    if args.onnx:
+        command += ["--onnx", str(args.onnx)]
+    if args.report:
+        command += ["--report", str(args.report)]
+    return int(pytest.main(command + args.pytest_args))
+
+
 def _spec(args: argparse.Namespace) -> int:
     if args.write:
         spec_doc.write()
@@ -48,7 +62,7 @@ def _spec(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m policy_onnx", description=__doc__,
+        prog="policy-onnx", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"policy-onnx {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -69,6 +83,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="let SB3 unpickle everything in the zip, running any code it holds "
                              "(default: off, only allow-listed classes)")
     export.set_defaults(run=_export)
+
+    check = commands.add_parser(
+        "check", help="run the conformance suite on a model (and an artifact)",
+        description="Run the conformance suite: the same as pytest --pyargs "
+                    "policy_onnx.conformance --model MODEL [--onnx ONNX]. Exit status 0 when the "
+                    "level is met. Example: policy-onnx check m.zip a.onnx --report v.json")
+    check.add_argument("model", type=Path, help="the SB3 model .zip")
+    check.add_argument("onnx", type=Path, nargs="?",
+                       help="the artifact to check (default: the suite exports the model)")
+    check.add_argument("--level", choices=("basic", "standard", "extended"), default="standard",
+                       help="the level to reach (default: standard)")
+    check.add_argument("--report", type=Path, help="write the JSON report here")
+    check.add_argument("pytest_args", nargs="*", help="further pytest arguments, after --")
+    check.set_defaults(run=_check)
 
     spec_cmd = commands.add_parser(
         "spec", help="check or regenerate the clause tables of POLICY_ONNX_SPEC.md",
