@@ -41,7 +41,7 @@ def test_export_of_a_bad_model_is_one_line_of_error(tmp_path):
 def test_help_shows_examples():
     done = cli("--help")
     assert done.returncode == 0
-    assert "python -m policy_onnx export m.zip -o m.onnx" in done.stdout
+    assert "policy-onnx export m.zip -o m.onnx" in done.stdout
 
 
 def test_spec_check_passes_on_the_committed_document():
