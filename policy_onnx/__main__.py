@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     export = commands.add_parser(
         "export", help="export an SB3 model zip to a POLICY_ONNX_SPEC artifact",
         description="Export an SB3 model .zip to a POLICY_ONNX_SPEC artifact (the exporter the "
-                    "conformance suite itself uses). Example: python -m policy_onnx export m.zip "
+                    "conformance suite itself uses). Example: policy-onnx export m.zip "
                     "-o m.onnx")
     export.add_argument("model", type=Path, help="the SB3 model .zip")
     export.add_argument("-o", "--output", type=Path,
