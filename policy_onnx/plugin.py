@@ -27,7 +27,7 @@ from .report import Verdicts
 from .tolerance import RULE, tolerance
 
 settings.register_profile("quick", max_examples=20, deadline=None)
-settings.register_profile("ci", max_examples=50, deadline=None, derandomize=True,
+settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True,
                           database=None, print_blob=True)
 DEFAULT_PROFILE = "ci" if os.environ.get("CI") else "quick"
 settings.load_profile(DEFAULT_PROFILE)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 MAX_MAGNITUDE = 1e4
 REGIMES = ("inside", "beyond", "toward_clip")
-BULK_ROWS = 256  # numpy-drawn rows added to each hypothesis example
+BULK_ROWS = 320  # numpy-drawn rows added to each hypothesis example
 MAX_EXPLICIT_ROWS = 4  # hypothesis-drawn rows, shrunk on failure
 
 
