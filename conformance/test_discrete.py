@@ -98,4 +98,4 @@ def test_discrete_valid_actions(clause, suite, artifact, probe_observations):
 @clause_test("DISC-05")
 def test_discrete_parity(clause, suite, reference, artifact):
     strategy = batches(reference.domain, REGIMES[:2])
-    check_parity(clause, reference, artifact, strategy, suite.stats, suite.reproduce(clause.id))
+    check_parity(clause, reference, artifact, strategy, suite)

@@ -29,4 +29,4 @@ def test_mask_input(clause, suite, artifact):
 @clause_test("MASK-02")
 def test_masked_parity(clause, suite, reference, artifact):
     strategy = batches(reference.domain, REGIMES[:2], mask_width=reference.head.mask_width)
-    check_parity(clause, reference, artifact, strategy, suite.stats, suite.reproduce(clause.id))
+    check_parity(clause, reference, artifact, strategy, suite)

@@ -10,7 +10,7 @@ from policy_onnx.strategies import REGIMES, batches
 @clause_test("PAR-01")
 def test_parity(clause, suite, reference, artifact, clip_seeds):
     strategy = batches(reference.domain, REGIMES, clip_seeds)
-    check_parity(clause, reference, artifact, strategy, suite.stats, suite.reproduce(clause.id))
+    check_parity(clause, reference, artifact, strategy, suite)
 
 
 @clause_test("PAR-02")
@@ -23,5 +23,4 @@ def test_parity_out_of_bounds(clause, suite, reference, artifact, clip_seeds):
                     "action bounds anywhere the suite searched (random draws inside and beyond "
                     "the observation bounds, then gradient ascent on each action element)")
     strategy = batches(reference.domain, ("toward_clip",), clip_seeds)
-    check_parity(clause, reference, artifact, strategy, suite.stats, suite.reproduce(clause.id),
-                 steer=True)
+    check_parity(clause, reference, artifact, strategy, suite, steer=True)

@@ -41,8 +41,7 @@ def test_recurrent_interface(clause, artifact):
 @clause_test("REC-02")
 def test_recurrent_parity(clause, suite, reference, artifact):
     strategy = batches(reference.domain, REGIMES[:2])
-    check_recurrent_parity(clause, reference, artifact, strategy, suite.stats,
-                           suite.reproduce(clause.id))
+    check_recurrent_parity(clause, reference, artifact, strategy, suite)
 
 
 @clause_test("REC-03")

@@ -5,6 +5,7 @@ Examples:
   policy-onnx export sac.zip -o m.onnx --action-transform tanh
   policy-onnx check m.zip a.onnx --report verdict.json    # the suite, as pytest runs it
   policy-onnx check m.zip -- -k PAR-01                      # further pytest arguments after --
+  policy-onnx replay counterexamples/PAR-01.json           # a failing parity clause, again
   policy-onnx spec --check      # POLICY_ONNX_SPEC.md matches the clause registry
 """
 
@@ -47,6 +48,32 @@ def _check(args: argparse.Namespace) -> int:
     if args.report:
         command += ["--report", str(args.report)]
     return int(pytest.main(command + args.pytest_args))
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """Run a saved counterexample through predict() and the artifact again."""
+    import json
+
+    import numpy as np
+
+    from .artifact import Artifact, ArtifactError
+    from .load import ModelLoadError, load_model
+    from .model import Reference
+    from .parity import ParityStats, compare_any
+
+    saved = json.loads(args.counterexample.read_text())
+    try:
+        reference = Reference(load_model(saved["model"], trust_code=saved["trust_model_code"]))
+        artifact = Artifact(saved["artifact"])
+        masks = None if saved["masks"] is None else np.asarray(saved["masks"], dtype=bool)
+        problem = compare_any(reference, artifact, np.asarray(saved["observations"], np.float32),
+                              ParityStats(), saved["clause"], masks)
+    except (ModelLoadError, ArtifactError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"[{saved['clause']}] {problem}" if problem else
+          f"[{saved['clause']}] the {len(saved['observations'])} observations now agree")
+    return 1 if problem else 0
 
 
 def _spec(args: argparse.Namespace) -> int:
@@ -97,6 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--report", type=Path, help="write the JSON report here")
     check.add_argument("pytest_args", nargs="*", help="further pytest arguments, after --")
     check.set_defaults(run=_check)
+
+    replay = commands.add_parser(
+        "replay", help="run a saved parity counterexample again",
+        description="Run the observations a failing parity clause saved through predict() and "
+                    "the artifact again; exit status 1 while they still disagree. Example: "
+                    "policy-onnx replay counterexamples/PAR-01.json")
+    replay.add_argument("counterexample", type=Path, help="the .json file the failure names")
+    replay.set_defaults(run=_replay)
 
     spec_cmd = commands.add_parser(
         "spec", help="check or regenerate the clause tables of POLICY_ONNX_SPEC.md",

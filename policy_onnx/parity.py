@@ -36,8 +36,9 @@ class ParityStats:
 
 
 class Mismatch(AssertionError):
-    def __init__(self, text: str):
+    def __init__(self, text: str, batch: Batch | None = None):
         super().__init__(text)
+        self.batch = batch
 
 
 def _row(values: np.ndarray) -> str:
@@ -156,8 +157,16 @@ DISCRETE_CAUSES = (
     "the graph samples instead of taking the most likely action.")
 
 
+def compare_any(reference: Reference, artifact: Artifact, obs: np.ndarray,
+                stats: ParityStats, clause_id: str, masks: np.ndarray | None = None) -> str | None:
+    """The comparison of the policy's kind: a tolerance for Box actions, ties for discrete."""
+    if reference.kind == "Box":
+        return compare(reference, artifact, obs)
+    return compare_discrete(reference, artifact, obs, stats, clause_id, masks)
+
+
 def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, strategy,
-                 stats: ParityStats, reproduce: str, steer: bool = False) -> None:
+                 suite, steer: bool = False) -> None:
     """Run the hypothesis search; fail the clause with the worst observation of the minimal
     example. With `steer`, hypothesis is also told to maximize the share of rows whose mean leaves
     the action bounds."""
@@ -169,21 +178,20 @@ def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, 
         out_of_bounds = int((reference.overshoot(obs) > 0).sum())
         if steer:
             target(out_of_bounds / len(obs), label="share of rows whose mean leaves the bounds")
-        stats.record(clause.id, len(obs), out_of_bounds)
-        if reference.kind == "Box":
-            problem = compare(reference, artifact, obs)
-        else:
-            problem = compare_discrete(reference, artifact, obs, stats, clause.id, batch.masks)
+        suite.stats.record(clause.id, len(obs), out_of_bounds)
+        problem = compare_any(reference, artifact, obs, suite.stats, clause.id, batch.masks)
         if problem:
-            raise Mismatch(f"{problem}\n  drawn as {batch}")
+            raise Mismatch(f"{problem}\n  drawn as {batch}", batch)
 
     try:
         parity_holds()
     except Mismatch as mismatch:
         notes = [n for n in getattr(mismatch, "__notes__", []) if "reproduce_failure" in n]
-        check.fail(clause, "\n".join([str(mismatch), f"Reproduce: {reproduce}", *notes,
-                                      LIKELY_CAUSES if reference.kind == "Box"
-                                      else DISCRETE_CAUSES]))
+        saved = suite.save_counterexample(clause.id, mismatch.batch)
+        check.fail(clause, "\n".join([
+            str(mismatch), f"Counterexample: {saved}; replay it: policy-onnx replay {saved}",
+            f"Reproduce the search: {suite.reproduce(clause.id)}", *notes,
+            LIKELY_CAUSES if reference.kind == "Box" else DISCRETE_CAUSES]))
     except ArtifactError as exc:
         check.fail(clause, str(exc))
 
@@ -192,7 +200,7 @@ ROLLOUT_STEPS = 8
 
 
 def check_recurrent_parity(clause: spec.Clause, reference: Reference, artifact: Artifact,
-                           strategy, stats: ParityStats, reproduce: str) -> None:
+                           strategy, suite) -> None:
     """Rollouts of ROLLOUT_STEPS steps over the drawn rows, each side carrying its own state."""
 
     @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -207,8 +215,8 @@ def check_recurrent_parity(clause: spec.Clause, reference: Reference, artifact: 
         for t, (obs, start) in enumerate(zip(steps, starts, strict=True)):
             expected, next_mine = reference.step(obs, mine, start)
             obtained, h, c = artifact.step(obs, *theirs, start)
-            stats.record(clause.id, envs, 0)
-            problem = _step_problem(reference, obs, mine, start, expected, obtained, stats,
+            suite.stats.record(clause.id, envs, 0)
+            problem = _step_problem(reference, obs, mine, start, expected, obtained, suite.stats,
                                     clause.id)
             if problem:
                 raise Mismatch(f"at step {t} of a rollout of {envs} environments: {problem}\n"
@@ -220,8 +228,8 @@ def check_recurrent_parity(clause: spec.Clause, reference: Reference, artifact: 
         rollouts_agree()
     except Mismatch as mismatch:
         notes = [n for n in getattr(mismatch, "__notes__", []) if "reproduce_failure" in n]
-        check.fail(clause, "\n".join([str(mismatch), f"Reproduce: {reproduce}", *notes,
-                                      RECURRENT_CAUSES]))
+        check.fail(clause, "\n".join([str(mismatch), f"Reproduce: {suite.reproduce(clause.id)}",
+                                      *notes, RECURRENT_CAUSES]))
     except ArtifactError as exc:
         check.fail(clause, str(exc))
 

@@ -7,6 +7,7 @@ export is a session fixture.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import time
@@ -71,11 +72,13 @@ class SuiteState:
     transform: str
     loaded: LoadedModel | None
     given_artifact: Artifact | None  # the --onnx artifact
+    trust_code: bool = False
     requested_level: spec.Level = spec.Level.STANDARD
     report_path: Path | None = None
     stats: ParityStats = field(default_factory=ParityStats)
     verdicts: Verdicts = field(default_factory=Verdicts)
     exported_path: Path | None = None
+    counterexample_dir: Path | None = None  # set by the session; beside --report if given
 
     @cached_property
     def action_kind(self) -> str:
@@ -97,6 +100,18 @@ class SuiteState:
         from .model import Reference
 
         return Reference(self.loaded) if self.loaded else None
+
+    def save_counterexample(self, clause_id: str, batch) -> Path:
+        """The failing batch of a parity clause, as a file `policy-onnx replay` reads."""
+        artifact = self.onnx_path or self.exported_path
+        path = self.counterexample_dir / f"{clause_id}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({
+            "clause": clause_id, "model": str(self.model_path.resolve()),
+            "artifact": str(artifact.resolve()), "trust_model_code": self.trust_code,
+            "observations": batch.observations.tolist(),
+            "masks": None if batch.masks is None else batch.masks.tolist()}))
+        return path
 
     def reproduce(self, clause_id: str) -> str:
         words = ["pytest", "conformance"]
@@ -136,6 +151,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--action-transform {transform}: {exc}") from None
     config.stash[STATE] = SuiteState(
         model_path, onnx_path, transform, loaded, given_artifact,
+        trust_code=config.getoption("trust_model_code"),
         requested_level=spec.Level[config.getoption("level").upper()],
         report_path=_path(config.getoption("report")))
 
@@ -262,8 +278,11 @@ def _progress(config: pytest.Config, line: str) -> None:
 
 # --- session fixtures -----------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def suite(pytestconfig: pytest.Config) -> SuiteState:
-    return pytestconfig.stash[STATE]
+def suite(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> SuiteState:
+    state = pytestconfig.stash[STATE]
+    state.counterexample_dir = (state.report_path.parent if state.report_path
+                                else tmp_path_factory.getbasetemp()) / "counterexamples"
+    return state
 
 
 @pytest.fixture(scope="session")

@@ -102,3 +102,30 @@ def test_junit_xml_carries_the_clause_of_each_test(conformance, tmp_path):
 def test_export_is_announced_while_it_runs(conformance):
     run = conformance.run("--model", str(REAL_MODEL), "-k", "GRAPH-01")
     assert f"policy-onnx: exported {REAL_MODEL} to " in run.stdout
+
+
+def test_failing_parity_saves_a_counterexample_that_replays(conformance, tmp_path,
+                                                            unclamped_real):
+    import subprocess
+    import sys
+
+    report = tmp_path / "reports" / "report.json"
+    run = conformance.run("--model", str(REAL_MODEL), "--onnx", str(unclamped_real), "--report",
+                          str(report), "-k", "PAR-01", profile="mutation")
+    saved = tmp_path / "reports" / "counterexamples" / "PAR-01.json"
+    assert f"Counterexample: {saved}; replay it: policy-onnx replay {saved}" in run.stdout
+    detail = next(c["detail"] for c in json.loads(report.read_text())["clauses"]
+                  if c["id"] == "PAR-01")
+    assert str(saved) in detail  # the report points at it
+
+    def replay(path):
+        return subprocess.run([sys.executable, "-m", "policy_onnx", "replay", str(path)],
+                              capture_output=True, text=True, timeout=300)
+
+    still = replay(saved)
+    assert still.returncode == 1 and still.stdout.startswith("[PAR-01] max |final - predict|")
+    fixed = json.loads(saved.read_text())
+    fixed["artifact"] = str(REAL_ONNX)  # the same observations against a conforming artifact
+    (tmp_path / "fixed.json").write_text(json.dumps(fixed))
+    agreed = replay(tmp_path / "fixed.json")
+    assert agreed.returncode == 0 and "observations now agree" in agreed.stdout
