@@ -603,7 +603,7 @@ MUTANTS: tuple[Mutant, ...] = (
            _episode_start_dropped, frozenset({"REC-01", "REC-02", "REC-03"}),
            model="recurrent_ppo_discrete"),
     Mutant("recurrent_no_clamp", "RecurrentPPO: the raw mean with action_transform = none",
-           _no_clamp, frozenset({"REC-02"}), model="recurrent_ppo", transform="clip"),
+           _no_clamp, frozenset({"BEH-05", "REC-02"}), model="recurrent_ppo", transform="clip"),
     Mutant("ddpg_unscale_forgotten", "DDPG: the tanh output with scale 1 and offset 0 for "
            "bounds of +-0.5", _declare_identity, frozenset({"BEH-05", "PAR-01"}), model="ddpg",
            transform="tanh"),

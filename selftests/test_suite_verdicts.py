@@ -97,7 +97,7 @@ def test_missing_clamp_fails_parity(conformance, fixture_models, tmp_path, model
     assert run.ret == 1
     message = run.messages["PAR-02"]
     for part in ("[PAR-02] max |final - predict| =", "obs       = [", "predict   = [",
-                 "pre-clip mean = [", "Reproduce: pytest conformance --model",
+                 "pre-clip mean = [", "Reproduce the search: pytest conformance --model",
                  "@reproduce_failure(", "clamp to the action bounds is missing"):
         assert part in message
     assert "Traceback" not in message
