@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import metadata
+from . import metadata, spec
 
 
 AUXILIARY_INPUTS = ("action_masks", "state_h", "state_c", "episode_start")
@@ -132,7 +132,7 @@ class Artifact:
     @property
     def masks(self) -> TensorFacts | None:
         """The action-mask input `action_masks`, if the graph has one."""
-        return next((t for t in self.inputs if t.name == "action_masks"), None)
+        return self.input_named("action_masks")
 
     def input_named(self, name: str) -> TensorFacts | None:
         return next((t for t in self.inputs if t.name == name), None)
@@ -175,7 +175,7 @@ class Artifact:
             kind = json.loads(self._entry("action_space") or "").get("type")
         except (ValueError, AttributeError):
             return "Box"
-        return kind if kind in ("Box", "Discrete", "MultiDiscrete", "MultiBinary") else "Box"
+        return kind if kind in spec.ACTION_KINDS else "Box"
 
     @property
     def batch_dynamic(self) -> bool:
@@ -223,13 +223,7 @@ class Artifact:
                     raise ArtifactError(f"action_masks has no static width: {self.masks.dims}")
                 masks = np.ones((len(feed), width), dtype=bool)
             feeds[self.masks.name] = np.ascontiguousarray(masks, dtype=self.masks.numpy_dtype)
-        try:
-            (out,) = self.session.run([self.action.name], feeds)
-        except ArtifactError:
-            raise
-        except Exception as exc:
-            raise ArtifactError(
-                f"ONNX Runtime failed on a batch of shape {feed.shape}: {exc}") from None
+        (out,) = self._session_run([self.action.name], feeds, f"a batch of shape {feed.shape}")
         if one_row_each and (np.ndim(out) == 0 or len(out) != len(feed)):
             raise ArtifactError(f"{len(feed)} observations gave an action of shape "
                                 f"{np.shape(out)}: not one row per observation (see BEH-01)")
@@ -259,14 +253,18 @@ class Artifact:
         # Only what the graph takes: an artifact without episode_start simply never resets.
         feeds = {t.name: np.asarray(given[t.name], np.float32) for t in self.inputs
                  if t.name in given}
-        try:
-            action, next_h, next_c = self.session.run(["action", *RECURRENT_OUTPUTS], feeds)
-        except ArtifactError:
-            raise
-        except Exception as exc:
-            raise ArtifactError(f"ONNX Runtime failed on one recurrent step: "
-                                f"{' '.join(str(exc).split())}") from None
+        action, next_h, next_c = self._session_run(["action", *RECURRENT_OUTPUTS], feeds,
+                                                   "one recurrent step")
         return self.to_final(np.asarray(action, np.float64)), next_h, next_c
+
+    def _session_run(self, outputs: list[str], feeds: dict, what: str) -> list:
+        """session.run, with a runtime failure as a one-line ArtifactError."""
+        session = self.session  # an ArtifactError of its own when the artifact cannot load
+        try:
+            return session.run(outputs, feeds)
+        except Exception as exc:
+            raise ArtifactError(f"ONNX Runtime failed on {what}: "
+                                f"{' '.join(str(exc).split())}") from None
 
     # --- the declared action transform, read as a runtime reads it --------------------------
     def _entry(self, key: str) -> str | None:
