@@ -100,11 +100,6 @@ class Reference:
             return self.head(torch.as_tensor(obs, dtype=torch.float32), scores=True,
                              **extra).double().numpy()
 
-    def score_tolerance(self, obs: np.ndarray) -> np.ndarray:
-        """How far apart two scores may be and still be a rounding tie, per score."""
-        magnitude = np.abs(self.scores(obs))
-        return tolerance(-magnitude, magnitude, self.rounding_noise(obs, scores=True))
-
     def rounding_noise(self, obs: np.ndarray, samples: int = 4, **forward) -> np.ndarray:
         """The oracle's own float32 rounding error per element, estimated two ways, the larger
         kept: the measured |float32 - float64| of the computation, and stochastic arithmetic:

@@ -108,6 +108,16 @@ def _score_gaps(reference: Reference, expected: np.ndarray, obtained: np.ndarray
     return np.stack(gaps, axis=1), np.stack(chosen, axis=1)
 
 
+def _beyond_ties(differs, gaps, chosen, noise, stats: ParityStats, clause_id: str):
+    """Which differing choices are real disagreements, not rounding ties (a tie: the two
+    choices' scores within the tolerance of the chosen score, given the scores' float32 noise);
+    ties are counted. Returns (real, allowed gap)."""
+    allowed = tolerance(-np.abs(chosen), np.abs(chosen), noise.max(axis=1, keepdims=True))
+    real = differs & ~(gaps <= allowed)
+    stats.near_ties[clause_id] += int((differs & ~real).any(axis=1).sum())
+    return real, allowed
+
+
 def compare_discrete(reference: Reference, artifact: Artifact, obs: np.ndarray,
                      stats: ParityStats, clause_id: str, masks: np.ndarray | None = None
                      ) -> str | None:
@@ -125,11 +135,8 @@ def compare_discrete(reference: Reference, artifact: Artifact, obs: np.ndarray,
     rows = np.flatnonzero(differs.any(axis=1))
     scores = reference.scores(obs[rows], None if masks is None else masks[rows])
     gaps, chosen = _score_gaps(reference, expected[rows], obtained[rows], scores)
-    # A tie: the two choices' scores are within the tolerance of the larger score.
-    allowed = tolerance(-np.abs(chosen), np.abs(chosen),
-                        reference.rounding_noise(obs[rows], scores=True).max(axis=1, keepdims=True))
-    real = differs[rows] & ~(gaps <= allowed)
-    stats.near_ties[clause_id] += int((differs[rows] & ~real).any(axis=1).sum())
+    noise = reference.rounding_noise(obs[rows], scores=True)
+    real, allowed = _beyond_ties(differs[rows], gaps, chosen, noise, stats, clause_id)
     if not real.any():
         return None
     worst = int(np.argmax(real.any(axis=1)))
@@ -248,10 +255,8 @@ def _step_problem(reference, obs, state, start, expected, obtained, stats, claus
         noise = np.abs(scores - reference.step_outputs(obs, state, start, double=True,
                                                         scores=True))
         gaps, chosen = _score_gaps(reference, expected, obtained, scores)
-        allowed = tolerance(-np.abs(chosen), np.abs(chosen), noise.max(axis=1, keepdims=True))
-        differs = ~(obtained == expected)
-        bad = differs & ~(gaps <= allowed)
-        stats.near_ties[clause_id] += int((differs & ~bad).any(axis=1).sum())
+        bad, allowed = _beyond_ties(~(obtained == expected), gaps, chosen, noise, stats,
+                                    clause_id)
     if not bad.any():
         return None
     i = int(np.argmax(bad.any(axis=1)))
