@@ -106,11 +106,19 @@ def safe_unpickle(payload: str) -> Any:
     return AllowListUnpickler(io.BytesIO(base64.b64decode(payload))).load()
 
 
+# How a policy of each algorithm is called (spec.STRUCTURES); "plain" when not listed.
+STRUCTURES = {"MaskablePPO": "masked", "RecurrentPPO": "recurrent"}
+
+
 @dataclass
 class LoadedModel:
     path: Path
     algorithm: str
     sb3: Any  # the stable_baselines3 BaseAlgorithm
+
+    @property
+    def structure(self) -> str:
+        return STRUCTURES.get(self.algorithm, "plain")
 
 
 def read_data(path: Path) -> dict:

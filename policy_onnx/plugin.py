@@ -90,10 +90,7 @@ class SuiteState:
     @cached_property
     def structure(self) -> str:
         """plain, masked (action masks) or recurrent: the model's, else the artifact's."""
-        if self.loaded:
-            return {"MaskablePPO": "masked", "RecurrentPPO": "recurrent"}.get(
-                self.loaded.algorithm, "plain")
-        return self.given_artifact.structure
+        return self.loaded.structure if self.loaded else self.given_artifact.structure
 
     @cached_property
     def reference(self):

@@ -10,16 +10,14 @@ import pytest
 from fixtures.models import FIXTURES
 from policy_onnx import spec
 from policy_onnx.export import export
-from policy_onnx.load import load_model
+from policy_onnx.load import STRUCTURES, load_model
 
 from .conftest import REAL_MODEL, REAL_ONNX, sha256
 
 ALL = {c.id for c in spec.CLAUSES}
 NEEDS_MODEL = {c.id for c in spec.CLAUSES if c.needs_model}
 KIND = {f.name: type(f.action_space).__name__ for f in FIXTURES}
-STRUCTURE = {f.name: {"MaskablePPO": "masked", "RecurrentPPO": "recurrent"}.get(f.algorithm,
-                                                                                "plain")
-             for f in FIXTURES}
+STRUCTURE = {f.name: STRUCTURES.get(f.algorithm, "plain") for f in FIXTURES}
 # Models whose mean is never clipped: PAR-02 is reported as not applicable, with this reason.
 NO_CLIPPING = {f.name: f.no_clipping for f in FIXTURES if f.no_clipping}
 
