@@ -16,10 +16,10 @@ def _declared(artifact):
         return None
 
 
-def _space(suite, artifact):
+def _space(policy, artifact):
     """The discrete space the actions must belong to: the model's, else the declared one."""
-    if suite.reference is not None:
-        return metadata.describe_space(suite.reference.action_space)
+    if policy.reference is not None:
+        return metadata.describe_space(policy.reference.action_space)
     return _declared(artifact)
 
 
@@ -30,32 +30,32 @@ def _row_size(space) -> int | None:
 
 
 @clause_test("DISC-01")
-def test_discrete_output_dtype(clause, suite, artifact):
-    expected = "FLOAT" if suite.action_kind == "MultiBinary" else "INT64"
+def test_discrete_output_dtype(clause, policy, artifact):
+    expected = "FLOAT" if policy.action_kind == "MultiBinary" else "INT64"
     if artifact.action is None:
         fail(clause, "there is no action output (see GRAPH-04)")
     if artifact.action.type_name != expected:
         fail(clause, f"{artifact.action.name} is {artifact.action.type_name}, but predict() "
-                     f"returns {expected.lower()} actions for a {suite.action_kind} space")
+                     f"returns {expected.lower()} actions for a {policy.action_kind} space")
 
 
 @clause_test("DISC-02")
-def test_discrete_output_shape(clause, suite, artifact):
+def test_discrete_output_shape(clause, policy, artifact):
     if artifact.action is None:
         fail(clause, "there is no action output (see GRAPH-04)")
     dims = artifact.action.dims
-    if suite.action_kind == "Discrete":
+    if policy.action_kind == "Discrete":
         if len(dims) != 1:
             fail(clause, f"action is {list(dims)}, but a Discrete action is [batch]")
         return
-    size = _row_size(_space(suite, artifact))
+    size = _row_size(_space(policy, artifact))
     if len(dims) != 2 or not isinstance(dims[1], int) or (size and dims[1] != size):
-        fail(clause, f"action is {list(dims)}, but a {suite.action_kind} action is "
+        fail(clause, f"action is {list(dims)}, but a {policy.action_kind} action is "
                      f"[batch, {size or 'k'}]")
 
 
 @clause_test("DISC-03")
-def test_discrete_action_space(clause, suite, artifact):
+def test_discrete_action_space(clause, policy, artifact):
     problems = [p for p in metadata.key_problems("action_space", artifact)
                 if "is present" in p or "is missing" in p]
     values = artifact.metadata.get("action_space", [])
@@ -76,8 +76,8 @@ def test_discrete_action_space(clause, suite, artifact):
 
 
 @clause_test("DISC-04")
-def test_discrete_valid_actions(clause, suite, artifact, probe_observations):
-    space = _space(suite, artifact)
+def test_discrete_valid_actions(clause, policy, artifact, probe_observations):
+    space = _space(policy, artifact)
     if space is None:
         fail(clause, "action_space is missing or malformed, so there is no space (see DISC-03)")
     with running(clause):
@@ -96,6 +96,6 @@ def test_discrete_valid_actions(clause, suite, artifact, probe_observations):
 
 
 @clause_test("DISC-05")
-def test_discrete_parity(clause, suite, reference, artifact):
+def test_discrete_parity(clause, policy, reference, artifact):
     strategy = batches(reference.domain, REGIMES[:2])
-    check_parity(clause, reference, artifact, strategy, suite)
+    check_parity(clause, reference, artifact, strategy, policy)

@@ -6,7 +6,7 @@ from policy_onnx.strategies import REGIMES, batches
 
 
 @clause_test("MASK-01")
-def test_mask_input(clause, suite, artifact):
+def test_mask_input(clause, policy, artifact):
     names = [t.name for t in artifact.inputs]
     if sorted(names) != ["action_masks", "obs"]:
         fail(clause, f"required inputs are {names}, but must be exactly obs and action_masks")
@@ -17,9 +17,9 @@ def test_mask_input(clause, suite, artifact):
     if len(masks.dims) != 2 or not isinstance(masks.dims[0], str):
         problems.append(f"action_masks is {list(masks.dims)}, must be [batch, m] with a "
                         "symbolic batch")
-    elif suite.reference is not None and masks.dims[1] != suite.reference.head.mask_width:
+    elif policy.reference is not None and masks.dims[1] != policy.reference.head.mask_width:
         problems.append(f"action_masks has {masks.dims[1]} choices, the model's action space "
-                        f"{suite.reference.action_space} has {suite.reference.head.mask_width}")
+                        f"{policy.reference.action_space} has {policy.reference.head.mask_width}")
     elif not isinstance(masks.dims[1], int):
         problems.append(f"action_masks dimension 1 is {masks.dims[1]!r}, must be static")
     if problems:
@@ -27,6 +27,6 @@ def test_mask_input(clause, suite, artifact):
 
 
 @clause_test("MASK-02")
-def test_masked_parity(clause, suite, reference, artifact):
+def test_masked_parity(clause, policy, reference, artifact):
     strategy = batches(reference.domain, REGIMES[:2], mask_width=reference.head.mask_width)
-    check_parity(clause, reference, artifact, strategy, suite)
+    check_parity(clause, reference, artifact, strategy, policy)

@@ -8,13 +8,13 @@ from policy_onnx.strategies import REGIMES, batches
 
 
 @clause_test("PAR-01")
-def test_parity(clause, suite, reference, artifact, clip_seeds):
+def test_parity(clause, policy, reference, artifact, clip_seeds):
     strategy = batches(reference.domain, REGIMES, clip_seeds)
-    check_parity(clause, reference, artifact, strategy, suite)
+    check_parity(clause, reference, artifact, strategy, policy)
 
 
 @clause_test("PAR-02")
-def test_parity_out_of_bounds(clause, suite, reference, artifact, clip_seeds):
+def test_parity_out_of_bounds(clause, policy, reference, artifact, clip_seeds):
     if not reference.clips:
         pytest.skip(f"{clause.id} not applicable: this policy squashes its mean with tanh "
                     "(squash_output), so predict() never clips it")
@@ -23,4 +23,4 @@ def test_parity_out_of_bounds(clause, suite, reference, artifact, clip_seeds):
                     "action bounds anywhere the suite searched (random draws inside and beyond "
                     "the observation bounds, then gradient ascent on each action element)")
     strategy = batches(reference.domain, ("toward_clip",), clip_seeds)
-    check_parity(clause, reference, artifact, strategy, suite, steer=True)
+    check_parity(clause, reference, artifact, strategy, policy, steer=True)

@@ -39,9 +39,9 @@ def test_recurrent_interface(clause, artifact):
 
 
 @clause_test("REC-02")
-def test_recurrent_parity(clause, suite, reference, artifact):
+def test_recurrent_parity(clause, policy, reference, artifact):
     strategy = batches(reference.domain, REGIMES[:2])
-    check_recurrent_parity(clause, reference, artifact, strategy, suite)
+    check_recurrent_parity(clause, reference, artifact, strategy, policy)
 
 
 @clause_test("REC-03")

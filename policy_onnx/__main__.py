@@ -5,7 +5,8 @@ Examples:
   policy-onnx export sac.zip -o m.onnx --action-transform tanh
   policy-onnx check m.zip a.onnx --report verdict.json    # the suite, as pytest runs it
   policy-onnx check m.zip -- -k PAR-01                      # further pytest arguments after --
-  policy-onnx replay counterexamples/PAR-01.json           # a failing parity clause, again
+  policy-onnx check zoo/ -- -n auto                         # every .zip in zoo/, on all cores
+  policy-onnx replay counterexamples/m/PAR-01.json         # a failing parity clause, again
   policy-onnx spec --check      # POLICY_ONNX_SPEC.md matches the clause registry
 """
 
@@ -59,20 +60,29 @@ def _replay(args: argparse.Namespace) -> int:
     from .artifact import Artifact, ArtifactError
     from .load import ModelLoadError, load_model
     from .model import Reference
-    from .parity import ParityStats, compare_any
+    from .parity import ParityStats, compare_any, rollout_problem
 
     saved = json.loads(args.counterexample.read_text())
+    observations = np.asarray(saved["observations"], np.float32)
     try:
         reference = Reference(load_model(saved["model"], trust_code=saved["trust_model_code"]))
         artifact = Artifact(saved["artifact"])
-        masks = None if saved["masks"] is None else np.asarray(saved["masks"], dtype=bool)
-        problem = compare_any(reference, artifact, np.asarray(saved["observations"], np.float32),
-                              ParityStats(), saved["clause"], masks)
+        if "episode_starts" in saved:  # a recurrent policy's rollouts
+            checked = (f"{observations.shape[0]}-step rollouts of {observations.shape[1]} "
+                       "environments")
+            problem = rollout_problem(reference, artifact, observations,
+                                      np.asarray(saved["episode_starts"], np.float32),
+                                      ParityStats(), saved["clause"])
+        else:
+            checked = f"{len(observations)} observations"
+            masks = None if saved.get("masks") is None else np.asarray(saved["masks"], bool)
+            problem = compare_any(reference, artifact, observations, ParityStats(),
+                                  saved["clause"], masks)
     except (ModelLoadError, ArtifactError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"[{saved['clause']}] {problem}" if problem else
-          f"[{saved['clause']}] the {len(saved['observations'])} observations now agree")
+          f"[{saved['clause']}] the {checked} now agree")
     return 1 if problem else 0
 
 
@@ -116,9 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         description="Run the conformance suite: the same as pytest --pyargs "
                     "policy_onnx.conformance --model MODEL [--onnx ONNX]. Exit status 0 when the "
                     "level is met. Example: policy-onnx check m.zip a.onnx --report v.json")
-    check.add_argument("model", type=Path, help="the SB3 model .zip")
+    check.add_argument("model", type=Path,
+                       help="the SB3 model .zip, or a folder: every .zip in it")
     check.add_argument("onnx", type=Path, nargs="?",
-                       help="the artifact to check (default: the suite exports the model)")
+                       help="the artifact to check, or for a folder of models a folder holding "
+                            "<model name>.onnx for each (default: the suite exports the model)")
     check.add_argument("--level", choices=("basic", "standard", "extended"), default="standard",
                        help="the level to reach (default: standard)")
     check.add_argument("--report", type=Path, help="write the JSON report here")
@@ -129,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "replay", help="run a saved parity counterexample again",
         description="Run the observations a failing parity clause saved through predict() and "
                     "the artifact again; exit status 1 while they still disagree. Example: "
-                    "policy-onnx replay counterexamples/PAR-01.json")
+                    "policy-onnx replay counterexamples/m/PAR-01.json")
     replay.add_argument("counterexample", type=Path, help="the .json file the failure names")
     replay.set_defaults(run=_replay)
 

@@ -29,16 +29,21 @@ class ParityStats:
         self.observations[clause_id] += checked
         self.out_of_bounds[clause_id] += out_of_bounds
 
-    def as_dict(self) -> dict:
-        return {cid: {"observations": n, "mean_outside_bounds": self.out_of_bounds[cid],
-                      "rounding_ties": self.near_ties[cid]}
-                for cid, n in sorted(self.observations.items())}
+    def for_clause(self, clause_id: str) -> list[tuple[str, int]]:
+        """The counts of one clause as report properties (none if it checked nothing)."""
+        if not self.observations[clause_id]:
+            return []
+        return [("observations", self.observations[clause_id]),
+                ("mean_outside_bounds", self.out_of_bounds[clause_id]),
+                ("rounding_ties", self.near_ties[clause_id])]
 
 
 class Mismatch(AssertionError):
-    def __init__(self, text: str, batch: Batch | None = None):
+    """A disagreement, with the arrays that replay it (see `policy-onnx replay`)."""
+
+    def __init__(self, text: str, replay: dict[str, np.ndarray | None]):
         super().__init__(text)
-        self.batch = batch
+        self.replay = replay
 
 
 def _row(values: np.ndarray) -> str:
@@ -173,7 +178,7 @@ def compare_any(reference: Reference, artifact: Artifact, obs: np.ndarray,
 
 
 def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, strategy,
-                 suite, steer: bool = False) -> None:
+                 policy, steer: bool = False) -> None:
     """Run the hypothesis search; fail the clause with the worst observation of the minimal
     example. With `steer`, hypothesis is also told to maximize the share of rows whose mean leaves
     the action bounds."""
@@ -185,20 +190,27 @@ def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, 
         out_of_bounds = int((reference.overshoot(obs) > 0).sum())
         if steer:
             target(out_of_bounds / len(obs), label="share of rows whose mean leaves the bounds")
-        suite.stats.record(clause.id, len(obs), out_of_bounds)
-        problem = compare_any(reference, artifact, obs, suite.stats, clause.id, batch.masks)
+        policy.stats.record(clause.id, len(obs), out_of_bounds)
+        problem = compare_any(reference, artifact, obs, policy.stats, clause.id, batch.masks)
         if problem:
-            raise Mismatch(f"{problem}\n  drawn as {batch}", batch)
+            raise Mismatch(f"{problem}\n  drawn as {batch}",
+                           {"observations": obs, "masks": batch.masks})
 
+    _search(clause, parity_holds, policy,
+            LIKELY_CAUSES if reference.kind == "Box" else DISCRETE_CAUSES)
+
+
+def _search(clause: spec.Clause, search, policy, causes: str) -> None:
+    """Run a hypothesis search; a mismatch fails the clause with its counterexample saved and
+    the commands that replay it and rerun the search."""
     try:
-        parity_holds()
+        search()
     except Mismatch as mismatch:
         notes = [n for n in getattr(mismatch, "__notes__", []) if "reproduce_failure" in n]
-        saved = suite.save_counterexample(clause.id, mismatch.batch)
+        saved = policy.save_counterexample(clause.id, mismatch.replay)
         check.fail(clause, "\n".join([
             str(mismatch), f"Counterexample: {saved}; replay it: policy-onnx replay {saved}",
-            f"Reproduce the search: {suite.reproduce(clause.id)}", *notes,
-            LIKELY_CAUSES if reference.kind == "Box" else DISCRETE_CAUSES]))
+            f"Reproduce the search: {policy.reproduce(clause.id)}", *notes, causes]))
     except ArtifactError as exc:
         check.fail(clause, str(exc))
 
@@ -207,7 +219,7 @@ ROLLOUT_STEPS = 8
 
 
 def check_recurrent_parity(clause: spec.Clause, reference: Reference, artifact: Artifact,
-                           strategy, suite) -> None:
+                           strategy, policy) -> None:
     """Rollouts of ROLLOUT_STEPS steps over the drawn rows, each side carrying its own state."""
 
     @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -218,27 +230,31 @@ def check_recurrent_parity(clause: spec.Clause, reference: Reference, artifact: 
         rng = np.random.default_rng(batch.seed)
         starts = (rng.random((ROLLOUT_STEPS, envs)) < 0.25).astype(np.float32)
         starts[0] = 1.0
-        mine = theirs = reference.initial_state(envs)
-        for t, (obs, start) in enumerate(zip(steps, starts, strict=True)):
-            expected, next_mine = reference.step(obs, mine, start)
-            obtained, h, c = artifact.step(obs, *theirs, start)
-            suite.stats.record(clause.id, envs, 0)
-            problem = _step_problem(reference, obs, mine, start, expected, obtained, suite.stats,
-                                    clause.id)
-            if problem:
-                raise Mismatch(f"at step {t} of a rollout of {envs} environments: {problem}\n"
-                               f"  episode_start = {start.astype(int).tolist()}\n"
-                               f"  drawn as {batch}")
-            mine, theirs = next_mine, (h, c)
+        problem = rollout_problem(reference, artifact, steps, starts, policy.stats, clause.id)
+        if problem:
+            raise Mismatch(f"{problem}\n  drawn as {batch}",
+                           {"observations": steps, "episode_starts": starts})
 
-    try:
-        rollouts_agree()
-    except Mismatch as mismatch:
-        notes = [n for n in getattr(mismatch, "__notes__", []) if "reproduce_failure" in n]
-        check.fail(clause, "\n".join([str(mismatch), f"Reproduce: {suite.reproduce(clause.id)}",
-                                      *notes, RECURRENT_CAUSES]))
-    except ArtifactError as exc:
-        check.fail(clause, str(exc))
+    _search(clause, rollouts_agree, policy, RECURRENT_CAUSES)
+
+
+def rollout_problem(reference: Reference, artifact: Artifact, steps: np.ndarray,
+                    starts: np.ndarray, stats: ParityStats, clause_id: str) -> str | None:
+    """Roll both sides over `steps` [T, envs, obs_dim] with `starts` [T, envs], each carrying
+    its own state; None when every step agrees, else the first disagreement."""
+    envs = steps.shape[1]
+    mine = theirs = reference.initial_state(envs)
+    for t, (obs, start) in enumerate(zip(steps, starts, strict=True)):
+        expected, next_mine = reference.step(obs, mine, start)
+        obtained, h, c = artifact.step(obs, *theirs, start)
+        stats.record(clause_id, envs, 0)
+        problem = _step_problem(reference, obs, mine, start, expected, obtained, stats,
+                                clause_id)
+        if problem:
+            return (f"at step {t} of a rollout of {envs} environments: {problem}\n"
+                    f"  episode_start = {start.astype(int).tolist()}")
+        mine, theirs = next_mine, (h, c)
+    return None
 
 
 def _step_problem(reference, obs, state, start, expected, obtained, stats, clause_id):

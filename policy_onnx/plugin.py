@@ -1,8 +1,10 @@
-"""The pytest plugin of the conformance suite: options, session fixtures, report header and summary.
+"""The pytest plugin of the conformance suite: options, the policies under test, session
+fixtures, report header, summary and JSON report.
 
-Loaded by the repository's conftest.py. The model is opened (safely) once per session while
-pytest configures, so that a bad --model or --onnx is a usage error before any test runs; the
-export is a session fixture.
+Loaded by the repository's conftest.py, or by its entry point once installed. The models are
+opened (safely) while pytest configures, so that a bad --model or --onnx is a usage error before
+any test runs. With several models each is its own parametrized set of clause tests; its export
+is done once per model (and once per worker under pytest-xdist).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .artifact import Artifact, ArtifactError, sha256
 from .load import LoadedModel, ModelLoadError, load_model
 from .metadata import TRANSFORMS
 from .parity import ParityStats
-from .report import Verdicts
+from .report import REPORT_VERSION, Verdicts, write_json
 from .tolerance import RULE, tolerance
 
 settings.register_profile("quick", max_examples=20, deadline=None)
@@ -38,13 +40,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("policy-onnx", "policy-onnx conformance (POLICY_ONNX_SPEC "
                             f"{spec.SPEC_VERSION})")
     group.addoption(
-        "--model", metavar="ZIP",
-        help="SB3 model .zip to check. Without --onnx the suite exports it once with its own "
-             "exporter and checks that artifact. Default: none.")
+        "--model", metavar="ZIP", action="append",
+        help="SB3 model .zip to check, or a folder: every .zip in it. Repeat it to gate several "
+             "models in one run, each its own set of clause tests. Without --onnx the suite "
+             "exports each model once with its own exporter and checks that artifact. "
+             "Default: none.")
     group.addoption(
-        "--onnx", metavar="FILE",
+        "--onnx", metavar="FILE", action="append",
         help="ONNX artifact exported elsewhere to check. With --model it is checked against that "
-             "model; alone, the clauses that need the model are skipped. Default: none.")
+             "model (repeat it once per --model, in the same order, or give a folder holding "
+             "<model name>.onnx for each model); alone, the clauses that need the model are "
+             "skipped. Default: none.")
     group.addoption(
         "--action-transform", choices=TRANSFORMS, default="none",
         help="artifact style of the suite's own export: 'none' bakes predict()'s post-processing "
@@ -52,12 +58,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "the runtime. Ignored with --onnx. Default: none.")
     group.addoption(
         "--level", choices=[level.name.lower() for level in spec.Level], default="standard",
-        help="conformance level the run must reach: exit status 0 only when it is met (a Basic "
-             "run does not fail on a Standard-only clause). Default: standard.")
+        help="conformance level every policy must reach: exit status 0 only when it is met (a "
+             "Basic run does not fail on a Standard-only clause). Default: standard.")
     group.addoption(
         "--report", metavar="JSON",
         help="write the per-clause verdicts, the level reached, the model's and artifact's "
-             "SHA-256, the settings and the parity statistics to this JSON file. Default: none.")
+             "SHA-256, the settings and the parity statistics of every policy to this JSON "
+             "file. Default: none.")
     group.addoption(
         "--trust-model-code", action="store_true", default=False,
         help="let Stable-Baselines3 unpickle everything in --model, running any code the file "
@@ -65,20 +72,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "allow-listed classes are unpickled).")
 
 
-@dataclass
-class SuiteState:
+@dataclass(eq=False)
+class Policy:
+    """One policy under test: a model and its artifact (given with --onnx, or exported here),
+    or an artifact alone."""
+    key: str  # its name in test ids, the summary, the report and the counterexample folder
     model_path: Path | None
     onnx_path: Path | None
     transform: str
     loaded: LoadedModel | None
     given_artifact: Artifact | None  # the --onnx artifact
     trust_code: bool = False
-    requested_level: spec.Level = spec.Level.STANDARD
-    report_path: Path | None = None
-    stats: ParityStats = field(default_factory=ParityStats)
-    verdicts: Verdicts = field(default_factory=Verdicts)
+    stats: ParityStats = field(default_factory=ParityStats)  # filled where the tests run
+    verdicts: Verdicts = field(default_factory=Verdicts)  # filled from the test reports
     exported_path: Path | None = None
-    counterexample_dir: Path | None = None  # set by the session; beside --report if given
+    export_failure: str | None = None
+    counterexample_dir: Path | None = None  # set by the `policy` fixture
 
     @cached_property
     def action_kind(self) -> str:
@@ -98,19 +107,49 @@ class SuiteState:
 
         return Reference(self.loaded) if self.loaded else None
 
-    def save_counterexample(self, clause_id: str, batch) -> Path:
-        """The failing batch of a parity clause, as a file `policy-onnx replay` reads."""
-        artifact = self.onnx_path or self.exported_path
+    @cached_property
+    def clip_seeds(self):
+        return self.reference.find_out_of_bounds()
+
+    def artifact(self, workdir: Path, announce) -> Artifact:
+        """The --onnx artifact, or the suite's own export of the model, made once."""
+        if self.given_artifact:
+            return self.given_artifact
+        if self.exported_path is None and self.export_failure is None:
+            from .export import export
+
+            target = workdir / f"{self.model_path.stem}.onnx"
+            started = time.perf_counter()
+            try:
+                self.exported_path = export(self.loaded, target, transform=self.transform)
+            except Exception as exc:  # the exporter's own failure: a verdict, not a traceback
+                self.export_failure = (f"the exporter failed on {self.model_path}: "
+                                       f"{type(exc).__name__}: {exc}")
+            else:
+                announce(f"policy-onnx: exported {self.model_path} to {target} in "
+                         f"{time.perf_counter() - started:.1f} s")
+        if self.export_failure:
+            pytest.fail(self.export_failure, pytrace=False)
+        return Artifact(self.exported_path)
+
+    @property
+    def artifact_path(self) -> Path | None:
+        return self.onnx_path or self.exported_path
+
+    def save_counterexample(self, clause_id: str, arrays: dict) -> Path:
+        """The failing input of a parity clause (observations, and masks or episode starts), as
+        a file `policy-onnx replay` reads."""
         path = self.counterexample_dir / f"{clause_id}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({
             "clause": clause_id, "model": str(self.model_path.resolve()),
-            "artifact": str(artifact.resolve()), "trust_model_code": self.trust_code,
-            "observations": batch.observations.tolist(),
-            "masks": None if batch.masks is None else batch.masks.tolist()}))
+            "artifact": str(self.artifact_path.resolve()), "trust_model_code": self.trust_code,
+            **{name: None if array is None else array.tolist()
+               for name, array in arrays.items()}}))
         return path
 
     def reproduce(self, clause_id: str) -> str:
+        """The command that runs this clause on this policy alone, with the same draws."""
         words = ["pytest", "conformance"]
         if self.model_path:
             words += ["--model", str(self.model_path)]
@@ -118,44 +157,145 @@ class SuiteState:
             words += ["--onnx", str(self.onnx_path)]
         elif self.transform != "none":
             words += ["--action-transform", self.transform]
+        if self.trust_code:
+            words.append("--trust-model-code")
         words += ["-k", clause_id, "--hypothesis-profile", settings.get_current_profile_name()]
         return shlex.join(words)
 
+    def describe(self) -> dict:
+        """The model and the artifact, as the JSON report names them."""
+        artifact = self.artifact_path
+        return {
+            "name": self.key,
+            "model": {"path": str(self.model_path), "sha256": sha256(self.model_path),
+                      "algorithm": self.loaded.algorithm} if self.loaded else None,
+            "artifact": {"path": str(artifact), "sha256": sha256(artifact),
+                         "exported_by_suite": self.onnx_path is None} if artifact else None,
+            "action_space": self.action_kind,
+            "structure": self.structure,
+        }
 
-STATE = pytest.StashKey[SuiteState]()
+
+@dataclass
+class Run:
+    """What this pytest run checks and how: its policies, the level and the report. Registered
+    as a plugin of the run, it gathers the verdicts from the test reports."""
+    policies: list[Policy]
+    requested_level: spec.Level
+    report_path: Path | None
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Called in the process that runs the tests, and in the pytest-xdist controller for
+        the reports of its workers."""
+        properties = dict(report.user_properties)
+        if "policy" not in properties:
+            return
+        policy = next(p for p in self.policies if p.key == properties["policy"])
+        policy.verdicts.record(report)
+        if "exported_artifact" in properties and policy.exported_path is None:
+            policy.exported_path = Path(properties["exported_artifact"])
+
+    @property
+    def checked(self) -> list[Policy]:
+        """The policies that have verdicts (a run deselecting all of a policy's tests has none)."""
+        return [p for p in self.policies if p.verdicts.by_clause]
+
+    @property
+    def level_met(self) -> bool:
+        return all(p.verdicts.level_met(p.structure, p.action_kind, self.requested_level)
+                   for p in self.checked)
 
 
-def _path(value: str | None) -> Path | None:
-    return Path(value).expanduser() if value else None
+RUN = pytest.StashKey[Run]()
+
+
+def _paths(values: list[str] | None) -> list[Path]:
+    return [Path(v).expanduser() for v in values or []]
+
+
+def _in_folders(paths: list[Path], pattern: str, option: str) -> list[Path]:
+    """Each folder replaced by the files in it that match `pattern`, sorted."""
+    expanded = []
+    for path in paths:
+        if not path.is_dir():
+            expanded.append(path)
+            continue
+        found = sorted(path.glob(pattern))
+        if not found:
+            raise pytest.UsageError(f"{option} {path}: the folder holds no {pattern} file; give "
+                                    f"a folder of models or the files themselves")
+        expanded.extend(found)
+    return expanded
+
+
+def _pairs(config: pytest.Config) -> list[tuple[Path | None, Path | None]]:
+    """(model, artifact) per policy, from the --model and --onnx options."""
+    onnx_given = _paths(config.getoption("onnx"))
+    models = _in_folders(_paths(config.getoption("model")), "*.zip", "--model")
+    if not models:
+        return [(None, path) for path in _in_folders(onnx_given, "*.onnx", "--onnx")]
+    if not onnx_given:
+        return [(model, None) for model in models]
+    if len(onnx_given) == 1 and onnx_given[0].is_dir():
+        folder = onnx_given[0]
+        artifacts = [folder / f"{model.stem}.onnx" for model in models]
+        missing = [str(a) for a in artifacts if not a.is_file()]
+        if missing:
+            raise pytest.UsageError(f"--onnx {folder}: no artifact for "
+                                    f"{len(missing)} model(s): {', '.join(missing[:3])}; the "
+                                    "folder must hold <model name>.onnx for every model")
+        return list(zip(models, artifacts))
+    if len(onnx_given) != len(models):
+        raise pytest.UsageError(
+            f"{len(models)} model(s) but {len(onnx_given)} --onnx artifact(s): give --onnx once "
+            "per --model, in the same order, or a folder holding <model name>.onnx for each")
+    return list(zip(models, onnx_given))
+
+
+def _keys(pairs) -> list[str]:
+    """Unique readable names: the file's stem, numbered when two stems are the same."""
+    stems = [(model or onnx).stem for model, onnx in pairs]
+    return [stem if stems.count(stem) == 1 else f"{stem}-{stems[:i + 1].count(stem)}"
+            for i, stem in enumerate(stems)]
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "clause(id): the POLICY_ONNX_SPEC clause the test checks")
-    model_path = _path(config.getoption("model"))
-    onnx_path = _path(config.getoption("onnx"))
     transform = config.getoption("action_transform")
+    trust_code = config.getoption("trust_model_code")
+    policies = []
     try:
-        given_artifact = Artifact(onnx_path) if onnx_path else None
-        loaded = load_model(model_path, trust_code=config.getoption("trust_model_code")) \
-            if model_path else None
-        if loaded and not onnx_path:
-            from .heads import head_for
+        pairs = _pairs(config)
+        for key, (model_path, onnx_path) in zip(_keys(pairs), pairs):
+            given_artifact = Artifact(onnx_path) if onnx_path else None
+            loaded = load_model(model_path, trust_code=trust_code) if model_path else None
+            if loaded and not onnx_path:
+                from .heads import head_for
 
-            head_for(loaded, transform)
+                head_for(loaded, transform)
+            policies.append(Policy(key, model_path, onnx_path, transform, loaded,
+                                   given_artifact, trust_code=trust_code))
     except (ModelLoadError, ArtifactError) as exc:
         raise pytest.UsageError(str(exc)) from None
     except ValueError as exc:  # a transform that does not fit the policy
         raise pytest.UsageError(f"--action-transform {transform}: {exc}") from None
-    config.stash[STATE] = SuiteState(
-        model_path, onnx_path, transform, loaded, given_artifact,
-        trust_code=config.getoption("trust_model_code"),
-        requested_level=spec.Level[config.getoption("level").upper()],
-        report_path=_path(config.getoption("report")))
+    report = config.getoption("report")
+    run = Run(policies, spec.Level[config.getoption("level").upper()],
+              Path(report).expanduser() if report else None)
+    config.stash[RUN] = run
+    config.pluginmanager.register(run, "policy-onnx-run")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Several policies: every clause test once per policy, the policy's name first in its id."""
+    policies = metafunc.config.stash[RUN].policies
+    if "policy" in metafunc.fixturenames and len(policies) > 1:
+        metafunc.parametrize("policy", policies, ids=[p.key for p in policies], indirect=True,
+                             scope="session")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    state = config.stash[STATE]
-    if state.model_path or state.onnx_path:
+    if config.stash[RUN].policies:
         return
     if any(item.get_closest_marker("clause") for item in items):
         raise pytest.UsageError(
@@ -163,107 +303,142 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "or both (e.g. pytest conformance --model m.zip)")
 
 
+def _policy_of(item: pytest.Item) -> Policy:
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "policy" in callspec.params:
+        return callspec.params["policy"]
+    return item.config.stash[RUN].policies[0]
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     marker = item.get_closest_marker("clause")
     if marker is None:
         return
     clause = spec.clause(marker.args[0])
-    # JUnit XML carries these as testcase properties (pytest.ini sets junit_family = xunit1,
-    # the family whose schema has them).
-    item.user_properties += [("clause", clause.id), ("level", clause.level.label)]
-    state = item.config.stash[STATE]
-    if clause.needs_model and not state.loaded:
+    policy = _policy_of(item)
+    # The reports carry these, to the JSON report, to the pytest-xdist controller and, as
+    # testcase properties, to JUnit XML (pytest.ini sets junit_family = xunit1, the family whose
+    # schema has them).
+    item.user_properties += [("clause", clause.id), ("level", clause.level.label),
+                             ("policy", policy.key)]
+    if clause.needs_model and not policy.loaded:
         pytest.skip(f"{clause.id} compares the artifact with the trained model: "
                     "it needs --model m.zip")
-    if not clause.applies(state.action_kind, state.structure):
+    if not clause.applies(policy.action_kind, policy.structure):
         scope = f"{', '.join(clause.kinds)} action spaces"
         if clause.structures != spec.STRUCTURES:
             scope += f" of {', '.join(clause.structures)} policies"
         pytest.skip(f"{clause.id} not applicable: it concerns {scope}; this is a "
-                    f"{state.structure} {state.action_kind} policy")
-
-
-def pytest_report_header(config: pytest.Config) -> list[str]:
-    state = config.stash[STATE]
-    lines = [f"policy-onnx {__version__}: POLICY_ONNX_SPEC {spec.SPEC_VERSION}, "
-             f"hypothesis profile {settings.get_current_profile_name()!r}",
-             f"parity tolerance: {RULE}"]
-    if state.loaded:
-        lines.append(f"model: {state.model_path} ({state.loaded.algorithm}, "
-                     f"sha256 {sha256(state.model_path)})")
-    if state.onnx_path:
-        lines.append(f"artifact: {state.onnx_path} (sha256 {sha256(state.onnx_path)})")
-    elif state.loaded:
-        lines.append(f"artifact: exported from the model by policy-onnx at session start "
-                     f"(action_transform={state.transform})")
-    return lines
+                    f"{policy.structure} {policy.action_kind} policy")
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call):
+    """Where the test ran, the report gets what it exercised (the parity statistics) and the
+    path of the suite's own export, so that the verdicts can be gathered from reports alone."""
     report = yield
-    item.config.stash[STATE].verdicts.record(report)
+    marker = item.get_closest_marker("clause")
+    if marker is not None and report.when == "call":
+        policy = _policy_of(item)
+        report.user_properties += policy.stats.for_clause(marker.args[0])
+        if policy.exported_path:
+            report.user_properties.append(("exported_artifact", str(policy.exported_path)))
     return report
+
+
+def _worker(config: pytest.Config) -> bool:
+    """A pytest-xdist worker: its controller sums up the run and writes the report."""
+    return hasattr(config, "workerinput")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    run = config.stash[RUN]
+    lines = [f"policy-onnx {__version__}: POLICY_ONNX_SPEC {spec.SPEC_VERSION}, "
+             f"hypothesis profile {settings.get_current_profile_name()!r}",
+             f"parity tolerance: {RULE}"]
+    if len(run.policies) > 1:
+        lines.append(f"{len(run.policies)} policies, each its own set of clause tests:")
+    for policy in run.policies:
+        lines += [("" if len(run.policies) == 1 else f"{policy.key}: ") + line
+                  for line in _header_lines(policy)]
+    return lines
+
+
+def _header_lines(policy: Policy) -> list[str]:
+    lines = []
+    if policy.loaded:
+        lines.append(f"model: {policy.model_path} ({policy.loaded.algorithm}, "
+                     f"sha256 {sha256(policy.model_path)})")
+    if policy.onnx_path:
+        lines.append(f"artifact: {policy.onnx_path} (sha256 {policy.given_artifact.sha256})")
+    else:
+        lines.append(f"artifact: exported from the model by policy-onnx at session start "
+                     f"(action_transform={policy.transform})")
+    return lines
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """The exit status follows the requested level; the JSON report is written."""
-    state = session.config.stash.get(STATE, None)
-    if state is None or not state.verdicts.by_clause:
+    run = session.config.stash.get(RUN, None)
+    if run is None or _worker(session.config) or not run.checked:
         return
-    reached, _ = state.verdicts.level_reached(state.structure, state.action_kind)
     if exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
-        met = reached is not None and reached >= state.requested_level
-        session.exitstatus = pytest.ExitCode.OK if met else pytest.ExitCode.TESTS_FAILED
-    if state.report_path:
-        state.verdicts.write_json(state.report_path, _report_header(state), state.structure,
-                                  state.action_kind, state.requested_level,
-                                  state.stats.as_dict())
-
-
-def _report_header(state: SuiteState) -> dict:
-    artifact = state.onnx_path or state.exported_path
-    return {
-        "suite_version": __version__,
-        "spec_version": spec.SPEC_VERSION,
-        "hypothesis_profile": settings.get_current_profile_name(),
-        "tolerance": RULE,
-        "model": {"path": str(state.model_path), "sha256": sha256(state.model_path),
-                  "algorithm": state.loaded.algorithm} if state.loaded else None,
-        "artifact": {"path": str(artifact), "sha256": sha256(artifact),
-                     "exported_by_suite": state.onnx_path is None} if artifact else None,
-        "action_space": state.action_kind,
-        "structure": state.structure,
-    }
+        session.exitstatus = pytest.ExitCode.OK if run.level_met else pytest.ExitCode.TESTS_FAILED
+    if run.report_path:
+        write_json(run.report_path, {
+            "report_version": REPORT_VERSION,
+            "suite_version": __version__,
+            "spec_version": spec.SPEC_VERSION,
+            "hypothesis_profile": settings.get_current_profile_name(),
+            "tolerance": RULE,
+            "level_requested": run.requested_level.label,
+            "level_met": run.level_met,
+            "policies": [{**policy.describe(),
+                          **policy.verdicts.as_dict(policy.structure, policy.action_kind,
+                                                    run.requested_level)}
+                         for policy in run.checked],
+        })
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
-    state = config.stash.get(STATE, None)
-    if state is None or not (state.stats.observations or state.exported_path
-                             or state.verdicts.by_clause):
+    run = config.stash.get(RUN, None)
+    if run is None or not run.checked:
         return
     write = terminalreporter.write_line
     terminalreporter.section("policy-onnx")
-    for line in state.verdicts.summary_lines(state.structure, state.action_kind,
-                                             state.requested_level):
-        write(line)
-    if state.report_path:
-        write(f"report: {state.report_path}")
-    if state.exported_path:
-        write(f"exported artifact: {state.exported_path} (sha256 {sha256(state.exported_path)})")
-    for clause_id, checked in sorted(state.stats.observations.items()):
-        if spec.clause(clause_id).kinds == spec.BOX:
-            detail = (f", {state.stats.out_of_bounds[clause_id]:,} with the mean outside the "
-                      "action bounds")
-        elif state.action_kind != "Box":
-            detail = f", {state.stats.near_ties[clause_id]:,} disagreeing only at a rounding tie"
-        else:
-            detail = ""
-        write(f"{clause_id}: {checked:,} observations checked against predict(){detail}")
+    for policy in run.checked:
+        if len(run.policies) > 1:
+            terminalreporter.write_sep("-", policy.key)
+        for line in policy.verdicts.summary_lines(policy.structure, policy.action_kind,
+                                                  run.requested_level):
+            write(line)
+        if policy.exported_path:
+            write(f"exported artifact: {policy.exported_path} "
+                  f"(sha256 {sha256(policy.exported_path)})")
+        for clause_id, counts in policy.verdicts.statistics.items():
+            write(f"{clause_id}: {counts['observations']:,} observations checked against "
+                  f"predict(){_exercised(clause_id, counts, policy.action_kind)}")
+    if len(run.checked) > 1:
+        failing = [p.key for p in run.checked
+                   if not p.verdicts.level_met(p.structure, p.action_kind, run.requested_level)]
+        terminalreporter.write_sep("-", "all policies")
+        write(f"{len(run.checked) - len(failing)} of {len(run.checked)} policies meet the "
+              f"requested level {run.requested_level.label}"
+              + (f"; NOT MET: {', '.join(failing)}" if failing else ""))
+    if run.report_path:
+        write(f"report: {run.report_path}")
 
 
-def _progress(config: pytest.Config, line: str) -> None:
+def _exercised(clause_id: str, counts: dict, action_kind: str) -> str:
+    if spec.clause(clause_id).kinds == spec.BOX:
+        return f", {counts['mean_outside_bounds']:,} with the mean outside the action bounds"
+    if action_kind != "Box":
+        return f", {counts['rounding_ties']:,} disagreeing only at a rounding tie"
+    return ""
+
+
+def _announce(config: pytest.Config, line: str) -> None:
     """A line on the terminal now, from inside a test's capture (long runs: the export)."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
@@ -273,52 +448,41 @@ def _progress(config: pytest.Config, line: str) -> None:
             reporter.write_line(line)
 
 
-# --- session fixtures -----------------------------------------------------------------------------
+# --- session fixtures: one value per policy ------------------------------------------------------
 @pytest.fixture(scope="session")
-def suite(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> SuiteState:
-    state = pytestconfig.stash[STATE]
-    state.counterexample_dir = (state.report_path.parent if state.report_path
-                                else tmp_path_factory.getbasetemp()) / "counterexamples"
-    return state
+def policy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Policy:
+    """The policy under test (with several, the test is parametrized over them)."""
+    run = request.config.stash[RUN]
+    chosen = getattr(request, "param", None) or run.policies[0]
+    beside = run.report_path.parent if run.report_path else tmp_path_factory.getbasetemp()
+    chosen.counterexample_dir = beside / "counterexamples" / chosen.key
+    return chosen
 
 
 @pytest.fixture(scope="session")
-def reference(suite: SuiteState):
+def reference(policy: Policy):
     """The trained model as the oracle (clauses that need it are skipped without --model)."""
-    if suite.reference is None:
+    if policy.reference is None:
         pytest.skip("needs --model m.zip")
-    return suite.reference
+    return policy.reference
 
 
 @pytest.fixture(scope="session")
-def artifact(suite: SuiteState, tmp_path_factory: pytest.TempPathFactory,
+def artifact(policy: Policy, tmp_path_factory: pytest.TempPathFactory,
              pytestconfig: pytest.Config) -> Artifact:
-    """The artifact under test: --onnx, or the suite's own export of --model (once a session)."""
-    if suite.given_artifact:
-        return suite.given_artifact
-    from .export import export
-
-    target = tmp_path_factory.mktemp("export") / f"{suite.model_path.stem}.onnx"
-    started = time.perf_counter()
-    try:
-        suite.exported_path = export(suite.loaded, target, transform=suite.transform)
-        _progress(pytestconfig, f"policy-onnx: exported {suite.model_path} to {target} in "
-                                f"{time.perf_counter() - started:.1f} s")
-    except Exception as exc:  # the exporter's own failure, reported once per test, no traceback
-        failure = f"the exporter failed on {suite.model_path}: {type(exc).__name__}: {exc}"
-    else:
-        return Artifact(suite.exported_path)
-    pytest.fail(failure, pytrace=False)
+    """The artifact under test: --onnx, or the suite's own export of --model (once)."""
+    return policy.artifact(tmp_path_factory.mktemp("export"),
+                           lambda line: _announce(pytestconfig, line))
 
 
 @pytest.fixture(scope="session")
-def probe_observations(suite: SuiteState, artifact: Artifact):
+def probe_observations(policy: Policy, artifact: Artifact):
     """A fixed mix of observations for the behaviour clauses: from the model's observation space
     with --model, else unbounded rows of the artifact's obs_dim."""
     from .strategies import ObservationDomain
 
-    if suite.reference is not None:
-        return suite.reference.domain.probe()
+    if policy.reference is not None:
+        return policy.reference.domain.probe()
     if artifact.obs_dim is None:
         pytest.fail("cannot make observations: obs has no static obs_dim (see GRAPH-07)",
                     pytrace=False)
@@ -326,19 +490,19 @@ def probe_observations(suite: SuiteState, artifact: Artifact):
 
 
 @pytest.fixture(scope="session")
-def clip_seeds(reference):
+def clip_seeds(policy: Policy, reference):
     """Observations whose pre-clip mean leaves the action bounds (empty if none was found)."""
-    return reference.find_out_of_bounds()
+    return policy.clip_seeds
 
 
 @pytest.fixture(scope="session")
-def action_tolerance(suite: SuiteState, artifact: Artifact):
+def action_tolerance(policy: Policy, artifact: Artifact):
     """obs -> per-element tolerance for comparing actions: the parity rule with --model; without
     it, the rule's fixed part in the declared action units (no oracle to measure noise)."""
-    if suite.reference is not None:
-        return suite.reference.tolerance
+    if policy.reference is not None:
+        return policy.reference.tolerance
     box = artifact.declared_box()
     fixed = tolerance(box.low, box.high) if box else tolerance(-1.0, 1.0)
-    if suite.action_kind != "Box":
+    if policy.action_kind != "Box":
         fixed = 0.0  # discrete actions are compared exactly
     return lambda obs: np.broadcast_to(fixed, (len(obs), artifact.act_dim or 1))

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import spec
 
-CLAUSE_IN_NODEID = re.compile(r"\[([A-Z]+-\d{2})-[a-z0-9_]+\]$")
 NOT_APPLICABLE = "not applicable"
+WORKER_LINE = re.compile(r"^\[gw\d+\] .*\n")  # pytest-xdist's header on a worker's failure
+REPORT_VERSION = 1  # of the JSON report's layout; raised when a field changes meaning or goes
+STATISTICS = ("observations", "mean_outside_bounds", "rounding_ties")
 
 
 @dataclass
@@ -31,13 +34,17 @@ class Verdict:
 class Verdicts:
     def __init__(self):
         self.by_clause: dict[str, Verdict] = {}
+        self.statistics: dict[str, dict[str, int]] = {}  # what the parity clauses exercised
 
     def record(self, report) -> None:
-        """Take a pytest TestReport of a clause test (other reports are ignored)."""
-        match = CLAUSE_IN_NODEID.search(report.nodeid)
-        if not match or (report.when != "call" and report.outcome == "passed"):
+        """Take a pytest TestReport of a clause test (other reports are ignored); the plugin
+        puts the clause ID and the parity statistics in its user_properties."""
+        properties = dict(report.user_properties)
+        if "clause" not in properties or (report.when != "call" and report.outcome == "passed"):
             return
-        clause = spec.clause(match.group(1))
+        clause = spec.clause(properties["clause"])
+        if "observations" in properties:
+            self.statistics[clause.id] = {name: properties[name] for name in STATISTICS}
         outcome = report.outcome
         if report.outcome == "failed" and report.when != "call":
             outcome = "error"
@@ -45,7 +52,8 @@ class Verdicts:
             detail = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
             detail = detail.removeprefix("Skipped: ")
         else:
-            detail = report.longreprtext if report.outcome == "failed" else ""
+            detail = WORKER_LINE.sub("", report.longreprtext) if report.outcome == "failed" \
+                else ""
         self.by_clause[clause.id] = Verdict(clause.id, clause.level.label, clause.title,
                                             outcome, detail)
 
@@ -69,6 +77,10 @@ class Verdicts:
             reached = level
         return reached, ""
 
+    def level_met(self, structure: str, kind: str, requested: spec.Level) -> bool:
+        reached, _ = self.level_reached(structure, kind)
+        return reached is not None and reached >= requested
+
     def summary_lines(self, structure: str, kind: str, requested: spec.Level) -> list[str]:
         lines = []
         for c in spec.CLAUSES:
@@ -89,18 +101,22 @@ class Verdicts:
                      + ("met" if reached is not None and reached >= requested else "NOT MET"))
         return lines
 
-    def write_json(self, path: Path, header: dict, structure: str, kind: str,
-                   requested: spec.Level, statistics: dict) -> None:
+    def as_dict(self, structure: str, kind: str, requested: spec.Level) -> dict:
+        """The verdicts of one policy, as the JSON report holds them."""
         reached, why = self.level_reached(structure, kind)
-        document = {
-            **header,
+        return {
             "level_reached": reached.label if reached else None,
-            "level_requested": requested.label,
-            "level_met": reached is not None and reached >= requested,
+            "level_met": self.level_met(structure, kind, requested),
             "next_level_blocked_by": why,
             "clauses": [asdict(self.by_clause[c.id]) for c in spec.CLAUSES
                         if c.id in self.by_clause],
-            "statistics": statistics,
+            "statistics": dict(sorted(self.statistics.items())),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def write_json(path: Path, document: dict) -> None:
+    """Write the report whole or not at all (a CI job may read it while another run writes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(document, indent=2) + "\n")
+    os.replace(partial, path)

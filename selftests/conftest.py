@@ -4,13 +4,12 @@ check its verdicts clause by clause."""
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 # Imported once here, before any in-process run: pytester restores sys.modules after each run,
 # and torch cannot be imported twice in one process.
-import onnx  # noqa: F401
+import onnx
 import onnxruntime  # noqa: F401
 import pytest
 import sb3_contrib  # noqa: F401
@@ -35,7 +34,6 @@ CONFORMANCE = ROOT / "conformance"
 REAL = ROOT.parent / "shared" / "real-models" / "clankers-cartpole"
 REAL_MODEL = REAL / "cartpole_ppo_model.zip"
 REAL_ONNX = REAL / "cartpole_ppo.onnx"
-CLAUSE_IN_NODEID = re.compile(r"\[([A-Z]+-\d{2})-[a-z0-9_]+\]$")
 
 
 def sha256(path: Path) -> str:
@@ -49,6 +47,7 @@ class SuiteRun:
     stderr: str
     verdicts: dict[str, str]  # clause ID -> passed / failed / skipped / error
     messages: dict[str, str]  # clause ID -> failure text or skip reason
+    by_policy: dict[str, dict[str, str]]  # policy name -> its verdicts (runs of several models)
 
     def with_outcome(self, outcome: str) -> set[str]:
         return {cid for cid, v in self.verdicts.items() if v == outcome}
@@ -63,27 +62,29 @@ class Conformance:
     def run(self, *args: str, profile: str = "ci") -> SuiteRun:
         result = self.pytester.runpytest_inprocess(
             str(CONFORMANCE), "-p", "no:cacheprovider", "--hypothesis-profile", profile, *args)
-        verdicts: dict[str, str] = {}
+        by_policy: dict[str, dict[str, str]] = {}
         messages: dict[str, str] = {}
         # A run that stopped with a usage error has no hook recorder.
         reprec = getattr(result, "reprec", None)
         reports = reprec.getreports("pytest_runtest_logreport") \
             if hasattr(reprec, "getreports") else []
         for report in reports:
-            match = CLAUSE_IN_NODEID.search(report.nodeid)
-            if not match:
+            properties = dict(report.user_properties)
+            if "clause" not in properties:
                 continue
-            clause = match.group(1)
+            clause = properties["clause"]
             if report.when == "call" or report.outcome != "passed":
                 outcome = report.outcome
                 if report.when != "call" and report.outcome == "failed":
                     outcome = "error"
-                verdicts[clause] = outcome
+                by_policy.setdefault(properties["policy"], {})[clause] = outcome
                 if report.outcome == "skipped":
                     messages[clause] = report.longrepr[2]
                 elif report.outcome == "failed":
                     messages[clause] = report.longreprtext
-        return SuiteRun(result.ret, result.stdout.str(), result.stderr.str(), verdicts, messages)
+        verdicts = next(iter(by_policy.values())) if len(by_policy) == 1 else {}
+        return SuiteRun(result.ret, result.stdout.str(), result.stderr.str(), verdicts, messages,
+                        by_policy)
 
 
 @pytest.fixture
@@ -103,6 +104,23 @@ def fixture_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every fixture model, built fresh for this session."""
     out = tmp_path_factory.mktemp("fixture-models")
     return {f.name: build(f, out) for f in FIXTURES}
+
+
+def unclamped(model_path: Path, out_dir: Path) -> Path:
+    """The raw Gaussian mean exported while the metadata claims the clamp is baked in."""
+    path = export(load_model(model_path), out_dir / "unclamped.onnx", transform="clip")
+    proto = onnx.load(str(path))
+    for entry in proto.metadata_props:
+        if entry.key == "action_transform":
+            entry.value = "none"
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def unclamped_real(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real model's artifact without its clamp: fails BEH-05, PAR-01 and PAR-02."""
+    return unclamped(REAL_MODEL, tmp_path_factory.mktemp("unclamped"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -96,7 +96,7 @@ def _zip_without_data(path):
 
 MODEL_CASES = {
     "missing": (lambda p: p / "absent.zip", ["no such file"]),
-    "directory": (lambda p: p, ["is a directory", "model.save()"]),
+    "a folder without models": (lambda p: p, ["the folder holds no *.zip file"]),
     "empty file": (lambda p: _file(p / "empty.zip", b""), ["not a zip archive"]),
     "not a zip": (lambda p: _file(p / "m.zip", b"hello"), ["not a zip archive", "model.save()"]),
     "zip without data": (lambda p: _zip_without_data(p / "m.zip"),
@@ -122,6 +122,7 @@ MODEL_CASES = {
 EXPORTER_FIX = "pass the .onnx file written by the exporter"
 ONNX_CASES = {
     "missing": (lambda p: p / "absent.onnx", ["no such file", EXPORTER_FIX]),
+    "a folder without artifacts": (lambda p: p, ["the folder holds no *.onnx file"]),
     "empty": (lambda p: _file(p / "a.onnx", b""), ["the file is empty", EXPORTER_FIX]),
     "not onnx": (lambda p: _file(p / "a.onnx", b"\x00\xffnot a protobuf" * 8),
                  ["not an ONNX model", EXPORTER_FIX]),
@@ -191,6 +192,15 @@ def test_bad_input_file(conformance, tmp_path, option, case):
     before = sha256(path) if path.is_file() else None
     assert_usage_error(conformance.run(option, str(path)), f"{option} {path}", *parts)
     assert (sha256(path) if path.is_file() else None) == before
+
+
+def test_models_and_artifacts_that_do_not_pair(conformance, tmp_path):
+    run = conformance.run("--model", str(REAL_MODEL), "--model", str(REAL_MODEL),
+                          "--onnx", str(REAL_ONNX))
+    assert_usage_error(run, "2 model(s) but 1 --onnx artifact(s)", "once per --model")
+    assert_usage_error(conformance.run("--model", str(REAL_MODEL), "--onnx", str(tmp_path)),
+                       f"--onnx {tmp_path}: no artifact for 1 model(s)",
+                       f"{REAL_MODEL.stem}.onnx", "<model name>.onnx for every model")
 
 
 def test_nothing_to_check(conformance):

@@ -13,12 +13,6 @@ from policy_onnx.load import load_model
 from .conftest import REAL_MODEL, REAL_ONNX, sha256
 from .mutants import MUTANTS
 from .test_mutants import materialize
-from .test_suite_verdicts import unclamped
-
-
-@pytest.fixture(scope="module")
-def unclamped_real(tmp_path_factory):
-    return unclamped(REAL_MODEL, tmp_path_factory.mktemp("unclamped"))
 
 
 def test_conforming_run_reports_every_clause_and_the_level(conformance, tmp_path):
@@ -28,19 +22,28 @@ def test_conforming_run_reports_every_clause_and_the_level(conformance, tmp_path
     assert run.ret == 0
     assert "level: Basic PASS, Standard PASS, Extended PASS; requested Standard: met" in run.stdout
     document = json.loads(report.read_text())
+    assert document["report_version"] == 1
     assert document["spec_version"] == spec.SPEC_VERSION
     assert document["hypothesis_profile"] == "ci"
-    assert document["model"] == {"path": str(REAL_MODEL), "sha256": sha256(REAL_MODEL),
-                                 "algorithm": "PPO"}
-    assert document["artifact"] == {"path": str(REAL_ONNX), "sha256": sha256(REAL_ONNX),
-                                    "exported_by_suite": False}
-    assert (document["level_reached"], document["level_met"]) == ("Extended", True)
-    assert [c["id"] for c in document["clauses"]] == [c.id for c in spec.CLAUSES]
-    outcomes = {c["id"]: c["outcome"] for c in document["clauses"]}
-    assert outcomes["PAR-01"] == "passed" and outcomes["DISC-05"] == "skipped"
-    assert document["statistics"]["PAR-01"]["observations"] >= 10_000
-    assert document["statistics"]["PAR-02"]["mean_outside_bounds"] > 0
     assert document["tolerance"].startswith("|final - predict| <= 1e-05")
+    assert (document["level_requested"], document["level_met"]) == ("Standard", True)
+    [policy] = document["policies"]
+    assert policy["name"] == REAL_MODEL.stem
+    assert policy["model"] == {"path": str(REAL_MODEL), "sha256": sha256(REAL_MODEL),
+                               "algorithm": "PPO"}
+    assert policy["artifact"] == {"path": str(REAL_ONNX), "sha256": sha256(REAL_ONNX),
+                                  "exported_by_suite": False}
+    assert (policy["action_space"], policy["structure"]) == ("Box", "plain")
+    assert (policy["level_reached"], policy["level_met"]) == ("Extended", True)
+    assert policy["next_level_blocked_by"] == ""
+    assert [c["id"] for c in policy["clauses"]] == [c.id for c in spec.CLAUSES]
+    outcomes = {c["id"]: c["outcome"] for c in policy["clauses"]}
+    assert outcomes["PAR-01"] == "passed" and outcomes["DISC-05"] == "skipped"
+    assert "not applicable" in next(c["detail"] for c in policy["clauses"]
+                                    if c["id"] == "DISC-05")
+    assert set(policy["statistics"]) == {"PAR-01", "PAR-02"}
+    assert policy["statistics"]["PAR-01"]["observations"] >= 10_000
+    assert policy["statistics"]["PAR-02"]["mean_outside_bounds"] > 0
 
 
 @pytest.mark.parametrize("level, status, verdict", [
@@ -58,9 +61,11 @@ def test_exit_status_follows_the_requested_level(conformance, tmp_path, unclampe
         in run.stdout
     assert verdict in run.stdout
     document = json.loads(report.read_text())
-    assert document["level_reached"] == "Basic"
-    assert document["next_level_blocked_by"] == "BEH-05 failed, PAR-01 failed, PAR-02 failed"
-    failed = {c["id"]: c["detail"] for c in document["clauses"] if c["outcome"] == "failed"}
+    [policy] = document["policies"]
+    assert (policy["level_reached"], policy["level_met"]) == ("Basic", level == "basic")
+    assert document["level_met"] == (level == "basic")
+    assert policy["next_level_blocked_by"] == "BEH-05 failed, PAR-01 failed, PAR-02 failed"
+    failed = {c["id"]: c["detail"] for c in policy["clauses"] if c["outcome"] == "failed"}
     assert set(failed) == {"BEH-05", "PAR-01", "PAR-02"}
     assert "obs       = [" in failed["PAR-01"]  # the failing observation is in the report
 
@@ -104,18 +109,26 @@ def test_export_is_announced_while_it_runs(conformance):
     assert f"policy-onnx: exported {REAL_MODEL} to " in run.stdout
 
 
-def test_failing_parity_saves_a_counterexample_that_replays(conformance, tmp_path,
-                                                            unclamped_real):
+@pytest.mark.parametrize("clause_id", ["PAR-01", "REC-02"])
+def test_failing_parity_saves_a_counterexample_that_replays(conformance, tmp_path, fixture_models,
+                                                            unclamped_real, clause_id):
     import subprocess
     import sys
 
+    if clause_id == "PAR-01":
+        model, broken, conforming = REAL_MODEL, unclamped_real, REAL_ONNX
+    else:  # rollouts of a recurrent policy whose artifact swaps its two state outputs
+        model = fixture_models["recurrent_ppo"]
+        conforming = export(load_model(model), tmp_path / "recurrent.onnx")
+        swapped = next(m for m in MUTANTS if m.name == "state_outputs_swapped")
+        broken = materialize(swapped, lambda *_: conforming.read_bytes(), tmp_path)
     report = tmp_path / "reports" / "report.json"
-    run = conformance.run("--model", str(REAL_MODEL), "--onnx", str(unclamped_real), "--report",
-                          str(report), "-k", "PAR-01", profile="mutation")
-    saved = tmp_path / "reports" / "counterexamples" / "PAR-01.json"
+    run = conformance.run("--model", str(model), "--onnx", str(broken), "--report", str(report),
+                          "-k", clause_id, profile="mutation")
+    saved = tmp_path / "reports" / "counterexamples" / model.stem / f"{clause_id}.json"
     assert f"Counterexample: {saved}; replay it: policy-onnx replay {saved}" in run.stdout
-    detail = next(c["detail"] for c in json.loads(report.read_text())["clauses"]
-                  if c["id"] == "PAR-01")
+    detail = next(c["detail"] for c in json.loads(report.read_text())["policies"][0]["clauses"]
+                  if c["id"] == clause_id)
     assert str(saved) in detail  # the report points at it
 
     def replay(path):
@@ -123,9 +136,9 @@ def test_failing_parity_saves_a_counterexample_that_replays(conformance, tmp_pat
                               capture_output=True, text=True, timeout=300)
 
     still = replay(saved)
-    assert still.returncode == 1 and still.stdout.startswith("[PAR-01] max |final - predict|")
+    assert still.returncode == 1 and still.stdout.startswith(f"[{clause_id}] "), still.stderr
     fixed = json.loads(saved.read_text())
-    fixed["artifact"] = str(REAL_ONNX)  # the same observations against a conforming artifact
+    fixed["artifact"] = str(conforming)  # the same input against a conforming artifact
     (tmp_path / "fixed.json").write_text(json.dumps(fixed))
     agreed = replay(tmp_path / "fixed.json")
-    assert agreed.returncode == 0 and "observations now agree" in agreed.stdout
+    assert agreed.returncode == 0 and "now agree" in agreed.stdout, agreed.stdout + agreed.stderr

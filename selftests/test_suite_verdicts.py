@@ -12,7 +12,7 @@ from policy_onnx import spec
 from policy_onnx.export import export
 from policy_onnx.load import STRUCTURES, load_model
 
-from .conftest import REAL_MODEL, REAL_ONNX, sha256
+from .conftest import REAL_MODEL, REAL_ONNX, sha256, unclamped
 
 ALL = {c.id for c in spec.CLAUSES}
 NEEDS_MODEL = {c.id for c in spec.CLAUSES if c.needs_model}
@@ -74,17 +74,6 @@ def test_onnx_alone_skips_exactly_the_clauses_that_need_the_model(conformance):
 def test_runtime_side_transforms_conform(conformance, fixture_models, transform, name):
     run = conformance.run("--model", str(fixture_models[name]), "--action-transform", transform)
     assert_all_pass(run, expected_skips(name))
-
-
-def unclamped(model_path, out_dir):
-    """The raw Gaussian mean exported while the metadata claims the clamp is baked in."""
-    path = export(load_model(model_path), out_dir / "unclamped.onnx", transform="clip")
-    proto = onnx.load(str(path))
-    for entry in proto.metadata_props:
-        if entry.key == "action_transform":
-            entry.value = "none"
-    onnx.save(proto, str(path))
-    return path
 
 
 @pytest.mark.parametrize("model", ["real", "ppo_default", "ppo_asymmetric_relu"])

@@ -1,0 +1,89 @@
+"""A model zoo in one run: several --model (or a folder), each its own set of clause tests, and
+pytest-xdist workers giving the verdicts of a serial run."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+from policy_onnx import spec
+
+from .conftest import CONFORMANCE, REAL_MODEL, REAL_ONNX, ROOT
+
+ALL = {c.id for c in spec.CLAUSES}
+FAILS_UNCLAMPED = {"BEH-05", "PAR-01", "PAR-02"}
+
+
+def test_a_folder_of_models_is_one_set_of_clauses_per_model(conformance, fixture_models,
+                                                            tmp_path):
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    for name in ("ppo_default", "dqn"):
+        shutil.copy(fixture_models[name], zoo)
+    run = conformance.run("--model", str(zoo))
+    assert run.ret == 0, run.stdout
+    assert set(run.by_policy) == {"ppo_default", "dqn"}
+    assert all(set(verdicts) == ALL for verdicts in run.by_policy.values())
+    assert run.by_policy["ppo_default"]["PAR-01"] == "passed"
+    assert run.by_policy["dqn"]["PAR-01"] == "skipped"  # not applicable to Discrete actions
+    assert run.by_policy["dqn"]["DISC-05"] == "passed"
+    # The export is a session fixture per model: once each, however the tests are ordered.
+    exports = re.findall(r"policy-onnx: exported (\S+) to ", run.stdout)
+    assert sorted(exports) == sorted(str(zoo / f"{n}.zip") for n in ("ppo_default", "dqn"))
+    assert "2 of 2 policies meet the requested level Standard" in run.stdout
+
+
+def mixed_zoo(conformance, unclamped, report, *args):
+    """The real model twice: with its own artifact (conforms) and without its clamp (does not)."""
+    return conformance.run("--model", str(REAL_MODEL), "--onnx", str(REAL_ONNX),
+                           "--model", str(REAL_MODEL), "--onnx", str(unclamped),
+                           "--report", str(report), *args)
+
+
+def test_one_failing_model_fails_the_run_and_is_named(conformance, unclamped_real, tmp_path):
+    report = tmp_path / "report.json"
+    run = mixed_zoo(conformance, unclamped_real, report, "-k", "BEH or PAR")
+    first, second = f"{REAL_MODEL.stem}-1", f"{REAL_MODEL.stem}-2"  # same stem, numbered
+    assert run.ret == 1
+    assert {cid for cid, v in run.by_policy[first].items() if v == "failed"} == set()
+    assert {cid for cid, v in run.by_policy[second].items() if v == "failed"} == FAILS_UNCLAMPED
+    assert f"1 of 2 policies meet the requested level Standard; NOT MET: {second}" in run.stdout
+    document = json.loads(report.read_text())
+    assert document["level_met"] is False
+    assert [(p["name"], p["level_met"], p["artifact"]["path"]) for p in document["policies"]] \
+        == [(first, True, str(REAL_ONNX)), (second, False, str(unclamped_real))]
+    # A failing clause names the one command that reproduces it on that policy alone.
+    assert (f"Reproduce the search: pytest conformance --model {REAL_MODEL} "
+            f"--onnx {unclamped_real} -k PAR-01") in run.stdout
+
+
+def _verdicts(document: dict) -> dict:
+    return {p["name"]: ({c["id"]: (c["outcome"], c["detail"].splitlines()[:1])
+                         for c in p["clauses"]}, p["statistics"], p["level_reached"])
+            for p in document["policies"]}
+
+
+def test_xdist_workers_give_the_serial_verdicts(unclamped_real, tmp_path):
+    """Both runs are processes of their own, as in CI: hypothesis mixes literal constants of the
+    local modules loaded into its draws, so an in-process run (with the self-tests loaded)
+    draws other observations than a worker does."""
+    import subprocess
+    import sys
+
+    def run(report, *args):
+        command = [sys.executable, "-m", "pytest", str(CONFORMANCE), "-p", "no:cacheprovider",
+                   "--hypothesis-profile", "ci", "--model", str(REAL_MODEL), "--onnx",
+                   str(REAL_ONNX), "--model", str(REAL_MODEL), "--onnx", str(unclamped_real),
+                   "--report", str(tmp_path / report), *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+        return done, json.loads((tmp_path / report).read_text())
+
+    serial, serial_document = run("serial.json", "-p", "no:xdist")
+    parallel, parallel_document = run("parallel.json", "-n", "2")
+    assert "created: 2/2 workers" in parallel.stdout  # it really ran on workers
+    assert (parallel.returncode, serial.returncode) == (1, 1)
+    assert _verdicts(parallel_document) == _verdicts(serial_document)
+    assert parallel_document["policies"][1]["level_reached"] == "Basic"
+    assert "[gw" not in json.dumps(parallel_document)  # no worker header in the verdicts
+    assert "1 of 2 policies meet the requested level Standard" in parallel.stdout
