@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         "check", help="run the conformance suite on a model (and an artifact)",
         description="Run the conformance suite: the same as pytest --pyargs "
                     "policy_onnx.conformance --model MODEL [--onnx ONNX]. Exit status 0 when the "
-                    "level is met. Example: policy-onnx check m.zip a.onnx --report v.json")
+                    "level is met. Further pytest arguments go after --. Example: policy-onnx "
+                    "check m.zip a.onnx --report v.json -- -n auto")
     check.add_argument("model", type=Path,
                        help="the SB3 model .zip, or a folder: every .zip in it")
     check.add_argument("onnx", type=Path, nargs="?",
@@ -134,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--level", choices=("basic", "standard", "extended"), default="standard",
                        help="the level to reach (default: standard)")
     check.add_argument("--report", type=Path, help="write the JSON report here")
-    check.add_argument("pytest_args", nargs="*", help="further pytest arguments, after --")
     check.set_defaults(run=_check)
 
     replay = commands.add_parser(
@@ -155,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--write", action="store_true", help="rewrite the generated tables")
     spec_cmd.set_defaults(run=_spec)
 
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pytest_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:len(argv) - len(pytest_args) - (1 if "--" in argv else 0)])
+    if pytest_args and args.command != "check":
+        parser.error(f"only check passes arguments after -- to pytest, not {args.command}")
+    args.pytest_args = pytest_args
     return args.run(args)
 
 

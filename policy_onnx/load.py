@@ -178,7 +178,20 @@ def inference_objects(path: Path, data: dict, trust_code: bool) -> dict[str, Any
                 objects[key] = DEFAULTS.get(key)
     if "buffer_size" in data:  # an off-policy replay buffer is not needed for inference
         objects["buffer_size"] = 1
+    policy_kwargs = objects.get("policy_kwargs", data.get("policy_kwargs"))
+    objects["policy_kwargs"] = {**(policy_kwargs or {}), "optimizer_class": NoOptimizer}
     return objects
+
+
+class NoOptimizer:
+    """Stands in for the training optimizer SB3 builds with every policy and restores from the
+    zip: inference needs none, and building a torch optimizer imports torch._dynamo (1.5 s)."""
+
+    def __init__(self, params, *args, **kwargs):
+        pass
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        pass
 
 
 def _unpickle_needed(path: Path, key: str, payload: str, trust_code: bool) -> Any:

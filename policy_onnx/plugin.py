@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -183,6 +184,7 @@ class Run:
     policies: list[Policy]
     requested_level: spec.Level
     report_path: Path | None
+    announce: Callable[[str], None]  # a line on the terminal, now
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Called in the process that runs the tests, and in the pytest-xdist controller for
@@ -193,7 +195,11 @@ class Run:
         policy = next(p for p in self.policies if p.key == properties["policy"])
         policy.verdicts.record(report)
         if "exported_artifact" in properties and policy.exported_path is None:
+            # The pytest-xdist controller: a worker exported this model.
             policy.exported_path = Path(properties["exported_artifact"])
+            worker = getattr(report, "worker_id", "a worker")
+            self.announce(f"policy-onnx: {policy.key} exported by {worker}: "
+                          f"{policy.exported_path}")
 
     @property
     def checked(self) -> list[Policy]:
@@ -281,7 +287,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--action-transform {transform}: {exc}") from None
     report = config.getoption("report")
     run = Run(policies, spec.Level[config.getoption("level").upper()],
-              Path(report).expanduser() if report else None)
+              Path(report).expanduser() if report else None,
+              lambda line: _announce(config, line))
     config.stash[RUN] = run
     config.pluginmanager.register(run, "policy-onnx-run")
 
@@ -445,6 +452,8 @@ def _announce(config: pytest.Config, line: str) -> None:
     if reporter is not None and capture is not None:
         with capture.global_and_fixture_disabled():
             reporter.ensure_newline()
+            if reporter._tw.width_of_current_line:  # amid pytest-xdist's progress dots
+                reporter.write("\n")
             reporter.write_line(line)
 
 
@@ -471,8 +480,7 @@ def reference(policy: Policy):
 def artifact(policy: Policy, tmp_path_factory: pytest.TempPathFactory,
              pytestconfig: pytest.Config) -> Artifact:
     """The artifact under test: --onnx, or the suite's own export of --model (once)."""
-    return policy.artifact(tmp_path_factory.mktemp("export"),
-                           lambda line: _announce(pytestconfig, line))
+    return policy.artifact(tmp_path_factory.mktemp("export"), pytestconfig.stash[RUN].announce)
 
 
 @pytest.fixture(scope="session")

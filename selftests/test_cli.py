@@ -7,7 +7,7 @@ import sys
 
 from policy_onnx.artifact import Artifact
 
-from .conftest import REAL_MODEL, ROOT, sha256
+from .conftest import REAL_MODEL, REAL_ONNX, ROOT, sha256
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -47,3 +47,23 @@ def test_help_shows_examples():
 def test_spec_check_passes_on_the_committed_document():
     done = cli("spec", "--check")
     assert done.returncode == 0, done.stderr
+
+
+def test_check_runs_the_suite_with_its_verdict_as_exit_status(tmp_path, unclamped_real):
+    import json
+
+    report = tmp_path / "verdict.json"
+    done = cli("check", str(REAL_MODEL), str(REAL_ONNX), "--report", str(report), "--", "-q",
+               "--hypothesis-profile", "ci")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "requested Standard: met" in done.stdout
+    assert json.loads(report.read_text())["level_met"] is True
+    failing = cli("check", str(REAL_MODEL), str(unclamped_real), "--", "-k", "PAR-01")
+    assert failing.returncode == 1
+    assert "PAR-01    Standard  failed" in failing.stdout
+
+
+def test_only_check_takes_pytest_arguments():
+    done = cli("export", str(REAL_MODEL), "--", "-k", "PAR-01")
+    assert done.returncode == 2
+    assert "only check passes arguments after -- to pytest, not export" in done.stderr

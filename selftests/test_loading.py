@@ -41,6 +41,23 @@ def test_safe_load_predicts_like_a_stock_load(fixture_models, name):
     assert safe.action_space == stock.action_space
 
 
+def test_loading_builds_no_training_optimizer(fixture_models):
+    """SB3 builds (and restores) an optimizer with every policy; inference needs none, and a
+    torch optimizer would import torch._dynamo, the largest part of a check's start-up."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from policy_onnx.load import load_model; "
+            f"model = load_model({str(REAL_MODEL)!r}).sb3; "
+            "print(type(model.policy.optimizer).__name__, 'torch._dynamo' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.stdout.split() == ["NoOptimizer", "False"], done.stderr
+    sac = load_model(fixture_models["sac"]).sb3  # an actor and a critic, each with its own
+    assert {type(sac.actor.optimizer).__name__, type(sac.critic.optimizer).__name__} \
+        == {"NoOptimizer"}
+
+
 class _WritesMarker:
     def __init__(self, marker):
         self.marker = marker

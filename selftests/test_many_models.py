@@ -32,6 +32,13 @@ def test_a_folder_of_models_is_one_set_of_clauses_per_model(conformance, fixture
     exports = re.findall(r"policy-onnx: exported (\S+) to ", run.stdout)
     assert sorted(exports) == sorted(str(zoo / f"{n}.zip") for n in ("ppo_default", "dqn"))
     assert "2 of 2 policies meet the requested level Standard" in run.stdout
+    # Under pytest-xdist the controller names each export when its first report comes back.
+    parallel = conformance.run("--model", str(zoo), "-n", "2", "-k", "GRAPH-01")
+    assert parallel.ret == 1  # a run of one clause reaches no level
+    assert {name: v["GRAPH-01"] for name, v in parallel.by_policy.items()} == {
+        "ppo_default": "passed", "dqn": "passed"}
+    for name in ("ppo_default", "dqn"):
+        assert re.search(rf"policy-onnx: {name} exported by gw\d: \S+{name}\.onnx", parallel.stdout)
 
 
 def mixed_zoo(conformance, unclamped, report, *args):
