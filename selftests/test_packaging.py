@@ -35,12 +35,14 @@ def installed(tmp_path_factory):
     return venv
 
 
-def test_pytest_plugin_runs_the_suite_from_any_folder(installed, tmp_path):
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_pytest_plugin_runs_the_suite_from_any_folder(installed, tmp_path, workers):
     done = _run(installed / "bin" / "python", "-m", "pytest", "--pyargs",
                 "policy_onnx.conformance", "-p", "no:cacheprovider", "--model", REAL_MODEL,
-                "--onnx", REAL_ONNX, "--hypothesis-profile", "ci", cwd=tmp_path)
+                "--onnx", REAL_ONNX, "--hypothesis-profile", "ci", *workers, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "level: Basic PASS, Standard PASS, Extended PASS" in done.stdout
+    assert ("2 workers" in done.stdout) == bool(workers)  # workers find the plugin installed
     assert str(installed) in _run(installed / "bin" / "python", "-c",
                                   "import policy_onnx; print(policy_onnx.__file__)",
                                   cwd=tmp_path).stdout
