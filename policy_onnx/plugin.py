@@ -27,7 +27,7 @@ from .artifact import Artifact, ArtifactError, sha256
 from .load import LoadedModel, ModelLoadError, load_model
 from .metadata import TRANSFORMS
 from .parity import ParityStats
-from .report import REPORT_VERSION, Verdicts, write_json
+from .report import Verdicts, all_met, policies_line, report_document, write_json
 from .tolerance import RULE, tolerance
 
 settings.register_profile("quick", max_examples=20, deadline=None)
@@ -208,8 +208,7 @@ class Run:
 
     @property
     def level_met(self) -> bool:
-        return all(p.verdicts.level_met(p.structure, p.action_kind, self.requested_level)
-                   for p in self.checked)
+        return all_met(self.checked, self.requested_level)
 
 
 RUN = pytest.StashKey[Run]()
@@ -393,19 +392,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
         session.exitstatus = pytest.ExitCode.OK if run.level_met else pytest.ExitCode.TESTS_FAILED
     if run.report_path:
-        write_json(run.report_path, {
-            "report_version": REPORT_VERSION,
-            "suite_version": __version__,
-            "spec_version": spec.SPEC_VERSION,
-            "hypothesis_profile": settings.get_current_profile_name(),
-            "tolerance": RULE,
-            "level_requested": run.requested_level.label,
-            "level_met": run.level_met,
-            "policies": [{**policy.describe(),
-                          **policy.verdicts.as_dict(policy.structure, policy.action_kind,
-                                                    run.requested_level)}
-                         for policy in run.checked],
-        })
+        settings_used = {"suite_version": __version__, "spec_version": spec.SPEC_VERSION,
+                         "hypothesis_profile": settings.get_current_profile_name(),
+                         "tolerance": RULE}
+        write_json(run.report_path, report_document(settings_used, run.checked,
+                                                   run.requested_level))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
@@ -423,26 +414,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         if policy.exported_path:
             write(f"exported artifact: {policy.exported_path} "
                   f"(sha256 {sha256(policy.exported_path)})")
-        for clause_id, counts in policy.verdicts.statistics.items():
-            write(f"{clause_id}: {counts['observations']:,} observations checked against "
-                  f"predict(){_exercised(clause_id, counts, policy.action_kind)}")
+        for line in policy.verdicts.statistics_lines(policy.action_kind):
+            write(line)
     if len(run.checked) > 1:
-        failing = [p.key for p in run.checked
-                   if not p.verdicts.level_met(p.structure, p.action_kind, run.requested_level)]
         terminalreporter.write_sep("-", "all policies")
-        write(f"{len(run.checked) - len(failing)} of {len(run.checked)} policies meet the "
-              f"requested level {run.requested_level.label}"
-              + (f"; NOT MET: {', '.join(failing)}" if failing else ""))
+        write(policies_line(run.checked, run.requested_level))
     if run.report_path:
         write(f"report: {run.report_path}")
-
-
-def _exercised(clause_id: str, counts: dict, action_kind: str) -> str:
-    if spec.clause(clause_id).kinds == spec.BOX:
-        return f", {counts['mean_outside_bounds']:,} with the mean outside the action bounds"
-    if action_kind != "Box":
-        return f", {counts['rounding_ties']:,} disagreeing only at a rounding tie"
-    return ""
 
 
 def _announce(config: pytest.Config, line: str) -> None:

@@ -101,6 +101,21 @@ class Verdicts:
                      + ("met" if reached is not None and reached >= requested else "NOT MET"))
         return lines
 
+    def statistics_lines(self, kind: str) -> list[str]:
+        """What each parity clause exercised."""
+        lines = []
+        for clause_id, counts in self.statistics.items():
+            if spec.clause(clause_id).kinds == spec.BOX:
+                detail = (f", {counts['mean_outside_bounds']:,} with the mean outside the "
+                          "action bounds")
+            elif kind != "Box":
+                detail = f", {counts['rounding_ties']:,} disagreeing only at a rounding tie"
+            else:
+                detail = ""
+            lines.append(f"{clause_id}: {counts['observations']:,} observations checked "
+                         f"against predict(){detail}")
+        return lines
+
     def as_dict(self, structure: str, kind: str, requested: spec.Level) -> dict:
         """The verdicts of one policy, as the JSON report holds them."""
         reached, why = self.level_reached(structure, kind)
@@ -112,6 +127,35 @@ class Verdicts:
                         if c.id in self.by_clause],
             "statistics": dict(sorted(self.statistics.items())),
         }
+
+
+# A run's policies: objects with .key, .structure, .action_kind, .verdicts and .describe()
+# (the plugin's Policy).
+def _met(policy, requested: spec.Level) -> bool:
+    return policy.verdicts.level_met(policy.structure, policy.action_kind, requested)
+
+
+def all_met(policies, requested: spec.Level) -> bool:
+    return all(_met(policy, requested) for policy in policies)
+
+
+def policies_line(policies, requested: spec.Level) -> str:
+    """The verdict of a run of several policies, in one line."""
+    failing = [p.key for p in policies if not _met(p, requested)]
+    return (f"{len(policies) - len(failing)} of {len(policies)} policies meet the requested "
+            f"level {requested.label}" + (f"; NOT MET: {', '.join(failing)}" if failing else ""))
+
+
+def report_document(settings_used: dict, policies, requested: spec.Level) -> dict:
+    """The JSON report: the run's settings, then each policy with its verdicts."""
+    return {
+        "report_version": REPORT_VERSION, **settings_used,
+        "level_requested": requested.label,
+        "level_met": all_met(policies, requested),
+        "policies": [{**policy.describe(),
+                      **policy.verdicts.as_dict(policy.structure, policy.action_kind, requested)}
+                     for policy in policies],
+    }
 
 
 def write_json(path: Path, document: dict) -> None:
