@@ -341,14 +341,17 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call):
     """Where the test ran, the report gets what it exercised (the parity statistics) and the
-    path of the suite's own export, so that the verdicts can be gathered from reports alone."""
+    path of the suite's own export, so that the verdicts can be gathered from reports alone
+    (the pytest-xdist controller sees nothing else)."""
     report = yield
     marker = item.get_closest_marker("clause")
     if marker is not None and report.when == "call":
         policy = _policy_of(item)
-        report.user_properties += policy.stats.for_clause(marker.args[0])
+        found = policy.stats.for_clause(marker.args[0])
         if policy.exported_path:
-            report.user_properties.append(("exported_artifact", str(policy.exported_path)))
+            found.append(("exported_artifact", str(policy.exported_path)))
+        report.user_properties += found
+        item.user_properties += found  # JUnit XML takes the properties of the teardown report
     return report
 
 

@@ -93,15 +93,22 @@ def test_junit_xml_carries_the_clause_of_each_test(conformance, tmp_path):
     import xml.etree.ElementTree as ET
 
     junit = tmp_path / "conformance.xml"
-    run = conformance.run("--onnx", str(REAL_ONNX), "--junitxml", str(junit))
+    run = conformance.run("--model", str(REAL_MODEL), "--onnx", str(REAL_ONNX), "--junitxml",
+                          str(junit))
     assert "PytestWarning" not in run.stdout
     cases = ET.parse(junit).getroot().iter("testcase")
-    clauses = {}
+    clauses, parity = {}, {}
     for case in cases:
         properties = {p.get("name"): p.get("value") for p in case.iter("property")}
         clauses[properties["clause"]] = properties["level"]
         assert f"[{properties['clause']}-" in case.get("name")
+        assert properties["policy"] == REAL_MODEL.stem
+        if "observations" in properties:
+            parity[properties["clause"]] = properties
     assert clauses == {c.id: c.level.label for c in spec.CLAUSES}
+    assert set(parity) == {"PAR-01", "PAR-02"}  # what the parity clauses exercised
+    assert int(parity["PAR-01"]["observations"]) >= 10_000
+    assert int(parity["PAR-02"]["mean_outside_bounds"]) > 0
 
 
 def test_export_is_announced_while_it_runs(conformance):
