@@ -411,8 +411,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     for policy in run.checked:
         if len(run.policies) > 1:
             terminalreporter.write_sep("-", policy.key)
+        # A model zoo: a row per clause for every model would bury the ones that matter.
+        problems_only = len(run.policies) > 1 and config.get_verbosity() < 1
         for line in policy.verdicts.summary_lines(policy.structure, policy.action_kind,
-                                                  run.requested_level):
+                                                  run.requested_level, problems_only):
             write(line)
         if policy.exported_path:
             write(f"exported artifact: {policy.exported_path} "

@@ -81,15 +81,24 @@ class Verdicts:
         reached, _ = self.level_reached(structure, kind)
         return reached is not None and reached >= requested
 
-    def summary_lines(self, structure: str, kind: str, requested: spec.Level) -> list[str]:
-        lines = []
+    def summary_lines(self, structure: str, kind: str, requested: spec.Level,
+                      problems_only: bool = False) -> list[str]:
+        """A row per clause, then the level line; `problems_only` leaves out the rows of
+        satisfied clauses (passed, or not applicable) and counts them instead."""
+        lines, satisfied = [], 0
         for c in spec.CLAUSES:
             verdict = self.by_clause.get(c.id)
             if verdict is None:
                 continue
+            if problems_only and verdict.satisfied:
+                satisfied += 1
+                continue
             detail = verdict.detail.splitlines()[0][:70] if verdict.outcome != "passed" else ""
             lines.append(f"{c.id:9} {c.level.label:9} {verdict.outcome:8} {c.title}"
                          + (f"  ({detail})" if detail else ""))
+        if satisfied:
+            lines.append(f"{satisfied} {'other ' if lines else ''}clauses passed or are not "
+                         "applicable (-v lists them)")
         reached, why = self.level_reached(structure, kind)
         marks = []
         for level in spec.Level:
