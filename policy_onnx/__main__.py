@@ -156,8 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     spec_cmd.set_defaults(run=_spec)
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    pytest_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = parser.parse_args(argv[:len(argv) - len(pytest_args) - (1 if "--" in argv else 0)])
+    pytest_args = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, pytest_args = argv[:split], argv[split + 1:]
+    args = parser.parse_args(argv)
     if pytest_args and args.command != "check":
         parser.error(f"only check passes arguments after -- to pytest, not {args.command}")
     args.pytest_args = pytest_args

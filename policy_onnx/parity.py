@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from .model import Reference
 
 
+STATISTICS = ("observations", "mean_outside_bounds", "rounding_ties")  # per parity clause
+
+
 @dataclass
 class ParityStats:
     """What the parity clauses actually exercised, per clause ID."""
@@ -33,9 +36,8 @@ class ParityStats:
         """The counts of one clause as report properties (none if it checked nothing)."""
         if not self.observations[clause_id]:
             return []
-        return [("observations", self.observations[clause_id]),
-                ("mean_outside_bounds", self.out_of_bounds[clause_id]),
-                ("rounding_ties", self.near_ties[clause_id])]
+        counts = (self.observations, self.out_of_bounds, self.near_ties)
+        return [(name, count[clause_id]) for name, count in zip(STATISTICS, counts, strict=True)]
 
 
 class Mismatch(AssertionError):

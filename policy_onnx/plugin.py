@@ -137,6 +137,17 @@ class Policy:
     def artifact_path(self) -> Path | None:
         return self.onnx_path or self.exported_path
 
+    @cached_property
+    def model_sha256(self) -> str:
+        return sha256(self.model_path)
+
+    @cached_property
+    def artifact_sha256(self) -> str | None:
+        """Read when the run is summed up, once the suite's own export (if any) exists."""
+        if self.given_artifact:
+            return self.given_artifact.sha256
+        return sha256(self.exported_path) if self.exported_path else None
+
     def save_counterexample(self, clause_id: str, arrays: dict) -> Path:
         """The failing input of a parity clause (observations, and masks or episode starts), as
         a file `policy-onnx replay` reads."""
@@ -168,9 +179,9 @@ class Policy:
         artifact = self.artifact_path
         return {
             "name": self.key,
-            "model": {"path": str(self.model_path), "sha256": sha256(self.model_path),
+            "model": {"path": str(self.model_path), "sha256": self.model_sha256,
                       "algorithm": self.loaded.algorithm} if self.loaded else None,
-            "artifact": {"path": str(artifact), "sha256": sha256(artifact),
+            "artifact": {"path": str(artifact), "sha256": self.artifact_sha256,
                          "exported_by_suite": self.onnx_path is None} if artifact else None,
             "action_space": self.action_kind,
             "structure": self.structure,
@@ -377,7 +388,7 @@ def _header_lines(policy: Policy) -> list[str]:
     lines = []
     if policy.loaded:
         lines.append(f"model: {policy.model_path} ({policy.loaded.algorithm}, "
-                     f"sha256 {sha256(policy.model_path)})")
+                     f"sha256 {policy.model_sha256})")
     if policy.onnx_path:
         lines.append(f"artifact: {policy.onnx_path} (sha256 {policy.given_artifact.sha256})")
     else:
@@ -418,7 +429,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
             write(line)
         if policy.exported_path:
             write(f"exported artifact: {policy.exported_path} "
-                  f"(sha256 {sha256(policy.exported_path)})")
+                  f"(sha256 {policy.artifact_sha256})")
         for line in policy.verdicts.statistics_lines(policy.action_kind):
             write(line)
     if len(run.checked) > 1:

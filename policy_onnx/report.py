@@ -9,11 +9,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import spec
+from .parity import STATISTICS
 
 NOT_APPLICABLE = "not applicable"
 WORKER_LINE = re.compile(r"^\[gw\d+\] .*\n")  # pytest-xdist's header on a worker's failure
 REPORT_VERSION = 1  # of the JSON report's layout; raised when a field changes meaning or goes
-STATISTICS = ("observations", "mean_outside_bounds", "rounding_ties")
 
 
 @dataclass
