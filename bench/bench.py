@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-REAL = ROOT.parent / "shared" / "real-models" / "clankers-cartpole"
+REAL = ROOT / "fixtures" / "real_models" / "clankers-cartpole"
 TARGET_RATIO = 1.6
 TARGET_OBSERVATIONS = 10_000
 

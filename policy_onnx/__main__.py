@@ -24,10 +24,12 @@ def _export(args: argparse.Namespace) -> int:
     from .artifact import ArtifactError
     from .export import export
     from .load import ModelLoadError, load_model
+    from .normalization import attach
 
     output = args.output or args.model.with_suffix(".onnx")
     try:
         loaded = load_model(args.model, trust_code=args.trust_model_code)
+        attach(loaded, args.vecnormalize)
         path = export(loaded, output, transform=args.action_transform)
     except (ModelLoadError, ArtifactError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -35,7 +37,10 @@ def _export(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a transform that does not fit the policy
         print(f"error: --action-transform {args.action_transform}: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {path} ({loaded.algorithm}, action_transform={args.action_transform})")
+    normalized = (f", normalizing observations with {loaded.normalization.path}"
+                  if loaded.normalization and loaded.normalization.norm_obs else "")
+    print(f"wrote {path} ({loaded.algorithm}, action_transform={args.action_transform}"
+          f"{normalized})")
     return 0
 
 
@@ -48,6 +53,8 @@ def _check(args: argparse.Namespace) -> int:
         command += ["--onnx", str(args.onnx)]
     if args.report:
         command += ["--report", str(args.report)]
+    if args.vecnormalize:
+        command += ["--vecnormalize", args.vecnormalize]
     return int(pytest.main(command + args.pytest_args))
 
 
@@ -60,12 +67,15 @@ def _replay(args: argparse.Namespace) -> int:
     from .artifact import Artifact, ArtifactError
     from .load import ModelLoadError, load_model
     from .model import Reference
+    from .normalization import attach
     from .parity import ParityStats, compare_any, rollout_problem
 
     saved = json.loads(args.counterexample.read_text())
     observations = np.asarray(saved["observations"], np.float32)
     try:
-        reference = Reference(load_model(saved["model"], trust_code=saved["trust_model_code"]))
+        loaded = load_model(saved["model"], trust_code=saved["trust_model_code"])
+        attach(loaded, saved.get("vecnormalize", "none"))
+        reference = Reference(loaded)
         artifact = Artifact(saved["artifact"])
         if "episode_starts" in saved:  # a recurrent policy's rollouts
             checked = (f"{observations.shape[0]}-step rollouts of {observations.shape[1]} "
@@ -119,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--trust-model-code", action="store_true",
                         help="let SB3 unpickle everything in the zip, running any code it holds "
                              "(default: off, only allow-listed classes)")
+    export.add_argument("--vecnormalize", metavar="PKL",
+                        help="the VecNormalize statistics (.pkl) the model was trained behind, "
+                             "or 'none' (default: found beside the model, in the RL Zoo's "
+                             "<dir>/<name>/vecnormalize.pkl or the Hub's vec_normalize.pkl)")
     export.set_defaults(run=_export)
 
     check = commands.add_parser(
@@ -135,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--level", choices=("basic", "standard", "extended"), default="standard",
                        help="the level to reach (default: standard)")
     check.add_argument("--report", type=Path, help="write the JSON report here")
+    check.add_argument("--vecnormalize", metavar="PKL",
+                        help="the VecNormalize statistics (.pkl) the model was trained behind, "
+                             "or 'none' (default: found beside the model, in the RL Zoo's "
+                             "<dir>/<name>/vecnormalize.pkl or the Hub's vec_normalize.pkl)")
     check.set_defaults(run=_check)
 
     replay = commands.add_parser(

@@ -9,7 +9,9 @@ flattened observation batch `[B, obs_dim]`; its output depends on the artifact s
 - transform "tanh": tanh of the mean, for a runtime that applies action_scale/action_offset.
 
 A family only says how to compute the mean (before squashing and clipping) and whether
-predict() squashes it with tanh; the post-processing is shared.
+predict() squashes it with tanh; the post-processing is shared. A model trained under
+VecNormalize gets its observation normalization in front (`ObservationNormalizer`): the head
+takes raw observations.
 """
 
 from __future__ import annotations
@@ -19,7 +21,41 @@ import torch
 from torch import nn
 
 
-class BoxHead(nn.Module):
+class ObservationNormalizer(nn.Module):
+    """VecNormalize's clip((obs - mean) / sqrt(var + epsilon), +-clip_obs) on flattened rows.
+    Float32 inputs use the statistics rounded to float32, as an exported graph holds them;
+    float64 inputs (the rounding-noise reference) use them as saved, in float64."""
+
+    def __init__(self, normalization):
+        super().__init__()
+        mean = normalization.mean.reshape(-1)
+        std = normalization.std.reshape(-1)
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        self.exact = (torch.as_tensor(mean, dtype=torch.float64),
+                      torch.as_tensor(std, dtype=torch.float64))
+        self.clip_obs = float(normalization.clip_obs)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        mean, std = self.exact if obs.dtype == torch.float64 else (self.mean, self.std)
+        return torch.clamp((obs - mean) / std, -self.clip_obs, self.clip_obs)
+
+
+class ObservationInput(nn.Module):
+    """Turns the flattened raw observation rows a runtime feeds into what the policy's
+    extractor takes: normalized (if the model was trained under VecNormalize), reshaped."""
+
+    obs_shape: tuple[int, ...]
+
+    def _observations(self, obs: torch.Tensor) -> torch.Tensor:
+        # For a vector Box, SB3's preprocessing is only a cast: feed the extractor directly so
+        # that a float64 copy of the head stays float64.
+        if "normalizer" in self._modules:  # set by head_for
+            obs = self._modules["normalizer"](obs)
+        return obs.reshape((-1, *self.obs_shape))
+
+
+class BoxHead(ObservationInput):
     """A policy with a Box action space: mean, then predict()'s clip or tanh + unscale."""
 
     squash: bool
@@ -43,11 +79,6 @@ class BoxHead(nn.Module):
     def mean(self, obs: torch.Tensor) -> torch.Tensor:
         """The mean of the action distribution, before squashing and clipping."""
         raise NotImplementedError
-
-    def _observations(self, obs: torch.Tensor) -> torch.Tensor:
-        # For a vector Box, SB3's preprocessing is only a cast: feed the extractor directly so
-        # that a float64 copy of the head stays float64.
-        return obs.reshape((-1, *self.obs_shape))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.post(self.mean(obs))
@@ -109,7 +140,24 @@ class DeterministicActorHead(BoxHead):
         return actor.mu[:-1](actor.features_extractor(self._observations(obs)))
 
 
-class DiscreteHead(nn.Module):
+class ARSHead(BoxHead):
+    """ARS (sb3-contrib), linear or MLP: the network's output; squash_output policies end in
+    Tanh (then unscale), the others are clipped."""
+
+    def __init__(self, policy, transform: str = "none"):
+        self.squash = bool(policy.squash_output)
+        super().__init__(policy, transform)
+        if self.squash and not isinstance(policy.action_net[-1], nn.Tanh):
+            raise ValueError(f"the squashed ARS network does not end in Tanh: "
+                             f"{policy.action_net[-1]}")
+
+    def mean(self, obs):
+        net = self.policy.action_net
+        return (net[:-1] if self.squash else net)(
+            self.policy.features_extractor(self._observations(obs)))
+
+
+class DiscreteHead(ObservationInput):
     """A policy with a discrete action space: scores (Q-values, logits), then predict()'s
     selection. The output is the final action: no runtime transform applies."""
 
@@ -124,9 +172,6 @@ class DiscreteHead(nn.Module):
         self.policy = policy
         self.transform = transform
         self.obs_shape = tuple(policy.observation_space.shape)
-
-    def _observations(self, obs: torch.Tensor) -> torch.Tensor:
-        return obs.reshape((-1, *self.obs_shape))
 
     def scores(self, obs: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -161,6 +206,13 @@ class QuantileHead(DiscreteHead):
         net = self.policy.quantile_net
         quantiles = net.quantile_net(net.features_extractor(self._observations(obs)))
         return quantiles.view(-1, net.n_quantiles, int(net.action_space.n)).mean(dim=1)
+
+
+class ARSDiscreteHead(DiscreteHead):
+    """ARS with a Discrete action: argmax of the network's output."""
+
+    def scores(self, obs):
+        return self.policy.action_net(self.policy.features_extractor(self._observations(obs)))
 
 
 class CategoricalHead(DiscreteHead):
@@ -245,6 +297,7 @@ class RecurrentHead(nn.Module):
 
 BOX_HEADS = {"PPO": ActorCriticHead, "A2C": ActorCriticHead, "TRPO": ActorCriticHead,
              "SAC": SquashedGaussianHead, "TQC": SquashedGaussianHead,
+             "CrossQ": SquashedGaussianHead, "ARS": ARSHead,
              "TD3": DeterministicActorHead, "DDPG": DeterministicActorHead}
 ON_POLICY_DISCRETE_HEADS = {"Discrete": CategoricalHead, "MultiDiscrete": MultiCategoricalHead,
                             "MultiBinary": BernoulliHead}
@@ -255,21 +308,30 @@ def action_kind(space) -> str:
 
 
 def head_for(loaded, transform: str = "none") -> nn.Module:
-    """The head of a loaded model's family."""
+    """The head of a loaded model's family, taking raw observations."""
     policy = loaded.sb3.policy
     kind = action_kind(policy.action_space)
     if loaded.algorithm == "RecurrentPPO":
         inner = ActorCriticHead if kind == "Box" else ON_POLICY_DISCRETE_HEADS[kind]
-        return RecurrentHead(inner(policy, transform)).eval()
+        return RecurrentHead(_normalized(inner(policy, transform), loaded)).eval()
     if kind == "Box":
         head = BOX_HEADS[loaded.algorithm]
     elif loaded.algorithm == "DQN":
         head = QValueHead
     elif loaded.algorithm == "QR-DQN":
         head = QuantileHead
+    elif loaded.algorithm == "ARS":
+        head = ARSDiscreteHead
     elif loaded.algorithm == "MaskablePPO":
         head = {"Discrete": MaskedCategoricalHead,
                 "MultiDiscrete": MaskedMultiCategoricalHead}[kind]
     else:
         head = ON_POLICY_DISCRETE_HEADS[kind]
-    return head(policy, transform).eval()
+    return _normalized(head(policy, transform), loaded).eval()
+
+
+def _normalized(head: ObservationInput, loaded) -> ObservationInput:
+    normalization = loaded.normalization
+    if normalization is not None and normalization.norm_obs:
+        head.normalizer = ObservationNormalizer(normalization)
+    return head

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import importlib
+import inspect
 import io
 import json
 import math
@@ -25,8 +26,10 @@ class ModelLoadError(Exception):
     """A model file that cannot be checked; the message names the problem and the fix."""
 
 
-SUPPORTED_ALGORITHMS = ("PPO", "A2C", "TRPO", "SAC", "TD3", "DDPG", "TQC", "DQN", "QR-DQN",
-                        "MaskablePPO", "RecurrentPPO")
+SUPPORTED_ALGORITHMS = ("PPO", "A2C", "TRPO", "SAC", "TD3", "DDPG", "TQC", "CrossQ", "DQN",
+                        "QR-DQN", "ARS", "MaskablePPO", "RecurrentPPO")
+# The algorithms of sb3-contrib (the others are Stable-Baselines3's).
+CONTRIB_ALGORITHMS = ("TRPO", "TQC", "CrossQ", "QR-DQN", "ARS", "MaskablePPO", "RecurrentPPO")
 
 # Resource limits: refuse, rather than attempt, what would exhaust memory.
 MAX_DATA_BYTES = 64 * 2**20  # the `data` JSON entry, uncompressed
@@ -40,18 +43,16 @@ NEEDED_KEYS = ("observation_space", "action_space", "policy_class", "policy_kwar
 DEFAULTS = {"learning_rate": 0.0, "lr_schedule": 0.0, "clip_range": 0.0, "clip_range_vf": 0.0,
             "exploration_schedule": 0.0, "train_freq": 1}
 
-# Policy classes of families the suite does not check yet, by the algorithm that uses them.
-_OTHER_FAMILIES = {
-    "ARSPolicy": "ARS", "ARSLinearPolicy": "ARS", "CrossQPolicy": "CrossQ",
-}
-
 # Policy classes that belong to one algorithm (ActorCriticPolicy and TD3Policy are shared).
 _POLICY_ALGORITHMS = {
     "SACPolicy": "SAC", "TQCPolicy": "TQC", "DQNPolicy": "DQN", "QRDQNPolicy": "QR-DQN",
     "MaskableActorCriticPolicy": "MaskablePPO", "RecurrentActorCriticPolicy": "RecurrentPPO",
+    "ARSPolicy": "ARS", "ARSLinearPolicy": "ARS", "CrossQPolicy": "CrossQ",
 }
 
-_NUMPY_GLOBALS = {
+# Globals resolved as they are: numpy's array, scalar and RNG reconstruction, and torch.device
+# (SB3 1.x saved `device` in policy_kwargs; the constructor only parses a string).
+_ALLOWED_GLOBALS = {
     ("numpy", "dtype"), ("numpy", "ndarray"),
     ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
     ("numpy._core.numeric", "_frombuffer"),
@@ -59,7 +60,7 @@ _NUMPY_GLOBALS = {
     ("numpy.random._pickle", "__randomstate_ctor"), ("numpy.random._pcg64", "PCG64"),
     ("numpy.random.bit_generator", "SeedSequence"),
     ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
-    ("collections", "OrderedDict"),
+    ("collections", "OrderedDict"), ("torch", "device"),
 }
 
 
@@ -79,6 +80,19 @@ def _allowed_class_bases() -> list[tuple[str, type]]:
     ]
 
 
+# Modules of pickles written before today's packages, by their current names: numpy 1.x wrote
+# numpy.core; SB3 1.x saved the spaces of gym, which gymnasium's classes read (their
+# __setstate__ accepts the legacy state). Nothing is imported from gym.
+LEGACY_MODULES = (("numpy.core.", "numpy._core."), ("gym.spaces.", "gymnasium.spaces."))
+
+
+def legacy_module(module: str) -> str:
+    for old, new in LEGACY_MODULES:
+        if module.startswith(old) or module == old.rstrip("."):
+            return new + module[len(old):] if module.startswith(old) else new.rstrip(".")
+    return module
+
+
 class RefusedGlobal(Exception):
     def __init__(self, module: str, name: str):
         super().__init__(f"{module}.{name}")
@@ -89,9 +103,8 @@ class AllowListUnpickler(pickle.Unpickler):
     """Resolves only the numpy reconstruction helpers and the classes inference needs."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if module.startswith("numpy.core."):  # pickles written by numpy 1.x
-            module = "numpy._core." + module[len("numpy.core."):]
-        if (module, name) in _NUMPY_GLOBALS:
+        module = legacy_module(module)
+        if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
         if "." not in name:
             for prefix, base in _allowed_class_bases():
@@ -115,6 +128,7 @@ class LoadedModel:
     path: Path
     algorithm: str
     sb3: Any  # the stable_baselines3 BaseAlgorithm
+    normalization: Any = None  # the VecNormalize statistics it was trained behind (normalization.py)
 
     @property
     def structure(self) -> str:
@@ -178,8 +192,10 @@ def inference_objects(path: Path, data: dict, trust_code: bool) -> dict[str, Any
                 objects[key] = DEFAULTS.get(key)
     if "buffer_size" in data:  # an off-policy replay buffer is not needed for inference
         objects["buffer_size"] = 1
-    policy_kwargs = objects.get("policy_kwargs", data.get("policy_kwargs"))
-    objects["policy_kwargs"] = {**(policy_kwargs or {}), "optimizer_class": NoOptimizer}
+    policy_kwargs = dict(objects.get("policy_kwargs", data.get("policy_kwargs")) or {})
+    if "optimizer_class" in inspect.signature(objects["policy_class"]).parameters:
+        policy_kwargs["optimizer_class"] = NoOptimizer  # ARS policies have no optimizer
+    objects["policy_kwargs"] = policy_kwargs
     return objects
 
 
@@ -215,10 +231,6 @@ def _unpickle_needed(path: Path, key: str, payload: str, trust_code: bool) -> An
 
 def detect_algorithm(path: Path, data: dict, policy_class: Any) -> str:
     name = getattr(policy_class, "__name__", repr(policy_class))
-    if name in _OTHER_FAMILIES:
-        raise ModelLoadError(
-            f"--model {path}: {_OTHER_FAMILIES[name]} models are not supported yet "
-            f"(supported: {', '.join(SUPPORTED_ALGORITHMS)})")
     if name == "ActorCriticPolicy":
         if "clip_range" in data:
             return "PPO"
@@ -234,7 +246,7 @@ def detect_algorithm(path: Path, data: dict, policy_class: Any) -> str:
 
 
 def algorithm_class(algorithm: str) -> Any:
-    if algorithm in ("TRPO", "TQC", "QR-DQN", "MaskablePPO", "RecurrentPPO"):
+    if algorithm in CONTRIB_ALGORITHMS:
         import sb3_contrib
         return getattr(sb3_contrib, algorithm.replace("-", ""))
     import stable_baselines3

@@ -12,7 +12,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from .heads import action_kind, head_for
+from .heads import ObservationNormalizer, action_kind, head_for
 from .load import LoadedModel
 from .strategies import MAX_MAGNITUDE, ObservationDomain
 from .tolerance import action_unit, tolerance
@@ -40,16 +40,30 @@ class Reference:
             self.high = np.asarray(self.action_space.high, dtype=np.float64).reshape(-1)
         # predict() clips the mean of an unsquashed Box policy; squashed ones unscale tanh.
         self.clips = self.kind == "Box" and not self.head.squash and self.structure == "plain"
-        self.domain = ObservationDomain.of_space(self.observation_space)
+        self.normalization = loaded.normalization
+        self.domain = ObservationDomain.of_space(self.observation_space, self.normalization)
+
+    def predict_input(self, obs: np.ndarray) -> np.ndarray:
+        """What predict() is given for flattened float32 raw rows: reshaped to the space,
+        normalized as VecNormalize does (if the model was trained under it), in the space's
+        dtype."""
+        batch = np.asarray(obs, dtype=np.float32).reshape((-1, *self.obs_shape))
+        if self.normalization is not None:
+            batch = self.normalization.apply(batch)
+        return batch.astype(self.observation_space.dtype)
+
+    def at_clip(self, obs: np.ndarray) -> np.ndarray:
+        """Per raw row: does its normalized observation reach +-clip_obs somewhere?"""
+        if self.normalization is None:
+            return np.zeros(len(obs), dtype=bool)
+        return self.normalization.at_clip(obs)
 
     def predict(self, obs: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
-        """`model.predict(obs, deterministic=True)` for flattened float32 rows (with
+        """`model.predict(obs, deterministic=True)` for flattened float32 raw rows (with
         `action_masks` for a masked policy), as float64."""
-        batch = np.asarray(obs, dtype=np.float32).reshape((-1, *self.obs_shape))
         extra = {"action_masks": masks} if masks is not None else {}
-        actions, _ = self.sb3.predict(batch.astype(self.observation_space.dtype),
-                                      deterministic=True, **extra)
-        return np.asarray(actions, dtype=np.float64).reshape(len(batch), -1)
+        actions, _ = self.sb3.predict(self.predict_input(obs), deterministic=True, **extra)
+        return np.asarray(actions, dtype=np.float64).reshape(len(obs), -1)
 
     def initial_state(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
         """A recurrent policy's state at the start of an episode: zeros."""
@@ -60,10 +74,9 @@ class Reference:
     def step(self, obs: np.ndarray, state, episode_start: np.ndarray):
         """One recurrent step of `predict(obs, state, episode_start, deterministic=True)`:
         (actions as float64 [B, act_dim], next state)."""
-        batch = np.asarray(obs, dtype=np.float32).reshape((-1, *self.obs_shape))
-        actions, state = self.sb3.predict(batch, state=state, episode_start=episode_start,
-                                          deterministic=True)
-        return np.asarray(actions, dtype=np.float64).reshape(len(batch), -1), state
+        actions, state = self.sb3.predict(self.predict_input(obs), state=state,
+                                          episode_start=episode_start, deterministic=True)
+        return np.asarray(actions, dtype=np.float64).reshape(len(obs), -1), state
 
     @cached_property
     def _recurrent_head64(self):
@@ -104,23 +117,35 @@ class Reference:
         """The oracle's own float32 rounding error per element, estimated two ways, the larger
         kept: the measured |float32 - float64| of the computation, and stochastic arithmetic:
         `samples` float64 forwards in which every Linear output is perturbed by a simulated
-        float32 accumulation error u * sqrt(n_in) * (|x| |W|^T + |b|) * N(0, 1) (seeded, so the
-        same observations give the same estimate). One batched pass holds the exact rows and
-        the perturbed copies."""
+        float32 accumulation error u * sqrt(n_in) * (|x| |W|^T + |b|) * N(0, 1), and the
+        observation normalization (if any) by the error of normalizing in float32 with float32
+        statistics, u * ((|x| + 2 |mean|) / std + 2 |out|) * N(0, 1) (seeded, so the same
+        observations give the same estimate). One batched pass holds the exact rows and the
+        perturbed copies."""
         n = len(obs)
         rng = np.random.default_rng(0)
 
-        def perturb(module, inputs, output):
-            (x,) = inputs
-            magnitude = x[n:].abs() @ module.weight.abs().T
+        def linear_error(module, x, output):
+            magnitude = x.abs() @ module.weight.abs().T
             if module.bias is not None:
                 magnitude = magnitude + module.bias.abs()
-            noise = torch.as_tensor(rng.standard_normal(tuple(magnitude.shape)))
-            scale = FLOAT32_UNIT * math.sqrt(x.shape[-1])
-            return torch.cat([output[:n], output[n:] + scale * magnitude * noise])
+            return FLOAT32_UNIT * math.sqrt(x.shape[-1]) * magnitude
 
-        hooks = [m.register_forward_hook(perturb) for m in self.head.modules()
+        def normalization_error(module, x, output):
+            mean, std = module.exact
+            return FLOAT32_UNIT * ((x.abs() + 2.0 * mean.abs()) / std + 2.0 * output.abs())
+
+        def perturb(error):
+            def hook(module, inputs, output):
+                magnitude = error(module, inputs[0][n:], output[n:])
+                noise = torch.as_tensor(rng.standard_normal(tuple(magnitude.shape)))
+                return torch.cat([output[:n], output[n:] + magnitude * noise])
+            return hook
+
+        hooks = [m.register_forward_hook(perturb(linear_error)) for m in self.head.modules()
                  if isinstance(m, torch.nn.Linear)]
+        hooks += [m.register_forward_hook(perturb(normalization_error))
+                  for m in self.head.modules() if isinstance(m, ObservationNormalizer)]
         rows = torch.as_tensor(np.tile(obs, (samples + 1, 1)), dtype=torch.float64)
         try:
             with torch.no_grad():

@@ -18,7 +18,10 @@ if TYPE_CHECKING:
     from .model import Reference
 
 
-STATISTICS = ("observations", "mean_outside_bounds", "rounding_ties")  # per parity clause
+# Per parity clause: observations checked, those whose pre-clip mean left the action bounds,
+# discrete disagreements only at a rounding tie, and those whose normalized observation reached
+# +-clip_obs (models trained under VecNormalize).
+STATISTICS = ("observations", "mean_outside_bounds", "rounding_ties", "observation_at_clip")
 
 
 @dataclass
@@ -26,17 +29,19 @@ class ParityStats:
     """What the parity clauses actually exercised, per clause ID."""
     observations: Counter = field(default_factory=Counter)
     out_of_bounds: Counter = field(default_factory=Counter)
-    near_ties: Counter = field(default_factory=Counter)  # discrete disagreements at rounding ties
+    near_ties: Counter = field(default_factory=Counter)
+    at_clip: Counter = field(default_factory=Counter)
 
-    def record(self, clause_id: str, checked: int, out_of_bounds: int) -> None:
+    def record(self, clause_id: str, checked: int, out_of_bounds: int, at_clip: int = 0) -> None:
         self.observations[clause_id] += checked
         self.out_of_bounds[clause_id] += out_of_bounds
+        self.at_clip[clause_id] += at_clip
 
     def for_clause(self, clause_id: str) -> list[tuple[str, int]]:
         """The counts of one clause as report properties (none if it checked nothing)."""
         if not self.observations[clause_id]:
             return []
-        counts = (self.observations, self.out_of_bounds, self.near_ties)
+        counts = (self.observations, self.out_of_bounds, self.near_ties, self.at_clip)
         return [(name, count[clause_id]) for name, count in zip(STATISTICS, counts, strict=True)]
 
 
@@ -192,8 +197,10 @@ def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, 
         out_of_bounds = int((reference.overshoot(obs) > 0).sum())
         if steer:
             target(out_of_bounds / len(obs), label="share of rows whose mean leaves the bounds")
-        policy.stats.record(clause.id, len(obs), out_of_bounds)
         problem = compare_any(reference, artifact, obs, policy.stats, clause.id, batch.masks)
+        # Counted once both sides have acted on them (an artifact that cannot run raises above).
+        policy.stats.record(clause.id, len(obs), out_of_bounds,
+                            int(reference.at_clip(obs).sum()))
         if problem:
             raise Mismatch(f"{problem}\n  drawn as {batch}",
                            {"observations": obs, "masks": batch.masks})

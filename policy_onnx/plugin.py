@@ -67,6 +67,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "SHA-256, the settings and the parity statistics of every policy to this JSON "
              "file. Default: none.")
     group.addoption(
+        "--vecnormalize", metavar="PKL", action="append",
+        help="the VecNormalize statistics (a .pkl) the model was trained behind: the artifact "
+             "must take raw observations and act like predict() of the normalized ones. "
+             "Without this option they are found beside each model, in the RL Zoo's layout "
+             "(<dir>/<name>/vecnormalize.pkl for <dir>/<name>.zip) or a Hub repository's "
+             "(vec_normalize.pkl beside the zip). 'none' checks without normalization. With "
+             "several models, repeat it once per --model, in the same order. Default: found "
+             "by layout.")
+    group.addoption(
         "--trust-model-code", action="store_true", default=False,
         help="let Stable-Baselines3 unpickle everything in --model, running any code the file "
              "holds. Only for models you trust that need custom classes. Default: off (only "
@@ -84,11 +93,17 @@ class Policy:
     loaded: LoadedModel | None
     given_artifact: Artifact | None  # the --onnx artifact
     trust_code: bool = False
+    vecnormalize: str | None = None  # --vecnormalize as given for this model (None: by layout)
+    open_failure: str | None = None  # why the model or artifact cannot be opened (then unchecked)
     stats: ParityStats = field(default_factory=ParityStats)  # filled where the tests run
     verdicts: Verdicts = field(default_factory=Verdicts)  # filled from the test reports
     exported_path: Path | None = None
     export_failure: str | None = None
     counterexample_dir: Path | None = None  # set by the `policy` fixture
+
+    @property
+    def normalization(self):
+        return self.loaded.normalization if self.loaded else None
 
     @cached_property
     def action_kind(self) -> str:
@@ -153,9 +168,11 @@ class Policy:
         a file `policy-onnx replay` reads."""
         path = self.counterexample_dir / f"{clause_id}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
+        normalization = self.normalization
         path.write_text(json.dumps({
             "clause": clause_id, "model": str(self.model_path.resolve()),
             "artifact": str(self.artifact_path.resolve()), "trust_model_code": self.trust_code,
+            "vecnormalize": str(normalization.path.resolve()) if normalization else "none",
             **{name: None if array is None else array.tolist()
                for name, array in arrays.items()}}))
         return path
@@ -171,16 +188,24 @@ class Policy:
             words += ["--action-transform", self.transform]
         if self.trust_code:
             words.append("--trust-model-code")
+        if self.vecnormalize:
+            words += ["--vecnormalize", self.vecnormalize]
         words += ["-k", clause_id, "--hypothesis-profile", settings.get_current_profile_name()]
         return shlex.join(words)
 
     def describe(self) -> dict:
         """The model and the artifact, as the JSON report names them."""
         artifact = self.artifact_path
+        if self.open_failure:
+            return {"name": self.key, "model": str(self.model_path) if self.model_path else None,
+                    "artifact": str(self.onnx_path) if self.onnx_path else None,
+                    "open_failure": self.open_failure}
+        normalization = self.normalization
         return {
             "name": self.key,
             "model": {"path": str(self.model_path), "sha256": self.model_sha256,
                       "algorithm": self.loaded.algorithm} if self.loaded else None,
+            "normalization": normalization.describe() if normalization else None,
             "artifact": {"path": str(artifact), "sha256": self.artifact_sha256,
                          "exported_by_suite": self.onnx_path is None} if artifact else None,
             "action_space": self.action_kind,
@@ -213,13 +238,28 @@ class Run:
                           f"{policy.exported_path}")
 
     @property
+    def openable(self) -> list[Policy]:
+        """The policies whose model and artifact could be opened: they get clause tests."""
+        return [p for p in self.policies if not p.open_failure]
+
+    @property
+    def unopened(self) -> list[Policy]:
+        return [p for p in self.policies if p.open_failure]
+
+    @property
     def checked(self) -> list[Policy]:
         """The policies that have verdicts (a run deselecting all of a policy's tests has none)."""
-        return [p for p in self.policies if p.verdicts.by_clause]
+        return [p for p in self.openable if p.verdicts.by_clause]
+
+    @property
+    def judged(self) -> list[Policy]:
+        """What the verdict of the run is about: the policies checked and those that could not
+        be opened (each a failing verdict)."""
+        return [p for p in self.policies if p.open_failure or p.verdicts.by_clause]
 
     @property
     def level_met(self) -> bool:
-        return all_met(self.checked, self.requested_level)
+        return not self.unopened and all_met(self.checked, self.requested_level)
 
 
 RUN = pytest.StashKey[Run]()
@@ -268,6 +308,45 @@ def _pairs(config: pytest.Config) -> list[tuple[Path | None, Path | None]]:
     return list(zip(models, onnx_given))
 
 
+def _statistics(config: pytest.Config, pairs) -> list[str | None]:
+    """--vecnormalize per policy: a file, "none", or None (found by layout)."""
+    given = config.getoption("vecnormalize") or []
+    if given and not any(model for model, _ in pairs):
+        raise pytest.UsageError("--vecnormalize needs --model: the statistics are checked "
+                                "against the model's predict()")
+    if not given:
+        return [None] * len(pairs)
+    if given == ["none"]:
+        return ["none"] * len(pairs)
+    if len(given) != len(pairs):
+        raise pytest.UsageError(
+            f"{len(pairs)} model(s) but {len(given)} --vecnormalize value(s): give it once per "
+            "--model, in the same order ('none' for a model without), or leave it out to find "
+            "the statistics beside each model")
+    return given
+
+
+def _open(key: str, model_path: Path | None, onnx_path: Path | None, vecnormalize: str | None,
+          transform: str, trust_code: bool) -> Policy:
+    """A policy under test, opened (safely); ModelLoadError, ArtifactError or ValueError (a
+    transform that does not fit) when it cannot be."""
+    from .normalization import attach
+
+    given_artifact = Artifact(onnx_path) if onnx_path else None
+    loaded = load_model(model_path, trust_code=trust_code) if model_path else None
+    if loaded:
+        attach(loaded, vecnormalize)
+    if loaded and not onnx_path:
+        from .heads import head_for
+
+        try:
+            head_for(loaded, transform)
+        except ValueError as exc:
+            raise ValueError(f"--action-transform {transform}: {exc}") from None
+    return Policy(key, model_path, onnx_path, transform, loaded, given_artifact,
+                  trust_code=trust_code, vecnormalize=vecnormalize)
+
+
 def _keys(pairs) -> list[str]:
     """Unique readable names: the file's stem, numbered when two stems are the same."""
     stems = [(model or onnx).stem for model, onnx in pairs]
@@ -279,22 +358,20 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "clause(id): the POLICY_ONNX_SPEC clause the test checks")
     transform = config.getoption("action_transform")
     trust_code = config.getoption("trust_model_code")
+    pairs = _pairs(config)
     policies = []
-    try:
-        pairs = _pairs(config)
-        for key, (model_path, onnx_path) in zip(_keys(pairs), pairs):
-            given_artifact = Artifact(onnx_path) if onnx_path else None
-            loaded = load_model(model_path, trust_code=trust_code) if model_path else None
-            if loaded and not onnx_path:
-                from .heads import head_for
-
-                head_for(loaded, transform)
-            policies.append(Policy(key, model_path, onnx_path, transform, loaded,
-                                   given_artifact, trust_code=trust_code))
-    except (ModelLoadError, ArtifactError) as exc:
-        raise pytest.UsageError(str(exc)) from None
-    except ValueError as exc:  # a transform that does not fit the policy
-        raise pytest.UsageError(f"--action-transform {transform}: {exc}") from None
+    for key, (model_path, onnx_path), vecnormalize in zip(_keys(pairs), pairs,
+                                                          _statistics(config, pairs)):
+        try:
+            policies.append(_open(key, model_path, onnx_path, vecnormalize, transform,
+                                  trust_code))
+        except (ModelLoadError, ArtifactError, ValueError) as exc:
+            if len(pairs) == 1:  # the one thing to check cannot be: a usage error
+                raise pytest.UsageError(str(exc)) from None
+            # One of a zoo: its failing verdict; the others are still checked.
+            policies.append(Policy(key, model_path, onnx_path, transform, None, None,
+                                   trust_code=trust_code, vecnormalize=vecnormalize,
+                                   open_failure=str(exc)))
     report = config.getoption("report")
     run = Run(policies, spec.Level[config.getoption("level").upper()],
               Path(report).expanduser() if report else None,
@@ -305,14 +382,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Several policies: every clause test once per policy, the policy's name first in its id."""
-    policies = metafunc.config.stash[RUN].policies
-    if "policy" in metafunc.fixturenames and len(policies) > 1:
-        metafunc.parametrize("policy", policies, ids=[p.key for p in policies], indirect=True,
-                             scope="session")
+    run = metafunc.config.stash[RUN]
+    if "policy" in metafunc.fixturenames and len(run.policies) > 1 and run.openable:
+        metafunc.parametrize("policy", run.openable, ids=[p.key for p in run.openable],
+                             indirect=True, scope="session")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.stash[RUN].policies:
+    run = config.stash[RUN]
+    if run.policies and not run.openable:  # a zoo none of whose models opens: nothing to run
+        config.hook.pytest_deselected(items=list(items))
+        items.clear()
+    if run.policies:
         return
     if any(item.get_closest_marker("clause") for item in items):
         raise pytest.UsageError(
@@ -324,7 +405,7 @@ def _policy_of(item: pytest.Item) -> Policy:
     callspec = getattr(item, "callspec", None)
     if callspec is not None and "policy" in callspec.params:
         return callspec.params["policy"]
-    return item.config.stash[RUN].policies[0]
+    return item.config.stash[RUN].openable[0]
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -347,6 +428,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             scope += f" of {', '.join(clause.structures)} policies"
         pytest.skip(f"{clause.id} not applicable: it concerns {scope}; this is a "
                     f"{policy.structure} {policy.action_kind} policy")
+    normalization = policy.normalization
+    if clause.needs_normalization and not (normalization and normalization.norm_obs):
+        why = (f"{normalization.path} has norm_obs false" if normalization else
+               "no VecNormalize statistics were given or found beside the model")
+        pytest.skip(f"{clause.id} not applicable: it concerns models trained under observation "
+                    f"normalization; {why}")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -385,10 +472,21 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def _header_lines(policy: Policy) -> list[str]:
+    if policy.open_failure:
+        return [f"NOT CHECKED: {policy.open_failure}"]
     lines = []
     if policy.loaded:
         lines.append(f"model: {policy.model_path} ({policy.loaded.algorithm}, "
                      f"sha256 {policy.model_sha256})")
+        normalization = policy.normalization
+        if normalization:
+            lines.append(
+                f"observation normalization: {normalization.path} (sha256 "
+                f"{normalization.sha256}, " + (f"clip_obs {normalization.clip_obs:g}, epsilon "
+                f"{normalization.epsilon:g}" if normalization.norm_obs else "norm_obs false: "
+                "observations pass unchanged") + "); the artifact takes raw observations")
+        elif policy.vecnormalize == "none":
+            lines.append("observation normalization: none (--vecnormalize none)")
     if policy.onnx_path:
         lines.append(f"artifact: {policy.onnx_path} (sha256 {policy.given_artifact.sha256})")
     else:
@@ -401,27 +499,32 @@ def _header_lines(policy: Policy) -> list[str]:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """The exit status follows the requested level; the JSON report is written."""
     run = session.config.stash.get(RUN, None)
-    if run is None or _worker(session.config) or not run.checked:
+    if run is None or _worker(session.config) or not run.judged:
         return
-    if exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+    if exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED,
+                      pytest.ExitCode.NO_TESTS_COLLECTED):
         session.exitstatus = pytest.ExitCode.OK if run.level_met else pytest.ExitCode.TESTS_FAILED
     if run.report_path:
         settings_used = {"suite_version": __version__, "spec_version": spec.SPEC_VERSION,
                          "hypothesis_profile": settings.get_current_profile_name(),
                          "tolerance": RULE}
-        write_json(run.report_path, report_document(settings_used, run.checked,
+        write_json(run.report_path, report_document(settings_used, run.judged,
                                                    run.requested_level))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     run = config.stash.get(RUN, None)
-    if run is None or not run.checked:
+    if run is None or not run.judged:
         return
     write = terminalreporter.write_line
     terminalreporter.section("policy-onnx")
-    for policy in run.checked:
+    for policy in run.judged:
         if len(run.policies) > 1:
             terminalreporter.write_sep("-", policy.key)
+        if policy.open_failure:
+            write(f"NOT CHECKED: {policy.open_failure}")
+            write(f"level: none; requested {run.requested_level.label}: NOT MET")
+            continue
         # A model zoo: a row per clause for every model would bury the ones that matter.
         problems_only = len(run.policies) > 1 and config.get_verbosity() < 1
         for line in policy.verdicts.summary_lines(policy.structure, policy.action_kind,
@@ -432,9 +535,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
                   f"(sha256 {policy.artifact_sha256})")
         for line in policy.verdicts.statistics_lines(policy.action_kind):
             write(line)
-    if len(run.checked) > 1:
+    if len(run.judged) > 1:
         terminalreporter.write_sep("-", "all policies")
-        write(policies_line(run.checked, run.requested_level))
+        write(policies_line(run.judged, run.requested_level))
     if run.report_path:
         write(f"report: {run.report_path}")
 
@@ -456,7 +559,7 @@ def _announce(config: pytest.Config, line: str) -> None:
 def policy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Policy:
     """The policy under test (with several, the test is parametrized over them)."""
     run = request.config.stash[RUN]
-    chosen = getattr(request, "param", None) or run.policies[0]
+    chosen = getattr(request, "param", None) or run.openable[0]
     beside = run.report_path.parent if run.report_path else tmp_path_factory.getbasetemp()
     chosen.counterexample_dir = beside / "counterexamples" / chosen.key
     return chosen

@@ -60,10 +60,14 @@ class Verdicts:
     def level_reached(self, structure: str, kind: str) -> tuple[spec.Level | None, str]:
         """The highest level reached, and what stops the next one (empty at Extended).
 
-        A policy checked for parity only by Extended clauses (discrete, masked, recurrent) needs
-        those clauses from Standard on: Standard means "acts like predict()" for every policy.
+        A policy checked for parity by Extended clauses (discrete, masked, recurrent, normalized
+        observations) needs those clauses from Standard on: Standard means "acts like predict()"
+        for every policy.
         """
-        beyond_box = structure != "plain" or kind != "Box"
+        normalized = any(c.needs_normalization and c.id in self.by_clause
+                         and NOT_APPLICABLE not in self.by_clause[c.id].detail
+                         for c in spec.CLAUSES)
+        beyond_box = structure != "plain" or kind != "Box" or normalized
         reached = None
         for level in spec.Level:
             required = [c for c in spec.CLAUSES if c.level <= level
@@ -121,6 +125,9 @@ class Verdicts:
                 detail = f", {counts['rounding_ties']:,} disagreeing only at a rounding tie"
             else:
                 detail = ""
+            if spec.clause(clause_id).needs_normalization:
+                detail += (f", {counts['observation_at_clip']:,} with the normalized "
+                           "observation at +-clip_obs")
             lines.append(f"{clause_id}: {counts['observations']:,} observations checked "
                          f"against predict(){detail}")
         return lines
@@ -138,10 +145,19 @@ class Verdicts:
         }
 
 
-# A run's policies: objects with .key, .structure, .action_kind, .verdicts and .describe()
-# (the plugin's Policy).
+# A run's policies: objects with .key, .structure, .action_kind, .verdicts, .open_failure and
+# .describe() (the plugin's Policy). One that could not be opened meets no level.
 def _met(policy, requested: spec.Level) -> bool:
-    return policy.verdicts.level_met(policy.structure, policy.action_kind, requested)
+    return not policy.open_failure and policy.verdicts.level_met(policy.structure,
+                                                                 policy.action_kind, requested)
+
+
+def _verdicts_document(policy, requested: spec.Level) -> dict:
+    if policy.open_failure:
+        return {"level_reached": None, "level_met": False,
+                "next_level_blocked_by": "the model or artifact cannot be opened",
+                "clauses": [], "statistics": {}}
+    return policy.verdicts.as_dict(policy.structure, policy.action_kind, requested)
 
 
 def all_met(policies, requested: spec.Level) -> bool:
@@ -161,8 +177,7 @@ def report_document(settings_used: dict, policies, requested: spec.Level) -> dic
         "report_version": REPORT_VERSION, **settings_used,
         "level_requested": requested.label,
         "level_met": all_met(policies, requested),
-        "policies": [{**policy.describe(),
-                      **policy.verdicts.as_dict(policy.structure, policy.action_kind, requested)}
+        "policies": [{**policy.describe(), **_verdicts_document(policy, requested)}
                      for policy in policies],
     }
 

@@ -40,6 +40,7 @@ class Clause:
     needs_model: bool = False
     kinds: tuple[str, ...] = ACTION_KINDS  # the action spaces the clause applies to
     structures: tuple[str, ...] = STRUCTURES  # the policy structures the clause applies to
+    needs_normalization: bool = False  # applies only to models trained under VecNormalize
 
     def applies(self, kind: str, structure: str) -> bool:
         return kind in self.kinds and structure in self.structures
@@ -199,6 +200,25 @@ CLAUSES: tuple[Clause, ...] = (
            "rows), the action MUST equal `model.predict(obs, action_masks=mask, "
            "deterministic=True)`, except at a rounding tie of the masked scores.",
            needs_model=True, kinds=("Discrete", "MultiDiscrete"), structures=("masked",)),
+    # --- observation normalization (Extended) ----------------------------------------------------
+    Clause("NORM-01", "normalized_parity", E,
+           "The artifact takes raw observations and normalizes them like VecNormalize",
+           "For a model trained under observation normalization (VecNormalize statistics with "
+           "`norm_obs`), the artifact MUST take raw observations, as a runtime reads them, and "
+           "normalize them itself. For raw observations drawn across the normalized range "
+           "(|(obs - mean) / sqrt(var + epsilon)| < clip_obs), the final action MUST match "
+           "`model.predict(normalize(obs), deterministic=True)`, where normalize is "
+           "`clip((obs - mean) / sqrt(var + epsilon), -clip_obs, clip_obs)` computed as "
+           "VecNormalize computes it (float64, then float32): within the parity tolerance for "
+           "Box actions, exactly (but at rounding ties) for discrete ones.",
+           needs_model=True, structures=("plain", "masked"), needs_normalization=True),
+    Clause("NORM-02", "normalized_clip_parity", E,
+           "The final action matches `predict()` where the normalized observation is clipped",
+           "For raw observations whose normalized observation reaches +-clip_obs in some "
+           "component (the suite draws there on purpose, up to three times beyond the clip), "
+           "the final action MUST match `model.predict(normalize(obs), deterministic=True)` as "
+           "in NORM-01. The suite reports how many such observations it checked.",
+           needs_model=True, structures=("plain", "masked"), needs_normalization=True),
     # --- recurrent state (Extended) --------------------------------------------------------------
     Clause("REC-01", "recurrent_interface", E, "State comes in and goes out by name",
            "A recurrent policy (RecurrentPPO) MUST have exactly the required inputs `obs`, "

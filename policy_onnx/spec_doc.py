@@ -12,7 +12,7 @@ BEGIN = ("<!-- BEGIN CLAUSES: generated from policy_onnx/spec.py by "
 END = "<!-- END CLAUSES -->"
 GROUPS = {"GRAPH": "Graph", "META": "Metadata", "BEH": "Behaviour", "PAR": "Parity",
           "DISC": "Discrete actions (Extended)", "MASK": "Action masks (Extended)",
-          "REC": "Recurrent state (Extended)"}
+          "NORM": "Observation normalization (Extended)", "REC": "Recurrent state (Extended)"}
 
 
 def render() -> str:
@@ -26,6 +26,8 @@ def render() -> str:
                 kinds = "all" if c.kinds == spec.ACTION_KINDS else ", ".join(c.kinds)
                 if c.structures != spec.STRUCTURES:
                     kinds += "; " + ", ".join(c.structures) + " policies"
+                if c.needs_normalization:
+                    kinds += "; trained under VecNormalize"
                 lines.append(f"| **{c.id}** `{c.slug}` | {c.level.label} | "
                              f"{'yes' if c.needs_model else 'no'} | {kinds} | "
                              f"**{c.title}.** {c.text} |")

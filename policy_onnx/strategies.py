@@ -5,9 +5,13 @@ Regimes (stated in the spec, section "Observations"):
 - inside: every component within the space's bounds; an unbounded side is drawn with magnitude
   log-uniform in [1e-3, MAX_MAGNITUDE];
 - beyond: components past a finite bound by a distance log-uniform in [1e-3, 10] x the bound's
-  width (at least 1), mixed with inside components; SB3's predict() does not clip observations;
+  width (at least 1), mixed with inside components; SB3's predict() does not clip observations
+  (a bound at or past +-MAX_MAGNITUDE counts as unbounded);
 - toward_clip: observations near those whose pre-clip mean the search found outside the action
-  bounds (see `Reference.find_out_of_bounds`).
+  bounds (see `Reference.find_out_of_bounds`);
+- normalized_range, normalized_clip (models trained under VecNormalize): raw observations
+  mean + z * sqrt(var + epsilon) with z across (-clip_obs, clip_obs), or with components at and
+  up to three times beyond +-clip_obs, where VecNormalize clips.
 All components are float32 and |x| <= MAX_MAGNITUDE.
 """
 
@@ -24,16 +28,31 @@ BULK_ROWS = 320  # numpy-drawn rows added to each hypothesis example
 MAX_EXPLICIT_ROWS = 4  # hypothesis-drawn rows, shrunk on failure
 
 
+NORMALIZED_REGIMES = ("normalized_range", "normalized_clip")
+BEYOND_CLIP = 3.0  # normalized_clip draws |z| up to this many times clip_obs
+
+
 @dataclass(frozen=True)
 class ObservationDomain:
     low: np.ndarray  # flattened bounds, float64, may hold +-inf
     high: np.ndarray
+    # VecNormalize statistics, flattened (None without): z = (x - center) / spread, clipped.
+    center: np.ndarray | None = None
+    spread: np.ndarray | None = None
+    clip: float = 0.0
 
     @classmethod
-    def of_space(cls, space) -> ObservationDomain:
+    def of_space(cls, space, normalization=None) -> ObservationDomain:
         low = np.asarray(space.low, dtype=np.float64).reshape(-1)
         high = np.asarray(space.high, dtype=np.float64).reshape(-1)
-        return cls(low, high)
+        # A bound at or past the largest magnitude drawn (old gym's +-3.4e38 "unbounded"
+        # velocities) is drawn like an infinite one: magnitudes log-uniform up to the largest.
+        low = np.where(low <= -MAX_MAGNITUDE, -np.inf, low)
+        high = np.where(high >= MAX_MAGNITUDE, np.inf, high)
+        if normalization is None or not normalization.norm_obs:
+            return cls(low, high)
+        return cls(low, high, normalization.mean.reshape(-1), normalization.std.reshape(-1),
+                   normalization.clip_obs)
 
     @classmethod
     def unbounded(cls, dim: int) -> ObservationDomain:
@@ -74,8 +93,20 @@ class ObservationDomain:
         rows = np.where(rng.random(shape) < 0.7, past, rows)
         return _finish(rows)
 
+    def normalized(self, rng: np.random.Generator, n: int, at_clip: bool) -> np.ndarray:
+        """Raw rows whose normalized components spread across (-clip, clip); with `at_clip`,
+        about half of them at or beyond the clip."""
+        shape = (n, self.dim)
+        z = rng.uniform(-self.clip, self.clip, shape)
+        if at_clip:
+            edge = rng.choice([-1.0, 1.0], shape) * self.clip * rng.uniform(0.9, BEYOND_CLIP, shape)
+            z = np.where(rng.random(shape) < 0.5, edge, z)
+        return _finish(self.center + z * self.spread)
+
     def sample(self, regime: str, rng: np.random.Generator, n: int,
                clip_seeds: np.ndarray | None = None) -> np.ndarray:
+        if regime in NORMALIZED_REGIMES:
+            return self.normalized(rng, n, at_clip=regime == "normalized_clip")
         if regime == "toward_clip" and clip_seeds is not None and len(clip_seeds):
             picks = clip_seeds[rng.integers(0, len(clip_seeds), n)]
             jitter = rng.normal(0.0, 1.0, picks.shape) * 10.0 ** rng.uniform(-4, -1, (n, 1))
@@ -96,17 +127,24 @@ class ObservationDomain:
 
     # --- hypothesis -------------------------------------------------------------------------------
     def element(self, i: int, regime: str) -> st.SearchStrategy[float]:
+        if regime in NORMALIZED_REGIMES:
+            center, spread, clip = self.center[i], self.spread[i], self.clip
+            if regime == "normalized_range":
+                return _floats(center - clip * spread, center + clip * spread)
+            return st.one_of(_floats(center + 0.9 * clip * spread,
+                                     center + BEYOND_CLIP * clip * spread),
+                             _floats(center - BEYOND_CLIP * clip * spread,
+                                     center - 0.9 * clip * spread))
         low, high = self.low[i], self.high[i]
-        span_low = low if np.isfinite(low) else -MAX_MAGNITUDE
-        span_high = high if np.isfinite(high) else MAX_MAGNITUDE
-        inside = _floats(span_low, span_high)
+        inside = _floats(low, high)
         if regime != "beyond":
             return inside
         reach = 10.0 * self.width[i]
         parts = [inside]
-        if np.isfinite(low):
+        # A bound at or past the largest magnitude drawn has no "beyond" within reach.
+        if -MAX_MAGNITUDE < low:
             parts.append(_floats(low - reach, low))
-        if np.isfinite(high):
+        if high < MAX_MAGNITUDE:
             parts.append(_floats(high, high + reach))
         return st.one_of(parts)
 
@@ -157,8 +195,10 @@ def batches(domain: ObservationDomain, regimes=REGIMES, clip_seeds: np.ndarray |
 
 
 def _floats(low: float, high: float) -> st.SearchStrategy[float]:
-    low = float(np.float32(max(low, -MAX_MAGNITUDE)))
-    high = float(np.float32(min(high, MAX_MAGNITUDE)))
+    """float32 values in [low, high] within +-MAX_MAGNITUDE (a range entirely past it collapses
+    to the nearest end)."""
+    low = float(np.float32(np.clip(low, -MAX_MAGNITUDE, MAX_MAGNITUDE)))
+    high = float(np.float32(np.clip(high, -MAX_MAGNITUDE, MAX_MAGNITUDE)))
     return st.floats(low, high, width=32, allow_nan=False, allow_infinity=False)
 
 

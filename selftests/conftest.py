@@ -31,9 +31,11 @@ settings.register_profile("mutation", parent=settings.get_profile("ci"),
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFORMANCE = ROOT / "conformance"
-REAL = ROOT.parent / "shared" / "real-models" / "clankers-cartpole"
+REAL_MODELS = ROOT / "fixtures" / "real_models"  # made outside this project (see its README)
+REAL = REAL_MODELS / "clankers-cartpole"
 REAL_MODEL = REAL / "cartpole_ppo_model.zip"
 REAL_ONNX = REAL / "cartpole_ppo.onnx"
+ZOO = REAL_MODELS / "rl-zoo"
 
 
 def sha256(path: Path) -> str:
@@ -90,13 +92,6 @@ class Conformance:
 @pytest.fixture
 def conformance(pytester: pytest.Pytester) -> Conformance:
     return Conformance(pytester)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _real_pair_present():
-    if not (REAL_MODEL.is_file() and REAL_ONNX.is_file()):
-        pytest.exit(f"the self-tests need the real model pair in {REAL}: check out this "
-                    "repository beside the project's shared/ folder", returncode=4)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ declare, is a defect in the suite: fix the clause, never the mutant.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -29,6 +29,9 @@ class Mutant:
     kills: frozenset[str] | str  # the clause IDs that must fail, or USAGE_ERROR
     model: str = "ppo_default"  # the fixture model of the base export
     transform: str = "none"  # the action_transform of the base export
+    # A fault made before the export: applied to the loaded model (with its statistics), which
+    # the exporter then exports faithfully.
+    prepare: Callable | None = None
 
 
 class MutationReport:
@@ -481,6 +484,54 @@ def _malformed(name, key, value, what):
                   frozenset({KEY_CLAUSE[key]} | KEY_ALSO.get(key, set())))
 
 
+# --- faults made before the export: what the exporter was given ----------------------------------
+def _statistics(change: Callable) -> Callable:
+    def prepare(loaded):
+        loaded.normalization = change(loaded.normalization)
+    return prepare
+
+
+def _swap_mean_and_var(normalization):
+    return replace(normalization, mean=normalization.var, var=np.abs(normalization.mean))
+
+
+def _other_checkpoint(normalization):
+    from fixtures.models import OTHER_CHECKPOINT
+
+    return replace(normalization, mean=np.asarray(OTHER_CHECKPOINT["mean"]),
+                   var=np.asarray(OTHER_CHECKPOINT["var"]))
+
+
+def _fresh_batch_statistics(loaded):
+    """CrossQ exported with its BatchRenorm layers as built, not as trained."""
+    from sb3_contrib.common.torch_layers import BatchRenorm
+
+    for module in loaded.sb3.policy.modules():
+        if isinstance(module, BatchRenorm):
+            module.ra_mean.zero_()
+            module.ra_var.fill_(1.0)
+
+
+# Where the mean leaves the action bounds (PAR-02's draws) every action is clipped to the bound
+# whatever the normalization did: these faults show everywhere else.
+NORMALIZATION_MUTANTS = (
+    Mutant("vecnormalize_forgotten", "exported without the VecNormalize statistics",
+           lambda p: p, frozenset({"NORM-01", "NORM-02", "PAR-01"}), model="ppo_vecnormalize",
+           prepare=_statistics(lambda n: None)),
+    Mutant("vecnormalize_mean_var_swapped", "(obs - var) / sqrt(mean + epsilon)", lambda p: p,
+           frozenset({"NORM-01", "NORM-02", "PAR-01"}), model="ppo_vecnormalize",
+           prepare=_statistics(_swap_mean_and_var)),
+    Mutant("vecnormalize_no_clip", "normalized, but not clipped to +-clip_obs", lambda p: p,
+           frozenset({"NORM-02", "PAR-01"}), model="ppo_vecnormalize",
+           prepare=_statistics(lambda n: replace(n, clip_obs=np.inf))),
+    Mutant("vecnormalize_other_checkpoint", "the statistics of another checkpoint", lambda p: p,
+           frozenset({"NORM-01", "NORM-02", "PAR-01"}), model="ppo_vecnormalize",
+           prepare=_statistics(_other_checkpoint)),
+    Mutant("dqn_vecnormalize_forgotten", "DQN (Hub layout) exported without its statistics",
+           lambda p: p, frozenset({"NORM-01", "NORM-02", "DISC-05"}),
+           model="dqn_vecnormalize_hub", prepare=_statistics(lambda n: None)),
+)
+
 MUTANTS: tuple[Mutant, ...] = (
     # graph
     Mutant("input_renamed", "the input is named 'observation'", _rename_input,
@@ -607,6 +658,19 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("ddpg_unscale_forgotten", "DDPG: the tanh output with scale 1 and offset 0 for "
            "bounds of +-0.5", _declare_identity, frozenset({"BEH-05", "PAR-01"}), model="ddpg",
            transform="tanh"),
+    # ARS and CrossQ
+    Mutant("ars_linear_no_clamp", "ARS (linear): the raw output with action_transform = none",
+           _no_clamp, frozenset({"BEH-05"} | PARITY), model="ars_linear", transform="clip"),
+    Mutant("ars_mlp_unscale_forgotten", "ARS (MLP): the tanh output with scale 1 and offset 0 "
+           "for bounds of +-2", _declare_identity, frozenset({"PAR-01"}), model="ars_mlp",
+           transform="tanh"),
+    Mutant("ars_discrete_argmin", "ARS, Discrete: argmin of the outputs",
+           _set_last("ArgMax", "ArgMin"), frozenset({"DISC-05"}), model="ars_discrete"),
+    Mutant("crossq_batch_statistics_dropped", "CrossQ: BatchRenorm's running statistics as "
+           "built (0 and 1), not as trained", lambda p: p, frozenset({"PAR-01"}),
+           model="crossq", prepare=_fresh_batch_statistics),
+    # observation normalization
+    *NORMALIZATION_MUTANTS,
 )
 
 CONFORMING: tuple[Mutant, ...] = (
@@ -628,4 +692,10 @@ CONFORMING: tuple[Mutant, ...] = (
            lambda p: set_meta(p, "clanker_policy_version", "1.2.0-rc.1"), frozenset()),
     Mutant("deterministic_mode_false", "deterministic_mode = 'false', as the real artifact says",
            lambda p: set_meta(p, "deterministic_mode", "false"), frozenset()),
+    Mutant("crossq_as_exported", "CrossQ as the suite exports it", lambda p: p, frozenset(),
+           model="crossq"),
+    Mutant("ars_mlp_tanh_transform", "ARS (MLP): tanh output with scale/offset", lambda p: p,
+           frozenset(), model="ars_mlp", transform="tanh"),
+    Mutant("vecnormalize_as_exported", "PPO under VecNormalize as the suite exports it",
+           lambda p: p, frozenset(), model="ppo_vecnormalize"),
 )

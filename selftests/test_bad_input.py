@@ -31,11 +31,13 @@ def assert_usage_error(run, *parts: str) -> None:
         assert part in run.stderr
 
 
-def _ars_zip(path):
-    from sb3_contrib import ARS
+def _dict_observation_zip(path):
+    import gymnasium as gym
+    from stable_baselines3 import PPO
 
-    env = SpacesEnv(box(-1.0, 1.0, (3,)), box(-1.0, 1.0, (2,)))
-    ARS("LinearPolicy", env, seed=0, device="cpu").save(path)
+    observations = gym.spaces.Dict({"state": box(-1.0, 1.0, (3,)), "goal": box(-1.0, 1.0, (2,))})
+    PPO("MultiInputPolicy", SpacesEnv(observations, box(-1.0, 1.0, (2,))), seed=0,
+        device="cpu").save(path)
     return path
 
 
@@ -101,8 +103,9 @@ MODEL_CASES = {
     "not a zip": (lambda p: _file(p / "m.zip", b"hello"), ["not a zip archive", "model.save()"]),
     "zip without data": (lambda p: _zip_without_data(p / "m.zip"),
                          ["no 'data' entry, so it is not an SB3 model"]),
-    "unsupported algorithm": (lambda p: _ars_zip(p / "ars.zip"),
-                              ["ARS models are not supported yet", "supported: PPO, A2C, TRPO"]),
+    "unsupported policy": (lambda p: _dict_observation_zip(p / "dict.zip"),
+                           ["policy class MultiInputActorCriticPolicy is not supported yet",
+                            "supported: MlpPolicy of PPO, A2C, TRPO"]),
     "unsupported action space": (lambda p: _discrete_ppo_zip(p / "discrete.zip"),
                                  ["action space Discrete(3, start=1) is not supported yet"]),
     "truncated weights": (lambda p: _edited_real_zip(p / "m.zip", _truncate_weights),

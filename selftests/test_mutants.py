@@ -9,6 +9,7 @@ import pytest
 from policy_onnx import spec
 from policy_onnx.export import export
 from policy_onnx.load import load_model
+from policy_onnx.normalization import attach
 
 from .mutants import CONFORMING, MUTANTS, REPORT, USAGE_ERROR, Mutant
 
@@ -19,22 +20,27 @@ UNKILLABLE: dict[str, str] = {}
 
 @pytest.fixture(scope="session")
 def base_exports(fixture_models, tmp_path_factory):
-    """Conforming exports of the fixture models, made once: (model, transform) -> ONNX bytes."""
+    """Exports of the fixture models (with the statistics found beside them), made once:
+    conforming ones by (model, transform), those of a mutant's `prepare` by its name."""
     out = tmp_path_factory.mktemp("base-exports")
     cache = {}
 
-    def get(model: str, transform: str) -> bytes:
-        if (model, transform) not in cache:
-            path = export(load_model(fixture_models[model]), out / f"{model}-{transform}.onnx",
-                          transform=transform)
-            cache[model, transform] = path.read_bytes()
-        return cache[model, transform]
+    def get(mutant: Mutant) -> bytes:
+        key = mutant.name if mutant.prepare else (mutant.model, mutant.transform)
+        if key not in cache:
+            loaded = load_model(fixture_models[mutant.model])
+            attach(loaded, None)
+            if mutant.prepare:
+                mutant.prepare(loaded)
+            path = export(loaded, out / f"{mutant.name}-base.onnx", transform=mutant.transform)
+            cache[key] = path.read_bytes()
+        return cache[key]
 
     return get
 
 
 def materialize(mutant: Mutant, base_exports, directory) -> str:
-    result = mutant.mutate(onnx.load_from_string(base_exports(mutant.model, mutant.transform)))
+    result = mutant.mutate(onnx.load_from_string(base_exports(mutant)))
     path = directory / f"{mutant.name}.onnx"
     path.write_bytes(result if isinstance(result, bytes) else result.SerializeToString())
     return str(path)

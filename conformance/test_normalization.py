@@ -1,0 +1,15 @@
+"""NORM clauses (Extended): models trained under observation normalization (VecNormalize),
+checked in raw units."""
+
+from policy_onnx.check import clause_test
+from policy_onnx.parity import check_parity
+from policy_onnx.strategies import batches
+
+REGIME = {"NORM-01": "normalized_range", "NORM-02": "normalized_clip"}
+
+
+@clause_test(*REGIME)
+def test_normalized_parity(clause, policy, reference, artifact):
+    mask_width = reference.head.mask_width if reference.masked else None
+    strategy = batches(reference.domain, (REGIME[clause.id],), mask_width=mask_width)
+    check_parity(clause, reference, artifact, strategy, policy)
