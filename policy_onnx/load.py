@@ -83,13 +83,13 @@ def _allowed_class_bases() -> list[tuple[str, type]]:
 # Modules of pickles written before today's packages, by their current names: numpy 1.x wrote
 # numpy.core; SB3 1.x saved the spaces of gym, which gymnasium's classes read (their
 # __setstate__ accepts the legacy state). Nothing is imported from gym.
-LEGACY_MODULES = (("numpy.core.", "numpy._core."), ("gym.spaces.", "gymnasium.spaces."))
+LEGACY_MODULES = (("numpy.core", "numpy._core"), ("gym.spaces", "gymnasium.spaces"))
 
 
 def legacy_module(module: str) -> str:
     for old, new in LEGACY_MODULES:
-        if module.startswith(old) or module == old.rstrip("."):
-            return new + module[len(old):] if module.startswith(old) else new.rstrip(".")
+        if module == old or module.startswith(old + "."):
+            return new + module[len(old):]
     return module
 
 

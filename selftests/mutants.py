@@ -512,20 +512,18 @@ def _fresh_batch_statistics(loaded):
             module.ra_var.fill_(1.0)
 
 
-# Where the mean leaves the action bounds (PAR-02's draws) every action is clipped to the bound
-# whatever the normalization did: these faults show everywhere else.
 NORMALIZATION_MUTANTS = (
     Mutant("vecnormalize_forgotten", "exported without the VecNormalize statistics",
-           lambda p: p, frozenset({"NORM-01", "NORM-02", "PAR-01"}), model="ppo_vecnormalize",
+           lambda p: p, frozenset({"NORM-01", "NORM-02"} | PARITY), model="ppo_vecnormalize",
            prepare=_statistics(lambda n: None)),
     Mutant("vecnormalize_mean_var_swapped", "(obs - var) / sqrt(mean + epsilon)", lambda p: p,
-           frozenset({"NORM-01", "NORM-02", "PAR-01"}), model="ppo_vecnormalize",
+           frozenset({"NORM-01", "NORM-02"} | PARITY), model="ppo_vecnormalize",
            prepare=_statistics(_swap_mean_and_var)),
     Mutant("vecnormalize_no_clip", "normalized, but not clipped to +-clip_obs", lambda p: p,
-           frozenset({"NORM-02", "PAR-01"}), model="ppo_vecnormalize",
+           frozenset({"NORM-02"} | PARITY), model="ppo_vecnormalize",
            prepare=_statistics(lambda n: replace(n, clip_obs=np.inf))),
     Mutant("vecnormalize_other_checkpoint", "the statistics of another checkpoint", lambda p: p,
-           frozenset({"NORM-01", "NORM-02", "PAR-01"}), model="ppo_vecnormalize",
+           frozenset({"NORM-01", "NORM-02"} | PARITY), model="ppo_vecnormalize",
            prepare=_statistics(_other_checkpoint)),
     Mutant("dqn_vecnormalize_forgotten", "DQN (Hub layout) exported without its statistics",
            lambda p: p, frozenset({"NORM-01", "NORM-02", "DISC-05"}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import pickle
 import zipfile
 
@@ -219,3 +220,75 @@ def test_unknown_transform_value(conformance):
     run = conformance.run("--onnx", str(REAL_ONNX), "--action-transform", "sigmoid")
     assert run.ret == 4
     assert "invalid choice: 'sigmoid'" in run.stderr
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _statistics_of(path, **state):
+    """A pickle shaped like VecNormalize.save() writes, with `state` in place of its own."""
+    import copyreg
+    import io
+
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    class Pickler(pickle.Pickler):
+        def reducer_override(self, obj):  # VecNormalize.__getstate__ needs a venv
+            if type(obj) is VecNormalize:
+                return copyreg.__newobj__, (VecNormalize,), dict(obj.__dict__)
+            return NotImplemented
+
+    stored = VecNormalize.__new__(VecNormalize)
+    stored.__dict__.update({"norm_obs": True, "epsilon": 1e-8, "clip_obs": 10.0, **state})
+    buffer = io.BytesIO()
+    Pickler(buffer, protocol=3).dump(stored)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def _rms(shape):
+    from stable_baselines3.common.running_mean_std import RunningMeanStd
+
+    return RunningMeanStd(shape=shape)
+
+
+STATISTICS_FIX = "pass the vecnormalize.pkl saved with this model"
+STATISTICS_CASES = {  # the real model has 4-element observations
+    "missing": (lambda p: p / "absent.pkl", ["no such file", STATISTICS_FIX]),
+    "empty": (lambda p: _file(p / "v.pkl", b""), ["the file is empty", STATISTICS_FIX]),
+    "not a pickle": (lambda p: _file(p / "v.pkl", b"hello"), ["unreadable", STATISTICS_FIX]),
+    "a model zip": (lambda p: REAL_MODEL, ["unreadable", STATISTICS_FIX]),
+    "another model's statistics": (
+        lambda p: _statistics_of(p / "v.pkl", obs_rms=_rms((17,))),
+        ["statistics of shape (17,), but the model's observations have shape (4,)"]),
+    "no obs_rms": (lambda p: _statistics_of(p / "v.pkl"),
+                   ["not VecNormalize statistics (no obs_rms with mean and var)"]),
+    "code in the pickle": (
+        lambda p: _statistics_of(p / "v.pkl", obs_rms=_rms((4,)), extra=_RunsCode(p / "ran")),
+        ["refused to unpickle posix.system", "could run code"]),
+}
+
+
+@pytest.mark.parametrize("case", STATISTICS_CASES)
+def test_bad_statistics_file(conformance, tmp_path, case):
+    make, parts = STATISTICS_CASES[case]
+    path = make(tmp_path)
+    before = sha256(path) if path.is_file() else None
+    run = conformance.run("--model", str(REAL_MODEL), "--vecnormalize", str(path))
+    assert_usage_error(run, f"--vecnormalize {path}", *parts)
+    assert (sha256(path) if path.is_file() else None) == before
+    assert not (tmp_path / "ran").exists()
+
+
+def test_vecnormalize_options_that_do_not_fit(conformance, tmp_path):
+    assert_usage_error(conformance.run("--onnx", str(REAL_ONNX), "--vecnormalize", "none"),
+                       "--vecnormalize needs --model")
+    assert_usage_error(conformance.run("--model", str(REAL_MODEL), "--model", str(REAL_MODEL),
+                                       "--vecnormalize", "a.pkl", "--vecnormalize", "b.pkl",
+                                       "--vecnormalize", "c.pkl"),
+                       "2 model(s) but 3 --vecnormalize value(s)")

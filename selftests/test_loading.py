@@ -158,3 +158,18 @@ PAYLOADS = {
 def test_code_and_functions_are_refused(payload):
     with pytest.raises(RefusedGlobal):
         safe_unpickle(base64.b64encode(PAYLOADS[payload]()).decode())
+
+
+def test_legacy_gym_spaces_are_read_as_gymnasium_and_nothing_else_of_gym():
+    """SB3 1.x pickled gym's spaces: their classes resolve to gymnasium's (no gym import), and
+    every other name under gym stays refused."""
+    import gymnasium
+
+    space = gymnasium.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    legacy = pickle.dumps(space, protocol=3).replace(b"gymnasium.spaces.box", b"gym.spaces.box")
+    assert b"gym.spaces.box" in legacy
+    assert safe_unpickle(base64.b64encode(legacy).decode()) == space
+    for payload in (b"cgym.spaces.utils\nflatten\n.", b"cgym\nmake\n.",
+                    b"cgym.spaces.box\nnp\n."):
+        with pytest.raises(RefusedGlobal):
+            safe_unpickle(base64.b64encode(payload).decode())

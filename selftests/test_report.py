@@ -82,7 +82,7 @@ def test_discrete_policy_needs_its_extended_parity_for_standard(conformance, fix
     """A DQN artifact that picks the wrong action cannot pass as Standard on its Box clauses."""
     argmin = next(m for m in MUTANTS if m.name == "dqn_argmin")
     base = export(load_model(fixture_models["dqn"]), tmp_path / "dqn.onnx").read_bytes()
-    path = materialize(argmin, lambda model, transform: base, tmp_path)
+    path = materialize(argmin, lambda mutant: base, tmp_path)
     run = conformance.run("--model", str(fixture_models["dqn"]), "--onnx", path,
                           profile="mutation")
     assert run.ret == 1
