@@ -512,6 +512,16 @@ def _fresh_batch_statistics(loaded):
             module.ra_var.fill_(1.0)
 
 
+def _normalization_as_scale(p):
+    """(obs - mean) * (1 / std) instead of (obs - mean) / std: other float32 rounding, the same
+    normalization."""
+    std = next(i for i in p.graph.initializer if i.name.endswith("normalizer.std"))
+    std.CopyFrom(numpy_helper.from_array(1.0 / numpy_helper.to_array(std), std.name))
+    div = next(n for n in p.graph.node if n.op_type == "Div" and std.name in n.input)
+    div.op_type = "Mul"
+    return p
+
+
 NORMALIZATION_MUTANTS = (
     Mutant("vecnormalize_forgotten", "exported without the VecNormalize statistics",
            lambda p: p, frozenset({"NORM-01", "NORM-02"} | PARITY), model="ppo_vecnormalize",
@@ -696,4 +706,6 @@ CONFORMING: tuple[Mutant, ...] = (
            frozenset(), model="ars_mlp", transform="tanh"),
     Mutant("vecnormalize_as_exported", "PPO under VecNormalize as the suite exports it",
            lambda p: p, frozenset(), model="ppo_vecnormalize"),
+    Mutant("vecnormalize_as_scale", "VecNormalize as a multiplication by 1/std in float32",
+           _normalization_as_scale, frozenset(), model="ppo_vecnormalize"),
 )

@@ -7,7 +7,7 @@ import sys
 
 from policy_onnx.artifact import Artifact
 
-from .conftest import REAL_MODEL, REAL_ONNX, ROOT, sha256
+from .conftest import REAL_MODEL, REAL_ONNX, ROOT, ZOO, sha256
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -26,6 +26,17 @@ def test_export_writes_a_complete_artifact(tmp_path):
     assert artifact.metadata["training_framework"] == ["stable-baselines3"]
     assert sha256(REAL_MODEL) == before
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_export_bakes_in_the_statistics_found_beside_the_model(tmp_path):
+    agent = ZOO / "ars" / "Pendulum-v1_1" / "Pendulum-v1.zip"
+    statistics = agent.parent / "Pendulum-v1" / "vecnormalize.pkl"
+    done = cli("export", str(agent), "-o", str(tmp_path / "a.onnx"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (f"wrote {tmp_path / 'a.onnx'} (ARS, action_transform=none, "
+                                   f"normalizing observations with {statistics})")
+    raw = cli("export", str(agent), "-o", str(tmp_path / "b.onnx"), "--vecnormalize", "none")
+    assert raw.stdout.strip() == f"wrote {tmp_path / 'b.onnx'} (ARS, action_transform=none)"
 
 
 def test_export_of_a_bad_model_is_one_line_of_error(tmp_path):

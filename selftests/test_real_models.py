@@ -4,6 +4,7 @@ normalization is checked."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import replace
@@ -15,7 +16,7 @@ from policy_onnx.export import export
 from policy_onnx.load import load_model
 from policy_onnx.normalization import attach, find_statistics
 
-from .conftest import ZOO
+from .conftest import ZOO, sha256
 
 # The goal-dict TQC agent waits for dict observations; every other agent must conform.
 DICT_AGENTS = {"tqc"}
@@ -43,16 +44,29 @@ def test_zoo_agents_load_without_gym():
 
 
 @pytest.mark.parametrize("agent", AGENTS, ids=_name)
-def test_zoo_agent_conforms_through_our_export(conformance, agent):
-    run = conformance.run("--model", str(agent))
+def test_zoo_agent_conforms_through_our_export(conformance, agent, tmp_path):
+    report = tmp_path / "report.json"
+    run = conformance.run("--model", str(agent), "--report", str(report))
     assert run.ret == 0, run.stdout
     assert not run.with_outcome("failed") | run.with_outcome("error")
     statistics = find_statistics(agent)
-    if statistics:  # found from the Zoo's layout, named in the header with its hash
-        assert f"observation normalization: {statistics} (sha256 " in run.stdout
+    described = json.loads(report.read_text())["policies"][0]["normalization"]
+    if statistics:  # found from the Zoo's layout, named in the header and the report
+        assert f"observation normalization: {statistics} (sha256 {sha256(statistics)}" \
+            in run.stdout
+        assert (described["path"], described["sha256"]) == (str(statistics), sha256(statistics))
         assert run.verdicts["NORM-01"] == run.verdicts["NORM-02"] == "passed"
     else:
-        assert "not applicable" in run.messages["NORM-01"]
+        assert described is None and "not applicable" in run.messages["NORM-01"]
+
+
+def test_without_its_statistics_a_normalized_agent_is_checked_raw(conformance):
+    """--vecnormalize none: the suite's export and the oracle both skip the normalization."""
+    agent = NORMALIZED[0]
+    run = conformance.run("--model", str(agent), "--vecnormalize", "none")
+    assert run.ret == 0, run.stdout
+    assert "observation normalization: none (--vecnormalize none)" in run.stdout
+    assert "no VecNormalize statistics were given or found" in run.messages["NORM-01"]
 
 
 def _shifted(normalization):
