@@ -7,7 +7,7 @@ Examples:
   policy-onnx check m.zip -- -k PAR-01                      # further pytest arguments after --
   policy-onnx check zoo/ -- -n auto                         # every .zip in zoo/, on all cores
   policy-onnx replay counterexamples/m/PAR-01.json         # a failing parity clause, again
-  policy-onnx spec --check      # POLICY_ONNX_SPEC.md matches the clause registry
+  policy-onnx spec              # where POLICY_ONNX_SPEC.md is; it matches the clause registry
 """
 
 from __future__ import annotations
@@ -16,8 +16,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import __version__, spec_doc
+from . import __version__, spec, spec_doc
 from .metadata import TRANSFORMS
+
+
+TRUST_HELP = ("let SB3 unpickle everything in the zip, running any code it holds (default: off, "
+              "only allow-listed classes)")
+VECNORMALIZE_HELP = ("the VecNormalize statistics (.pkl) the model was trained behind, or 'none' "
+                     "(default: found beside the model, in the RL Zoo's <dir>/<name>/"
+                     "vecnormalize.pkl or the Hub's vec_normalize.pkl)")
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -27,6 +34,10 @@ def _export(args: argparse.Namespace) -> int:
     from .normalization import attach
 
     output = args.output or args.model.with_suffix(".onnx")
+    if not output.parent.is_dir():
+        print(f"error: -o {output}: the folder {output.parent} does not exist; create it or "
+              "write the artifact elsewhere", file=sys.stderr)
+        return 2
     try:
         loaded = load_model(args.model, trust_code=args.trust_model_code)
         attach(loaded, args.vecnormalize)
@@ -47,7 +58,10 @@ def _export(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     import pytest
 
+    # The console script imported policy_onnx before pytest could register it for assertion
+    # rewriting: pytest's warning about that says nothing to a user.
     command = ["--pyargs", "policy_onnx.conformance", "-p", "no:cacheprovider",
+               "-W", "ignore::pytest.PytestAssertRewriteWarning",
                "--model", str(args.model), "--level", args.level]
     if args.onnx:
         command += ["--onnx", str(args.onnx)]
@@ -55,6 +69,8 @@ def _check(args: argparse.Namespace) -> int:
         command += ["--report", str(args.report)]
     if args.vecnormalize:
         command += ["--vecnormalize", args.vecnormalize]
+    if args.trust_model_code:
+        command.append("--trust-model-code")
     return int(pytest.main(command + args.pytest_args))
 
 
@@ -70,7 +86,18 @@ def _replay(args: argparse.Namespace) -> int:
     from .normalization import attach
     from .parity import ParityStats, compare_any, rollout_problem
 
-    saved = json.loads(args.counterexample.read_text())
+    fix = "pass the counterexample .json that a failing parity clause names"
+    try:
+        saved = json.loads(args.counterexample.read_text())
+    except FileNotFoundError:
+        return _error(f"{args.counterexample}: no such file; {fix}")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return _error(f"{args.counterexample}: not readable as JSON ({exc}); {fix}")
+    missing = [key for key in ("clause", "model", "artifact", "observations")
+               if not isinstance(saved, dict) or key not in saved]
+    if missing:
+        return _error(f"{args.counterexample}: not a policy-onnx counterexample (no "
+                      f"{', '.join(missing)}); {fix}")
     observations = np.asarray(saved["observations"], np.float32)
     try:
         loaded = load_model(saved["model"], trust_code=saved["trust_model_code"])
@@ -89,21 +116,31 @@ def _replay(args: argparse.Namespace) -> int:
             problem = compare_any(reference, artifact, observations, ParityStats(),
                                   saved["clause"], masks)
     except (ModelLoadError, ArtifactError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc))
     print(f"[{saved['clause']}] {problem}" if problem else
           f"[{saved['clause']}] the {checked} now agree")
     return 1 if problem else 0
 
 
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def _spec(args: argparse.Namespace) -> int:
     if args.write:
-        spec_doc.write()
-        print(f"updated {spec_doc.SPEC_PATH}")
+        if not spec_doc.in_checkout():
+            print("error: spec --write regenerates the repository's POLICY_ONNX_SPEC.md: run it "
+                  "in a checkout of policy-onnx, not on an installed copy", file=sys.stderr)
+            return 2
+        print(f"updated {spec_doc.write()}")
         return 0
     problems = spec_doc.problems()
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"{spec_doc.SPEC_PATH}: POLICY_ONNX_SPEC {spec.SPEC_VERSION}, its clause tables "
+              f"match the registry of policy-onnx {__version__}")
     return 1 if problems else 0
 
 
@@ -127,12 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(unsquashed policies) and 'tanh' (squash_output) leave it to the "
                              "runtime (default: none)")
     export.add_argument("--trust-model-code", action="store_true",
-                        help="let SB3 unpickle everything in the zip, running any code it holds "
-                             "(default: off, only allow-listed classes)")
+                        help=TRUST_HELP)
     export.add_argument("--vecnormalize", metavar="PKL",
-                        help="the VecNormalize statistics (.pkl) the model was trained behind, "
-                             "or 'none' (default: found beside the model, in the RL Zoo's "
-                             "<dir>/<name>/vecnormalize.pkl or the Hub's vec_normalize.pkl)")
+                        help=VECNORMALIZE_HELP)
     export.set_defaults(run=_export)
 
     check = commands.add_parser(
@@ -149,10 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--level", choices=("basic", "standard", "extended"), default="standard",
                        help="the level to reach (default: standard)")
     check.add_argument("--report", type=Path, help="write the JSON report here")
+    check.add_argument("--trust-model-code", action="store_true",
+                        help=TRUST_HELP)
     check.add_argument("--vecnormalize", metavar="PKL",
-                        help="the VecNormalize statistics (.pkl) the model was trained behind, "
-                             "or 'none' (default: found beside the model, in the RL Zoo's "
-                             "<dir>/<name>/vecnormalize.pkl or the Hub's vec_normalize.pkl)")
+                        help=VECNORMALIZE_HELP)
     check.set_defaults(run=_check)
 
     replay = commands.add_parser(

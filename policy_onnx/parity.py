@@ -218,7 +218,7 @@ def _search(clause: spec.Clause, search, policy, causes: str) -> None:
         notes = [n for n in getattr(mismatch, "__notes__", []) if "reproduce_failure" in n]
         saved = policy.save_counterexample(clause.id, mismatch.replay)
         check.fail(clause, "\n".join([
-            str(mismatch), f"Counterexample: {saved}; replay it: policy-onnx replay {saved}",
+            str(mismatch), f"Counterexample: {saved}; replay it: {policy.replay(saved)}",
             f"Reproduce the search: {policy.reproduce(clause.id)}", *notes, causes]))
     except ArtifactError as exc:
         check.fail(clause, str(exc))

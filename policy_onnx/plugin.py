@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +32,9 @@ from .parity import ParityStats
 from .report import Verdicts, all_met, policies_line, report_document, write_json
 from .tolerance import RULE, tolerance
 
-settings.register_profile("quick", max_examples=20, deadline=None)
+# No example database: a run writes nothing into the user's folder (failures are saved as
+# counterexample files and reproduction blobs instead).
+settings.register_profile("quick", max_examples=20, deadline=None, database=None)
 settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True,
                           database=None, print_blob=True)
 DEFAULT_PROFILE = "ci" if os.environ.get("CI") else "quick"
@@ -100,6 +104,7 @@ class Policy:
     exported_path: Path | None = None
     export_failure: str | None = None
     counterexample_dir: Path | None = None  # set by the `policy` fixture
+    suite_command: tuple[str, ...] = ("pytest", "--pyargs", "policy_onnx.conformance")
 
     @property
     def normalization(self):
@@ -179,7 +184,7 @@ class Policy:
 
     def reproduce(self, clause_id: str) -> str:
         """The command that runs this clause on this policy alone, with the same draws."""
-        words = ["pytest", "conformance"]
+        words = list(self.suite_command)
         if self.model_path:
             words += ["--model", str(self.model_path)]
         if self.onnx_path:
@@ -192,6 +197,11 @@ class Policy:
             words += ["--vecnormalize", self.vecnormalize]
         words += ["-k", clause_id, "--hypothesis-profile", settings.get_current_profile_name()]
         return shlex.join(words)
+
+    def replay(self, counterexample: Path) -> str:
+        """The command that replays a saved counterexample, runnable where it is printed."""
+        return shlex.join([*command_for("policy-onnx", "policy_onnx"), "replay",
+                           str(counterexample)])
 
     def describe(self) -> dict:
         """The model and the artifact, as the JSON report names them."""
@@ -213,7 +223,7 @@ class Policy:
         }
 
 
-@dataclass
+@dataclass(eq=False)  # hashable by identity: pluggy keeps its plugins in sets
 class Run:
     """What this pytest run checks and how: its policies, the level and the report. Registered
     as a plugin of the run, it gathers the verdicts from the test reports."""
@@ -221,6 +231,8 @@ class Run:
     requested_level: spec.Level
     report_path: Path | None
     announce: Callable[[str], None]  # a line on the terminal, now
+    # How this run's clause tests are run again from where it started (set at collection).
+    suite_command: tuple[str, ...] = ("pytest", "--pyargs", "policy_onnx.conformance")
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Called in the process that runs the tests, and in the pytest-xdist controller for
@@ -263,6 +275,40 @@ class Run:
 
 
 RUN = pytest.StashKey[Run]()
+
+
+def command_for(tool: str, module: str) -> list[str]:
+    """How a shell where the suite runs starts `tool` of this installation: by name when the
+    PATH finds this installation's, else by its full path, else as `python -m module`."""
+    installed = Path(sys.executable).parent / tool
+    if not installed.exists():
+        return [sys.executable, "-m", module]
+    found = shutil.which(tool)
+    if found and Path(found).resolve() == installed.resolve():
+        return [tool]
+    return [str(installed)]
+
+
+def _keep_hypothesis_storage_out_of_the_project() -> None:
+    """Hypothesis caches what it reads of the loaded modules in `.hypothesis/` of the working
+    folder: the user's project. Unless told otherwise, keep it in the user's cache instead."""
+    if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = str(cache / "policy-onnx" / "hypothesis")
+
+
+def _suite_command(config: pytest.Config, items: list[pytest.Item]) -> tuple[str, ...]:
+    """pytest and the clause tests as this run named them: the package with --pyargs, else
+    their folder (relative to where pytest started, when inside it)."""
+    command = command_for("pytest", "pytest")
+    if config.getoption("pyargs"):
+        return (*command, "--pyargs", "policy_onnx.conformance")
+    folder = next((item.path.parent for item in items if item.get_closest_marker("clause")),
+                  None)
+    if folder is None:
+        return (*command, "--pyargs", "policy_onnx.conformance")
+    start = config.invocation_params.dir
+    return (*command, str(folder.relative_to(start) if folder.is_relative_to(start) else folder))
 
 
 def _paths(values: list[str] | None) -> list[Path]:
@@ -354,8 +400,20 @@ def _keys(pairs) -> list[str]:
             for i, stem in enumerate(stems)]
 
 
+@pytest.hookimpl(tryfirst=True)  # before hypothesis's plugin loads the profile
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "clause(id): the POLICY_ONNX_SPEC clause the test checks")
+    if config.getoption("model") or config.getoption("onnx"):
+        _keep_hypothesis_storage_out_of_the_project()
+    profile = config.getoption("hypothesis_profile", None)
+    if profile:
+        try:
+            settings.get_profile(profile)
+        except Exception:
+            raise pytest.UsageError(
+                f"--hypothesis-profile {profile}: no such profile; the suite registers 'quick' "
+                "(the local default) and 'ci' (derandomized, the default when CI is set)"
+            ) from None
     transform = config.getoption("action_transform")
     trust_code = config.getoption("trust_model_code")
     pairs = _pairs(config)
@@ -390,6 +448,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     run = config.stash[RUN]
+    run.suite_command = _suite_command(config, items)
     if run.policies and not run.openable:  # a zoo none of whose models opens: nothing to run
         config.hook.pytest_deselected(items=list(items))
         items.clear()
@@ -398,7 +457,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if any(item.get_closest_marker("clause") for item in items):
         raise pytest.UsageError(
             "nothing to check: give --model m.zip (the suite exports it), --onnx a.onnx, "
-            "or both (e.g. pytest conformance --model m.zip)")
+            f"or both (e.g. {shlex.join(run.suite_command)} --model m.zip)")
 
 
 def _policy_of(item: pytest.Item) -> Policy:
@@ -525,8 +584,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
             write(f"NOT CHECKED: {policy.open_failure}")
             write(f"level: none; requested {run.requested_level.label}: NOT MET")
             continue
-        # A model zoo: a row per clause for every model would bury the ones that matter.
-        problems_only = len(run.policies) > 1 and config.get_verbosity() < 1
+        # A model zoo (or -q): a row per clause for every model would bury the ones that matter.
+        verbosity = config.get_verbosity()
+        problems_only = verbosity < 0 or (len(run.policies) > 1 and verbosity < 1)
         for line in policy.verdicts.summary_lines(policy.structure, policy.action_kind,
                                                   run.requested_level, problems_only):
             write(line)
@@ -540,6 +600,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         write(policies_line(run.judged, run.requested_level))
     if run.report_path:
         write(f"report: {run.report_path}")
+    failed = len(terminalreporter.stats.get("failed", []))
+    if failed and run.level_met:
+        write(f"exit status 0: every policy meets the requested level "
+              f"{run.requested_level.label}; the {failed} failing clause test(s) are above it")
 
 
 def _announce(config: pytest.Config, line: str) -> None:
@@ -562,6 +626,7 @@ def policy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     chosen = getattr(request, "param", None) or run.openable[0]
     beside = run.report_path.parent if run.report_path else tmp_path_factory.getbasetemp()
     chosen.counterexample_dir = beside / "counterexamples" / chosen.key
+    chosen.suite_command = run.suite_command
     return chosen
 
 

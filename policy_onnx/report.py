@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -97,7 +98,8 @@ class Verdicts:
             if problems_only and verdict.satisfied:
                 satisfied += 1
                 continue
-            detail = verdict.detail.splitlines()[0][:70] if verdict.outcome != "passed" else ""
+            detail = "" if verdict.outcome == "passed" else textwrap.shorten(
+                (verdict.detail.splitlines() or [""])[0], 100, placeholder=" ...")
             lines.append(f"{c.id:9} {c.level.label:9} {verdict.outcome:8} {c.title}"
                          + (f"  ({detail})" if detail else ""))
         if satisfied:

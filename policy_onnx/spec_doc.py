@@ -6,7 +6,13 @@ from pathlib import Path
 
 from . import spec
 
-SPEC_PATH = Path(__file__).resolve().parent.parent / "POLICY_ONNX_SPEC.md"
+# Packaged with the library; in a checkout a link to the repository's POLICY_ONNX_SPEC.md.
+SPEC_PATH = Path(__file__).resolve().parent / "POLICY_ONNX_SPEC.md"
+
+
+def in_checkout() -> bool:
+    """Whether the library runs from its repository (where the document may be rewritten)."""
+    return (Path(__file__).resolve().parent.parent / "pyproject.toml").is_file()
 BEGIN = ("<!-- BEGIN CLAUSES: generated from policy_onnx/spec.py by "
          "`python -m policy_onnx spec --write`; edit the registry, not this table -->")
 END = "<!-- END CLAUSES -->"
@@ -57,6 +63,9 @@ def problems() -> list[str]:
     return found
 
 
-def write() -> None:
-    head, _, tail = _split(SPEC_PATH.read_text())
-    SPEC_PATH.write_text(head + render() + tail)
+def write() -> Path:
+    """Regenerate the clause tables of the repository's document; returns its path."""
+    path = SPEC_PATH.resolve()
+    head, _, tail = _split(path.read_text())
+    path.write_text(head + render() + tail)
+    return path

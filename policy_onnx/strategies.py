@@ -40,6 +40,9 @@ class ObservationDomain:
     center: np.ndarray | None = None
     spread: np.ndarray | None = None
     clip: float = 0.0
+    # Bits of the observation space's floats, at most 32: a float16 space's observations are
+    # float16 values (fed to the artifact as float32, the same numbers).
+    float_bits: int = 32
 
     @classmethod
     def of_space(cls, space, normalization=None) -> ObservationDomain:
@@ -49,10 +52,11 @@ class ObservationDomain:
         # velocities) is drawn like an infinite one: magnitudes log-uniform up to the largest.
         low = np.where(low <= -MAX_MAGNITUDE, -np.inf, low)
         high = np.where(high >= MAX_MAGNITUDE, np.inf, high)
+        float_bits = min(32, 8 * np.dtype(space.dtype).itemsize)
         if normalization is None or not normalization.norm_obs:
-            return cls(low, high)
+            return cls(low, high, float_bits=float_bits)
         return cls(low, high, normalization.mean.reshape(-1), normalization.std.reshape(-1),
-                   normalization.clip_obs)
+                   normalization.clip_obs, float_bits)
 
     @classmethod
     def unbounded(cls, dim: int) -> ObservationDomain:
@@ -78,7 +82,7 @@ class ObservationDomain:
         rows = np.where(bounded, uniform, free)
         rows = np.where(np.isfinite(low) & ~np.isfinite(high), low + np.abs(free), rows)
         rows = np.where(~np.isfinite(low) & np.isfinite(high), high - np.abs(free), rows)
-        return _finish(rows)
+        return self.finish(rows)
 
     def beyond(self, rng: np.random.Generator, n: int) -> np.ndarray:
         shape = (n, self.dim)
@@ -91,7 +95,7 @@ class ObservationDomain:
         # An infinite bound has no "beyond": keep the inside draw there.
         past = np.where(np.isfinite(past), past, rows)
         rows = np.where(rng.random(shape) < 0.7, past, rows)
-        return _finish(rows)
+        return self.finish(rows)
 
     def normalized(self, rng: np.random.Generator, n: int, at_clip: bool) -> np.ndarray:
         """Raw rows whose normalized components spread across (-clip, clip); with `at_clip`,
@@ -101,7 +105,7 @@ class ObservationDomain:
         if at_clip:
             edge = rng.choice([-1.0, 1.0], shape) * self.clip * rng.uniform(0.9, BEYOND_CLIP, shape)
             z = np.where(rng.random(shape) < 0.5, edge, z)
-        return _finish(self.center + z * self.spread)
+        return self.finish(self.center + z * self.spread)
 
     def sample(self, regime: str, rng: np.random.Generator, n: int,
                clip_seeds: np.ndarray | None = None) -> np.ndarray:
@@ -110,7 +114,7 @@ class ObservationDomain:
         if regime == "toward_clip" and clip_seeds is not None and len(clip_seeds):
             picks = clip_seeds[rng.integers(0, len(clip_seeds), n)]
             jitter = rng.normal(0.0, 1.0, picks.shape) * 10.0 ** rng.uniform(-4, -1, (n, 1))
-            return _finish(picks * (1.0 + jitter))
+            return self.finish(picks * (1.0 + jitter))
         if regime == "inside":
             return self.inside(rng, n)
         return self.beyond(rng, n)
@@ -122,30 +126,46 @@ class ObservationDomain:
                    np.clip(self.high, None, MAX_MAGNITUDE), np.full(self.dim, MAX_MAGNITUDE),
                    np.full(self.dim, -MAX_MAGNITUDE)]
         half = (n - len(corners)) // 2
-        return np.vstack([_finish(np.array(corners)), self.inside(rng, half),
+        return np.vstack([self.finish(np.array(corners)), self.inside(rng, half),
                           self.beyond(rng, n - len(corners) - half)])
 
     # --- hypothesis -------------------------------------------------------------------------------
+    def finish(self, rows: np.ndarray) -> np.ndarray:
+        """Rows as the runtime feeds them: within +-MAX_MAGNITUDE, values of the space's float
+        type, as float32."""
+        rows = np.clip(rows, -MAX_MAGNITUDE, MAX_MAGNITUDE)
+        if self.float_bits < 32:
+            rows = rows.astype(np.float16)
+        return rows.astype(np.float32)
+
+    def _floats(self, low: float, high: float) -> st.SearchStrategy[float]:
+        """Floats of the space's width in [low, high] within +-MAX_MAGNITUDE (a range entirely
+        past it collapses to the nearest end)."""
+        as_width = np.float16 if self.float_bits < 32 else np.float32
+        low = float(as_width(np.clip(low, -MAX_MAGNITUDE, MAX_MAGNITUDE)))
+        high = float(as_width(np.clip(high, -MAX_MAGNITUDE, MAX_MAGNITUDE)))
+        return st.floats(low, high, width=self.float_bits, allow_nan=False, allow_infinity=False)
+
     def element(self, i: int, regime: str) -> st.SearchStrategy[float]:
         if regime in NORMALIZED_REGIMES:
             center, spread, clip = self.center[i], self.spread[i], self.clip
             if regime == "normalized_range":
-                return _floats(center - clip * spread, center + clip * spread)
-            return st.one_of(_floats(center + 0.9 * clip * spread,
+                return self._floats(center - clip * spread, center + clip * spread)
+            return st.one_of(self._floats(center + 0.9 * clip * spread,
                                      center + BEYOND_CLIP * clip * spread),
-                             _floats(center - BEYOND_CLIP * clip * spread,
+                             self._floats(center - BEYOND_CLIP * clip * spread,
                                      center - 0.9 * clip * spread))
         low, high = self.low[i], self.high[i]
-        inside = _floats(low, high)
+        inside = self._floats(low, high)
         if regime != "beyond":
             return inside
         reach = 10.0 * self.width[i]
         parts = [inside]
         # A bound at or past the largest magnitude drawn has no "beyond" within reach.
         if -MAX_MAGNITUDE < low:
-            parts.append(_floats(low - reach, low))
+            parts.append(self._floats(low - reach, low))
         if high < MAX_MAGNITUDE:
-            parts.append(_floats(high, high + reach))
+            parts.append(self._floats(high, high + reach))
         return st.one_of(parts)
 
     def rows(self, regime: str) -> st.SearchStrategy[list[list[float]]]:
@@ -180,7 +200,7 @@ def batches(domain: ObservationDomain, regimes=REGIMES, clip_seeds: np.ndarray |
             explicit = np.vstack([clip_seeds[index:index + 1], explicit])
         seed = draw(st.integers(0, 2**32 - 1))
         rng = np.random.default_rng(seed)
-        observations = _finish(np.vstack([explicit, domain.sample(regime, rng, bulk_rows,
+        observations = domain.finish(np.vstack([explicit, domain.sample(regime, rng, bulk_rows,
                                                                    clip_seeds)]))
         masks = None
         if mask_width:
@@ -194,17 +214,7 @@ def batches(domain: ObservationDomain, regimes=REGIMES, clip_seeds: np.ndarray |
     return draw_batch()
 
 
-def _floats(low: float, high: float) -> st.SearchStrategy[float]:
-    """float32 values in [low, high] within +-MAX_MAGNITUDE (a range entirely past it collapses
-    to the nearest end)."""
-    low = float(np.float32(np.clip(low, -MAX_MAGNITUDE, MAX_MAGNITUDE)))
-    high = float(np.float32(np.clip(high, -MAX_MAGNITUDE, MAX_MAGNITUDE)))
-    return st.floats(low, high, width=32, allow_nan=False, allow_infinity=False)
-
-
 def _log_uniform(rng: np.random.Generator, shape, low: float, high: float) -> np.ndarray:
     return 10.0 ** rng.uniform(np.log10(low), np.log10(high), shape)
 
 
-def _finish(rows: np.ndarray) -> np.ndarray:
-    return np.clip(rows, -MAX_MAGNITUDE, MAX_MAGNITUDE).astype(np.float32)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 
 from policy_onnx import spec
+from policy_onnx.plugin import command_for
 
 from .conftest import CONFORMANCE, REAL_MODEL, REAL_ONNX, ROOT
 
@@ -66,7 +68,8 @@ def test_one_failing_model_fails_the_run_and_is_named(conformance, unclamped_rea
     assert [(p["name"], p["level_met"], p["artifact"]["path"]) for p in document["policies"]] \
         == [(first, True, str(REAL_ONNX)), (second, False, str(unclamped_real))]
     # A failing clause names the one command that reproduces it on that policy alone.
-    assert (f"Reproduce the search: pytest conformance --model {REAL_MODEL} "
+    pytest_ = shlex.join(command_for("pytest", "pytest"))
+    assert (f"Reproduce the search: {pytest_} {CONFORMANCE} --model {REAL_MODEL} "
             f"--onnx {unclamped_real} -k PAR-01") in run.stdout
 
 

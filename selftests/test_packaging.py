@@ -4,6 +4,8 @@ folder: checked in a throwaway venv, outside this repository."""
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import subprocess
 import sys
 import sysconfig
@@ -32,6 +34,11 @@ def installed(tmp_path_factory):
         pth.write(sysconfig.get_paths()["purelib"] + "\n")
     done = _run(python, "-m", "pip", "install", "--quiet", "--no-deps", ROOT, cwd=venv)
     assert done.returncode == 0, done.stderr
+    # The console script pip would have installed with pytest itself.
+    script = venv / "bin" / "pytest"
+    script.write_text(f"#!{python}\nimport sys\nfrom pytest import console_main\n"
+                      "sys.exit(console_main())\n")
+    script.chmod(0o755)
     return venv
 
 
@@ -57,3 +64,113 @@ def test_console_script_checks_and_exports(installed, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "v.json").is_file()
     assert "policy-onnx check m.zip a.onnx" in _run(script, "--help", cwd=tmp_path).stdout
+
+
+@pytest.fixture
+def project(tmp_path):
+    """An ordinary project folder of a user: conftest files of its own, a model and artifacts."""
+    (tmp_path / "conftest.py").write_text("import pytest\n\n\n@pytest.fixture\ndef mine():\n"
+                                          "    return 1\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "conftest.py").write_text("")
+    (tmp_path / "m.zip").write_bytes(REAL_MODEL.read_bytes())
+    (tmp_path / "a.onnx").write_bytes(REAL_ONNX.read_bytes())
+    return tmp_path
+
+
+def _clean(done) -> None:
+    """No crash, no traceback, no warning meant for pytest's developers."""
+    output = done.stdout + done.stderr
+    for bad in ("INTERNALERROR", "Traceback", "PytestAssertRewriteWarning"):
+        assert bad not in output, output
+
+
+def test_installed_suite_in_a_project_with_conftest_files(installed, project):
+    done = _run(installed / "bin" / "policy-onnx", "check", "m.zip", "a.onnx", cwd=project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    _clean(done)
+    # policy-onnx check leaves nothing in the user's folder
+    assert sorted(p.name for p in project.iterdir()) == ["a.onnx", "conftest.py", "m.zip",
+                                                        "tests"]
+    done = _run(installed / "bin" / "pytest", "--pyargs", "policy_onnx.conformance", "--model",
+                "m.zip", "--hypothesis-profile", "ci", "-q", cwd=project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    _clean(done)
+    # -q: the level line, not a row per clause
+    assert "level: Basic PASS, Standard PASS, Extended PASS" in done.stdout
+    assert "GRAPH-01  Basic     passed" not in done.stdout
+    assert not (project / ".hypothesis").exists()  # pytest's own cache is the user's pytest's
+
+
+def test_printed_hints_work_where_they_are_printed(installed, project, unclamped_real):
+    """A failing clause prints the commands that replay it and rerun the search: run as
+    printed, from the same folder, with the installed suite not on PATH."""
+    (project / "bad.onnx").write_bytes(unclamped_real.read_bytes())
+    done = _run(installed / "bin" / "pytest", "--pyargs", "policy_onnx.conformance",
+                "--model", "m.zip", "--onnx", "bad.onnx", "--hypothesis-profile", "ci",
+                "--report", "out/report.json", "-k", "PAR-02", cwd=project)
+    assert done.returncode == 1
+    replay = re.search(r"replay it: (.+)", done.stdout).group(1)
+    rerun = re.search(r"Reproduce the search: (.+)", done.stdout).group(1)
+    assert shlex.split(replay)[0] == str(installed / "bin" / "policy-onnx")
+    replayed = _run(*shlex.split(replay), cwd=project)
+    assert replayed.returncode == 1 and "[PAR-02]" in replayed.stdout, replayed.stderr
+    again = _run(*shlex.split(rerun), cwd=project)
+    assert again.returncode == 1 and "[PAR-02] max |final - predict|" in again.stdout
+    nothing = _run(installed / "bin" / "pytest", "--pyargs", "policy_onnx.conformance",
+                   cwd=project)
+    example = re.search(r"\(e\.g\. (.+)\)", nothing.stderr).group(1)
+    assert nothing.returncode == 4 and example.endswith("--pyargs policy_onnx.conformance "
+                                                        "--model m.zip")
+
+
+def _ci_example_check_command() -> str:
+    """The `Check the artifact` step of examples/github-actions.yml, as written."""
+    text = (ROOT / "examples" / "github-actions.yml").read_text()
+    block = re.search(r"- name: Check the artifact\n\s+run: \|\n((?:\s{10}.*\n)+)", text)
+    return block.group(1).replace("\\\n", " ")
+
+
+def test_the_ci_example_runs_as_written(installed, project, unclamped_real):
+    (project / "models").mkdir()
+    (project / "models" / "policy.zip").write_bytes(REAL_MODEL.read_bytes())
+    (project / "models" / "policy.onnx").write_bytes(unclamped_real.read_bytes())
+    (project / ".policy-onnx").symlink_to(installed)
+    env = {**os.environ, "MODEL": "models/policy.zip", "ONNX": "models/policy.onnx"}
+    done = subprocess.run(["bash", "-c", _ci_example_check_command()], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stdout + done.stderr  # the unclamped artifact fails
+    kept = project / "conformance"  # the folder the workflow uploads
+    assert (kept / "report.json").is_file() and (kept / "junit.xml").is_file()
+    saved = sorted(p.name for p in (kept / "counterexamples" / "policy").iterdir())
+    assert saved == ["PAR-01.json", "PAR-02.json"]
+
+
+MISUSE = {  # command (in the project folder) -> what the one line of error says
+    "export to a missing folder": (["policy-onnx", "export", "m.zip", "-o", "nodir/x.onnx"],
+                                   2, "the folder nodir does not exist"),
+    "replay a missing file": (["policy-onnx", "replay", "nope.json"], 2, "nope.json: no such file"),
+    "replay a JSON that is no counterexample": (
+        ["policy-onnx", "replay", "tests/other.json"], 2, "not a policy-onnx counterexample"),
+    "an unknown hypothesis profile": (
+        ["pytest", "--pyargs", "policy_onnx.conformance", "--model", "m.zip",
+         "--hypothesis-profile", "nope"], 4, "--hypothesis-profile nope: no such profile"),
+    "spec --write on an installed copy": (["policy-onnx", "spec", "--write"], 2,
+                                          "run it in a checkout of policy-onnx"),
+}
+
+
+@pytest.mark.parametrize("case", MISUSE)
+def test_misuse_is_one_line_of_error(installed, project, case):
+    command, status, message = MISUSE[case]
+    (project / "tests" / "other.json").write_text('{"observations": []}')
+    done = _run(installed / "bin" / command[0], *command[1:], cwd=project)
+    assert done.returncode == status, done.stdout + done.stderr
+    _clean(done)
+    assert message in done.stderr
+
+
+def test_installed_spec_document_matches_its_registry(installed, project):
+    done = _run(installed / "bin" / "policy-onnx", "spec", cwd=project)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(str(installed)) and "POLICY_ONNX_SPEC 1.0.0" in done.stdout

@@ -12,7 +12,7 @@ from policy_onnx import spec
 from policy_onnx.export import export
 from policy_onnx.load import STRUCTURES, load_model
 
-from .conftest import REAL_MODEL, REAL_ONNX, sha256, unclamped
+from .conftest import CONFORMANCE, REAL_MODEL, REAL_ONNX, sha256, unclamped
 
 ALL = {c.id for c in spec.CLAUSES}
 NEEDS_MODEL = {c.id for c in spec.CLAUSES if c.needs_model}
@@ -87,7 +87,7 @@ def test_missing_clamp_fails_parity(conformance, fixture_models, tmp_path, model
     assert run.ret == 1
     message = run.messages["PAR-02"]
     for part in ("[PAR-02] max |final - predict| =", "obs       = [", "predict   = [",
-                 "pre-clip mean = [", "Reproduce the search: pytest conformance --model",
+                 "pre-clip mean = [", f"{CONFORMANCE} --model {model_path} --onnx",
                  "@reproduce_failure(", "clamp to the action bounds is missing"):
         assert part in message
     assert "Traceback" not in message
