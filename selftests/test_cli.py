@@ -78,3 +78,17 @@ def test_only_check_takes_pytest_arguments():
     done = cli("export", str(REAL_MODEL), "--", "-k", "PAR-01")
     assert done.returncode == 2
     assert "only check passes arguments after -- to pytest, not export" in done.stderr
+
+
+def test_check_passes_trust_model_code_on(tmp_path):
+    """policy-onnx check --trust-model-code lets SB3 unpickle the whole zip (here: a payload
+    that leaves a marker), as pytest --trust-model-code does."""
+    from .test_loading import _payload_in, _rewrite_zip
+
+    marker = tmp_path / "ran"
+    crafted = tmp_path / "crafted.zip"
+    _rewrite_zip(REAL_MODEL, crafted, _payload_in("unknown_extra_key", marker))
+    cli("check", str(crafted), str(REAL_ONNX), "--", "-k", "GRAPH-01")
+    assert not marker.exists()
+    cli("check", str(crafted), str(REAL_ONNX), "--trust-model-code", "--", "-k", "GRAPH-01")
+    assert marker.exists()

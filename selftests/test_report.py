@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 
 import pytest
@@ -155,3 +156,16 @@ def test_failing_parity_saves_a_counterexample_that_replays(conformance, tmp_pat
     (tmp_path / "fixed.json").write_text(json.dumps(fixed))
     agreed = replay(tmp_path / "fixed.json")
     assert agreed.returncode == 0 and "now agree" in agreed.stdout, agreed.stdout + agreed.stderr
+
+
+def test_summary_rows_shorten_reasons_at_a_word(conformance, fixture_models):
+    run = conformance.run("--model", str(fixture_models["ppo_no_overshoot"]), "-k", "PAR or DISC")
+    rows = [line for line in run.stdout.splitlines() if re.match(r"(PAR|DISC)-0\d +\w+ +skipped", line)]
+    assert rows
+    for row in rows:
+        clause_id = row.split()[0]
+        detail = re.search(r"  \((.*)\)$", row).group(1)
+        reason = run.messages[clause_id].removeprefix("Skipped: ").splitlines()[0]
+        if detail != reason:
+            assert detail.endswith(" ...") and reason.startswith(detail[:-4])
+            assert reason[len(detail) - 4] == " ", (detail, reason)  # cut between words
