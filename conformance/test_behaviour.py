@@ -3,8 +3,7 @@
 import numpy as np
 
 from policy_onnx.check import clause_test, fail, require, running
-
-BATCH_SIZES = (1, 2, 7, 64, 1000)
+from policy_onnx.strategies import BATCH_SIZES
 
 
 @clause_test("BEH-01")

@@ -114,7 +114,7 @@ def _replay(args: argparse.Namespace) -> int:
             checked = f"{len(observations)} observations"
             masks = None if saved.get("masks") is None else np.asarray(saved["masks"], bool)
             problem = compare_any(reference, artifact, observations, ParityStats(),
-                                  saved["clause"], masks)
+                                  saved["clause"], masks, saved.get("batch_size"))
     except (ModelLoadError, ArtifactError) as exc:
         return _error(str(exc))
     print(f"[{saved['clause']}] {problem}" if problem else

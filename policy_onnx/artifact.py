@@ -301,5 +301,13 @@ class Artifact:
             return np.clip(raw, box.low, box.high)
         return raw
 
-    def final_action(self, obs: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
-        return self.to_final(self.run(obs, masks))
+    def final_action(self, obs: np.ndarray, masks: np.ndarray | None = None,
+                     batch_size: int | None = None) -> np.ndarray:
+        """The final action for the rows of `obs`, run as one batch or, with `batch_size`, in
+        consecutive batches of that many rows (the last one may be smaller)."""
+        if batch_size is None or batch_size >= len(obs):
+            return self.to_final(self.run(obs, masks))
+        return np.concatenate([
+            self.to_final(self.run(obs[i:i + batch_size],
+                                   None if masks is None else masks[i:i + batch_size]))
+            for i in range(0, len(obs), batch_size)])

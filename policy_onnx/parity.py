@@ -61,10 +61,11 @@ def _worst(diff: np.ndarray) -> float:
     return float("nan") if np.isnan(diff).any() else float(diff.max())
 
 
-def compare(reference: Reference, artifact: Artifact, obs: np.ndarray) -> str | None:
+def compare(reference: Reference, artifact: Artifact, obs: np.ndarray,
+            batch_size: int | None = None) -> str | None:
     """None when every row matches; else a description of the worst row."""
     expected = reference.predict(obs)
-    obtained = artifact.final_action(obs)
+    obtained = artifact.final_action(obs, batch_size=batch_size)
     if obtained.shape != expected.shape:
         return (f"the final action has shape {obtained.shape}, but predict() returns "
                 f"{expected.shape} for {len(obs)} observations")
@@ -131,13 +132,13 @@ def _beyond_ties(differs, gaps, chosen, noise, stats: ParityStats, clause_id: st
 
 
 def compare_discrete(reference: Reference, artifact: Artifact, obs: np.ndarray,
-                     stats: ParityStats, clause_id: str, masks: np.ndarray | None = None
-                     ) -> str | None:
+                     stats: ParityStats, clause_id: str, masks: np.ndarray | None = None,
+                     batch_size: int | None = None) -> str | None:
     """None when every action equals predict() or differs only at a rounding tie."""
     if reference.masked and masks is None:
         masks = np.ones((len(obs), reference.head.mask_width), dtype=bool)
     expected = reference.predict(obs, masks)
-    obtained = artifact.final_action(obs, masks).reshape(len(obs), -1)
+    obtained = artifact.final_action(obs, masks, batch_size).reshape(len(obs), -1)
     if obtained.shape != expected.shape:
         return (f"the action has shape {obtained.shape} per batch, but predict() returns "
                 f"{expected.shape} for {len(obs)} observations")
@@ -177,11 +178,13 @@ DISCRETE_CAUSES = (
 
 
 def compare_any(reference: Reference, artifact: Artifact, obs: np.ndarray,
-                stats: ParityStats, clause_id: str, masks: np.ndarray | None = None) -> str | None:
-    """The comparison of the policy's kind: a tolerance for Box actions, ties for discrete."""
+                stats: ParityStats, clause_id: str, masks: np.ndarray | None = None,
+                batch_size: int | None = None) -> str | None:
+    """The comparison of the policy's kind: a tolerance for Box actions, ties for discrete;
+    the artifact runs the rows in batches of `batch_size` (None: one batch)."""
     if reference.kind == "Box":
-        return compare(reference, artifact, obs)
-    return compare_discrete(reference, artifact, obs, stats, clause_id, masks)
+        return compare(reference, artifact, obs, batch_size)
+    return compare_discrete(reference, artifact, obs, stats, clause_id, masks, batch_size)
 
 
 def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, strategy,
@@ -197,13 +200,15 @@ def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, 
         out_of_bounds = int((reference.overshoot(obs) > 0).sum())
         if steer:
             target(out_of_bounds / len(obs), label="share of rows whose mean leaves the bounds")
-        problem = compare_any(reference, artifact, obs, policy.stats, clause.id, batch.masks)
+        problem = compare_any(reference, artifact, obs, policy.stats, clause.id, batch.masks,
+                              batch.batch_size)
         # Counted once both sides have acted on them (an artifact that cannot run raises above).
         policy.stats.record(clause.id, len(obs), out_of_bounds,
                             int(reference.at_clip(obs).sum()))
         if problem:
             raise Mismatch(f"{problem}\n  drawn as {batch}",
-                           {"observations": obs, "masks": batch.masks})
+                           {"observations": obs, "masks": batch.masks,
+                            "batch_size": batch.batch_size})
 
     _search(clause, parity_holds, policy,
             LIKELY_CAUSES if reference.kind == "Box" else DISCRETE_CAUSES)

@@ -178,7 +178,7 @@ class Policy:
             "clause": clause_id, "model": str(self.model_path.resolve()),
             "artifact": str(self.artifact_path.resolve()), "trust_model_code": self.trust_code,
             "vecnormalize": str(normalization.path.resolve()) if normalization else "none",
-            **{name: None if array is None else array.tolist()
+            **{name: array.tolist() if isinstance(array, np.ndarray) else array
                for name, array in arrays.items()}}))
         return path
 

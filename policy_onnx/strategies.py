@@ -25,6 +25,9 @@ from hypothesis import strategies as st
 MAX_MAGNITUDE = 1e4
 REGIMES = ("inside", "beyond", "toward_clip")
 BULK_ROWS = 320  # numpy-drawn rows added to each hypothesis example
+# The batch sizes the suite runs an artifact with (BEH-01); parity runs each example's rows in
+# batches of one of them (None: all rows in one batch).
+BATCH_SIZES = (1, 2, 7, 64, 1000)
 MAX_EXPLICIT_ROWS = 4  # hypothesis-drawn rows, shrunk on failure
 
 
@@ -180,9 +183,11 @@ class Batch:
     seed: int
     observations: np.ndarray  # float32 [n, obs_dim]
     masks: np.ndarray | None = None  # bool [n, mask_width], for masked policies
+    batch_size: int | None = None  # the artifact runs the rows in batches of this many
 
     def __repr__(self) -> str:
-        return f"Batch(regime={self.regime!r}, seed={self.seed}, rows={len(self.observations)})"
+        return (f"Batch(regime={self.regime!r}, seed={self.seed}, rows={len(self.observations)}, "
+                f"batch_size={self.batch_size})")
 
 
 def batches(domain: ObservationDomain, regimes=REGIMES, clip_seeds: np.ndarray | None = None,
@@ -198,6 +203,7 @@ def batches(domain: ObservationDomain, regimes=REGIMES, clip_seeds: np.ndarray |
         if regime == "toward_clip" and clip_seeds is not None and len(clip_seeds):
             index = draw(st.integers(0, len(clip_seeds) - 1))
             explicit = np.vstack([clip_seeds[index:index + 1], explicit])
+        batch_size = draw(st.sampled_from((None, *BATCH_SIZES)))
         seed = draw(st.integers(0, 2**32 - 1))
         rng = np.random.default_rng(seed)
         observations = domain.finish(np.vstack([explicit, domain.sample(regime, rng, bulk_rows,
@@ -209,7 +215,7 @@ def batches(domain: ObservationDomain, regimes=REGIMES, clip_seeds: np.ndarray |
             masks[0] = draw(st.lists(st.booleans(), min_size=mask_width, max_size=mask_width))
             masks[1::7] = True
             masks[2::7] = False
-        return Batch(regime, seed, observations, masks)
+        return Batch(regime, seed, observations, masks, batch_size)
 
     return draw_batch()
 

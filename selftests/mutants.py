@@ -291,6 +291,21 @@ def _nan_far_outside(p):
         [const("axis1", [1], np.int64), const("far_threshold", 1e3), const("nan", np.nan)])
 
 
+def _wrong_at_batch(size: int):
+    """0.5 added to every action of a batch of exactly `size` rows."""
+    def mutate(p):
+        return append_after_output(p, lambda src, dst: [
+            helper.make_node("Shape", ["obs"], ["bs_shape"]),
+            helper.make_node("Gather", ["bs_shape", "bs_zero"], ["bs_rows"], axis=0),
+            helper.make_node("Equal", ["bs_rows", "bs_size"], ["bs_is"]),
+            helper.make_node("Cast", ["bs_is"], ["bs_flag"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["bs_flag", "bs_half"], ["bs_shift"]),
+            helper.make_node("Add", [src, "bs_shift"], [dst])],
+            [const("bs_zero", 0, np.int64), const("bs_size", size, np.int64),
+             const("bs_half", 0.5)])
+    return mutate
+
+
 def _permuted_observations(p):
     return prepend_before_input(p, lambda src, dst: [
         helper.make_node("Gather", [src, "obs_perm"], [dst], axis=1)],
@@ -601,6 +616,10 @@ MUTANTS: tuple[Mutant, ...] = (
            frozenset({"BEH-04", "BEH-05"} | PARITY)),
     Mutant("batch_coupled", "each row nudged by the batch mean", _batch_coupled,
            frozenset({"BEH-02"} | PARITY)),
+    Mutant("wrong_at_batch_1", "wrong actions for a batch of one row (a single robot)",
+           _wrong_at_batch(1), frozenset({"BEH-02"} | PARITY)),
+    Mutant("wrong_at_batch_7", "wrong actions for a batch of exactly 7 rows",
+           _wrong_at_batch(7), frozenset(PARITY)),
     Mutant("nan_far_outside", "NaN wherever some |obs| > 1e3 (beyond the parity draws)",
            _nan_far_outside, frozenset({"BEH-04", "BEH-05"})),
     Mutant("permuted_observations", "obs[0] and obs[1] swapped on the way in",
