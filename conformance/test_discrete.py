@@ -5,7 +5,7 @@ import numpy as np
 from policy_onnx import metadata
 from policy_onnx.check import clause_test, fail, require, running
 from policy_onnx.parity import check_parity
-from policy_onnx.strategies import REGIMES, batches
+from policy_onnx.strategies import EVERYWHERE, batches
 
 
 def _declared(artifact):
@@ -97,5 +97,5 @@ def test_discrete_valid_actions(clause, policy, artifact, probe_observations):
 
 @clause_test("DISC-05")
 def test_discrete_parity(clause, policy, reference, artifact):
-    strategy = batches(reference.domain, REGIMES[:2])
+    strategy = batches(reference.domain, EVERYWHERE)
     check_parity(clause, reference, artifact, strategy, policy)

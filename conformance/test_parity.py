@@ -20,7 +20,8 @@ def test_parity_out_of_bounds(clause, policy, reference, artifact, clip_seeds):
                     "(squash_output), so predict() never clips it")
     if len(clip_seeds) == 0:
         pytest.skip(f"{clause.id} not applicable: the model cannot produce a mean outside the "
-                    "action bounds anywhere the suite searched (random draws inside and beyond "
-                    "the observation bounds, then gradient ascent on each action element)")
+                    "action bounds anywhere the suite searched (random draws inside the "
+                    "observation bounds, beyond them and at magnitudes up to float32's largest, "
+                    "then gradient ascent on each action element)")
     strategy = batches(reference.domain, ("toward_clip",), clip_seeds)
     check_parity(clause, reference, artifact, strategy, policy, steer=True)

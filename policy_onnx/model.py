@@ -52,6 +52,18 @@ class Reference:
             batch = self.normalization.apply(batch)
         return batch.astype(self.observation_space.dtype)
 
+    def comparable(self, obs: np.ndarray) -> np.ndarray:
+        """Per row: is predict()'s own computation finite there? Past +-MAX_MAGNITUDE a float32
+        network can overflow (inf - inf is NaN): predict() then has no action to compare with."""
+        finite = np.ones(len(obs), dtype=bool)
+        extreme = np.flatnonzero(np.abs(obs).max(axis=1) > MAX_MAGNITUDE)
+        if len(extreme) and self.structure != "recurrent":
+            with torch.no_grad():
+                raw = self.head.mean(torch.as_tensor(obs[extreme])) if self.kind == "Box" \
+                    else self.head(torch.as_tensor(obs[extreme]), scores=True)
+            finite[extreme] = np.isfinite(raw.numpy()).all(axis=1)
+        return finite
+
     def at_clip(self, obs: np.ndarray) -> np.ndarray:
         """Per raw row: does its normalized observation reach +-clip_obs somewhere?"""
         if self.normalization is None:
@@ -183,13 +195,15 @@ class Reference:
 
     def find_out_of_bounds(self, seed: int = 0, pool: int = 4096, keep: int = 256) -> np.ndarray:
         """Observations whose pre-clip mean leaves the action bounds, by random draws over the
-        domain and then gradient ascent on the mean toward each bound; empty if none was found."""
+        domain (inside, beyond and far) and then gradient ascent on the mean toward each bound;
+        empty if none was found."""
         if not self.clips:
             return np.empty((0, self.obs_dim), dtype=np.float32)
         rng = np.random.default_rng(seed)
-        candidates = [self.domain.inside(rng, pool // 2), self.domain.beyond(rng, pool // 2),
-                      self._ascend(rng)]
+        candidates = [self.domain.inside(rng, pool // 2), self.domain.beyond(rng, pool // 4),
+                      self.domain.far(rng, pool // 4), self._ascend(rng)]
         rows = np.vstack(candidates)
+        rows = rows[self.comparable(rows)]
         hits = rows[self.overshoot(rows) > 0]
         return hits[rng.permutation(len(hits))[:keep]]
 

@@ -19,9 +19,11 @@ if TYPE_CHECKING:
 
 
 # Per parity clause: observations checked, those whose pre-clip mean left the action bounds,
-# discrete disagreements only at a rounding tie, and those whose normalized observation reached
-# +-clip_obs (models trained under VecNormalize).
-STATISTICS = ("observations", "mean_outside_bounds", "rounding_ties", "observation_at_clip")
+# discrete disagreements only at a rounding tie, those whose normalized observation reached
+# +-clip_obs (models trained under VecNormalize), and those drawn but not compared because
+# predict() itself overflows there.
+STATISTICS = ("observations", "mean_outside_bounds", "rounding_ties", "observation_at_clip",
+              "predict_overflows")
 
 
 @dataclass
@@ -31,17 +33,21 @@ class ParityStats:
     out_of_bounds: Counter = field(default_factory=Counter)
     near_ties: Counter = field(default_factory=Counter)
     at_clip: Counter = field(default_factory=Counter)
+    overflows: Counter = field(default_factory=Counter)
 
-    def record(self, clause_id: str, checked: int, out_of_bounds: int, at_clip: int = 0) -> None:
+    def record(self, clause_id: str, checked: int, out_of_bounds: int, at_clip: int = 0,
+               overflows: int = 0) -> None:
         self.observations[clause_id] += checked
         self.out_of_bounds[clause_id] += out_of_bounds
         self.at_clip[clause_id] += at_clip
+        self.overflows[clause_id] += overflows
 
     def for_clause(self, clause_id: str) -> list[tuple[str, int]]:
         """The counts of one clause as report properties (none if it checked nothing)."""
         if not self.observations[clause_id]:
             return []
-        counts = (self.observations, self.out_of_bounds, self.near_ties, self.at_clip)
+        counts = (self.observations, self.out_of_bounds, self.near_ties, self.at_clip,
+                  self.overflows)
         return [(name, count[clause_id]) for name, count in zip(STATISTICS, counts, strict=True)]
 
 
@@ -196,18 +202,23 @@ def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, 
     @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(batch=strategy)
     def parity_holds(batch: Batch) -> None:
-        obs = batch.observations
+        comparable = reference.comparable(batch.observations)
+        obs = batch.observations[comparable]
+        masks = None if batch.masks is None else batch.masks[comparable]
+        if not len(obs):
+            policy.stats.record(clause.id, 0, 0, 0, len(comparable))
+            return
         out_of_bounds = int((reference.overshoot(obs) > 0).sum())
         if steer:
             target(out_of_bounds / len(obs), label="share of rows whose mean leaves the bounds")
-        problem = compare_any(reference, artifact, obs, policy.stats, clause.id, batch.masks,
+        problem = compare_any(reference, artifact, obs, policy.stats, clause.id, masks,
                               batch.batch_size)
         # Counted once both sides have acted on them (an artifact that cannot run raises above).
         policy.stats.record(clause.id, len(obs), out_of_bounds,
-                            int(reference.at_clip(obs).sum()))
+                            int(reference.at_clip(obs).sum()), int((~comparable).sum()))
         if problem:
             raise Mismatch(f"{problem}\n  drawn as {batch}",
-                           {"observations": obs, "masks": batch.masks,
+                           {"observations": obs, "masks": masks,
                             "batch_size": batch.batch_size})
 
     _search(clause, parity_holds, policy,

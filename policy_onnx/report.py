@@ -130,6 +130,9 @@ class Verdicts:
             if spec.clause(clause_id).needs_normalization:
                 detail += (f", {counts['observation_at_clip']:,} with the normalized "
                            "observation at +-clip_obs")
+            if counts.get("predict_overflows"):
+                detail += (f" ({counts['predict_overflows']:,} more drawn where predict() "
+                           "itself overflows, not compared)")
             lines.append(f"{clause_id}: {counts['observations']:,} observations checked "
                          f"against predict(){detail}")
         return lines

@@ -7,12 +7,15 @@ Regimes (stated in the spec, section "Observations"):
 - beyond: components past a finite bound by a distance log-uniform in [1e-3, 10] x the bound's
   width (at least 1), mixed with inside components; SB3's predict() does not clip observations
   (a bound at or past +-MAX_MAGNITUDE counts as unbounded);
+- far: components of an unbounded side (infinite, or a bound at or past +-MAX_MAGNITUDE) with
+  magnitudes log-uniform in [MAX_MAGNITUDE, FLOAT32_MAX] (the rest as inside): the artifact must
+  not clip observations anywhere in float32's range;
 - toward_clip: observations near those whose pre-clip mean the search found outside the action
   bounds (see `Reference.find_out_of_bounds`);
 - normalized_range, normalized_clip (models trained under VecNormalize): raw observations
   mean + z * sqrt(var + epsilon) with z across (-clip_obs, clip_obs), or with components at and
   up to three times beyond +-clip_obs, where VecNormalize clips.
-All components are float32 and |x| <= MAX_MAGNITUDE.
+All components are float32, and |x| <= MAX_MAGNITUDE but in the far regime.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import numpy as np
 from hypothesis import strategies as st
 
 MAX_MAGNITUDE = 1e4
-REGIMES = ("inside", "beyond", "toward_clip")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+REGIMES = ("inside", "beyond", "far", "toward_clip")
+EVERYWHERE = REGIMES[:3]  # the regimes that need no search
 BULK_ROWS = 320  # numpy-drawn rows added to each hypothesis example
 # The batch sizes the suite runs an artifact with (BEH-01); parity runs each example's rows in
 # batches of one of them (None: all rows in one batch).
@@ -110,8 +115,19 @@ class ObservationDomain:
             z = np.where(rng.random(shape) < 0.5, edge, z)
         return self.finish(self.center + z * self.spread)
 
+    def far(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        shape = (n, self.dim)
+        rows = self.inside(rng, n).astype(np.float64)
+        magnitude = _log_uniform(rng, shape, MAX_MAGNITUDE, FLOAT32_MAX)
+        up = rng.random(shape) < 0.5
+        far = np.where(up & np.isposinf(self.high), magnitude,
+                       np.where(~up & np.isneginf(self.low), -magnitude, rows))
+        return self.finish(np.where(rng.random(shape) < 0.5, far, rows))
+
     def sample(self, regime: str, rng: np.random.Generator, n: int,
                clip_seeds: np.ndarray | None = None) -> np.ndarray:
+        if regime == "far":
+            return self.far(rng, n)
         if regime in NORMALIZED_REGIMES:
             return self.normalized(rng, n, at_clip=regime == "normalized_clip")
         if regime == "toward_clip" and clip_seeds is not None and len(clip_seeds):
@@ -134,19 +150,22 @@ class ObservationDomain:
 
     # --- hypothesis -------------------------------------------------------------------------------
     def finish(self, rows: np.ndarray) -> np.ndarray:
-        """Rows as the runtime feeds them: within +-MAX_MAGNITUDE, values of the space's float
-        type, as float32."""
-        rows = np.clip(rows, -MAX_MAGNITUDE, MAX_MAGNITUDE)
+        """Rows as the runtime feeds them: finite values of the space's float type, as
+        float32."""
+        limit = FLOAT32_MAX if self.float_bits == 32 else float(np.finfo(np.float16).max)
+        rows = np.clip(rows, -limit, limit)
         if self.float_bits < 32:
             rows = rows.astype(np.float16)
         return rows.astype(np.float32)
 
-    def _floats(self, low: float, high: float) -> st.SearchStrategy[float]:
-        """Floats of the space's width in [low, high] within +-MAX_MAGNITUDE (a range entirely
-        past it collapses to the nearest end)."""
+    def _floats(self, low: float, high: float, limit: float = MAX_MAGNITUDE
+                ) -> st.SearchStrategy[float]:
+        """Floats of the space's width in [low, high] within +-limit (a range entirely past it
+        collapses to the nearest end)."""
         as_width = np.float16 if self.float_bits < 32 else np.float32
-        low = float(as_width(np.clip(low, -MAX_MAGNITUDE, MAX_MAGNITUDE)))
-        high = float(as_width(np.clip(high, -MAX_MAGNITUDE, MAX_MAGNITUDE)))
+        limit = min(limit, float(np.finfo(as_width).max))
+        low = float(as_width(np.clip(low, -limit, limit)))
+        high = float(as_width(np.clip(high, -limit, limit)))
         return st.floats(low, high, width=self.float_bits, allow_nan=False, allow_infinity=False)
 
     def element(self, i: int, regime: str) -> st.SearchStrategy[float]:
@@ -160,6 +179,13 @@ class ObservationDomain:
                                      center - 0.9 * clip * spread))
         low, high = self.low[i], self.high[i]
         inside = self._floats(low, high)
+        if regime == "far":
+            parts = [inside]
+            if np.isneginf(low):
+                parts.append(self._floats(-FLOAT32_MAX, -MAX_MAGNITUDE, FLOAT32_MAX))
+            if np.isposinf(high):
+                parts.append(self._floats(MAX_MAGNITUDE, FLOAT32_MAX, FLOAT32_MAX))
+            return st.one_of(parts)
         if regime != "beyond":
             return inside
         reach = 10.0 * self.width[i]

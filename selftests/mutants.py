@@ -306,6 +306,13 @@ def _wrong_at_batch(size: int):
     return mutate
 
 
+def _observations_clipped(p):
+    """obs clipped to +-1e4 on the way in: predict() does not clip observations."""
+    return prepend_before_input(p, lambda src, dst: [
+        helper.make_node("Clip", [src, "obs_min", "obs_max"], [dst])],
+        [const("obs_min", -1e4), const("obs_max", 1e4)])
+
+
 def _permuted_observations(p):
     return prepend_before_input(p, lambda src, dst: [
         helper.make_node("Gather", [src, "obs_perm"], [dst], axis=1)],
@@ -620,6 +627,8 @@ MUTANTS: tuple[Mutant, ...] = (
            _wrong_at_batch(1), frozenset({"BEH-02"} | PARITY)),
     Mutant("wrong_at_batch_7", "wrong actions for a batch of exactly 7 rows",
            _wrong_at_batch(7), frozenset(PARITY)),
+    Mutant("observations_clipped_at_1e4", "observations clipped to +-1e4 on the way in",
+           _observations_clipped, frozenset(PARITY), model="ppo_unbounded_slow"),
     Mutant("nan_far_outside", "NaN wherever some |obs| > 1e3 (beyond the parity draws)",
            _nan_far_outside, frozenset({"BEH-04", "BEH-05"})),
     Mutant("permuted_observations", "obs[0] and obs[1] swapped on the way in",
