@@ -7,6 +7,12 @@ from policy_onnx.check import clause_test, fail, require, running
 
 @clause_test("GRAPH-01")
 def test_onnx_checker(clause, artifact):
+    if artifact.external_tensors:
+        name, location = artifact.external_tensors[0]
+        fail(clause, f"{len(artifact.external_tensors)} initializer(s) keep their data outside "
+                     f"the file (e.g. {name!r} in {location!r}): the artifact must be one "
+                     "self-contained file, which runtimes load from bytes and whose SHA-256 "
+                     "covers all of it. Save it with onnx.save(model, path) and no external data")
     try:
         onnx.checker.check_model(str(artifact.path), full_check=True)
     except Exception as exc:  # ValidationError, InferenceError, ...

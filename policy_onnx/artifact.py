@@ -123,6 +123,13 @@ class Artifact:
 
     # --- graph facts ------------------------------------------------------------------------
     @property
+    def external_tensors(self) -> list[tuple[str, str]]:
+        """(initializer, file) for each tensor whose data lies outside the artifact's file."""
+        return [(t.name, {e.key: e.value for e in t.external_data}.get("location", ""))
+                for t in self.proto.graph.initializer
+                if t.data_location == onnx.TensorProto.EXTERNAL]
+
+    @property
     def obs(self) -> TensorFacts | None:
         """The observation input: `obs`, or else the only required input other than masks."""
         named = [t for t in self.inputs if t.name == "obs"]

@@ -59,8 +59,10 @@ B, S, E = Level.BASIC, Level.STANDARD, Level.EXTENDED
 CLAUSES: tuple[Clause, ...] = (
     # --- the graph -----------------------------------------------------------------------------
     Clause("GRAPH-01", "onnx_checker", B, "The file is a valid ONNX model",
-           "The artifact MUST be a single ONNX file that passes `onnx.checker.check_model` with "
-           "`full_check=True` (which includes shape inference)."),
+           "The artifact MUST be a single self-contained ONNX file (no tensor data in external "
+           "files: runtimes load artifacts from bytes, and the reported SHA-256 covers the whole "
+           "policy) that passes `onnx.checker.check_model` with `full_check=True` (which "
+           "includes shape inference)."),
     Clause("GRAPH-02", "runtime_loads", B, "ONNX Runtime loads the artifact on the CPU",
            "ONNX Runtime MUST create an inference session from the artifact with the CPU "
            "execution provider."),

@@ -32,6 +32,7 @@ class Mutant:
     # A fault made before the export: applied to the loaded model (with its statistics), which
     # the exporter then exports faithfully.
     prepare: Callable | None = None
+    external_data: bool = False  # saved with its weights in a file beside the artifact
 
 
 class MutationReport:
@@ -590,6 +591,8 @@ MUTANTS: tuple[Mutant, ...] = (
            frozenset({"GRAPH-08", "GRAPH-12", "BEH-05"} | PARITY)),
     Mutant("custom_op_domain", "a node from a custom operator domain", _custom_op,
            frozenset({"GRAPH-02"} | RUNNING)),
+    Mutant("external_data", "the weights saved in a separate file beside the artifact",
+           lambda p: p, frozenset({"GRAPH-01"}), external_data=True),
     Mutant("lying_value_info", "a value_info whose shape contradicts the graph",
            _lying_value_info, frozenset({"GRAPH-01"})),
     Mutant("truncated_file", "the file is cut after 200 bytes", _truncated, USAGE_ERROR),

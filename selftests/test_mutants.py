@@ -42,7 +42,11 @@ def base_exports(fixture_models, tmp_path_factory):
 def materialize(mutant: Mutant, base_exports, directory) -> str:
     result = mutant.mutate(onnx.load_from_string(base_exports(mutant)))
     path = directory / f"{mutant.name}.onnx"
-    path.write_bytes(result if isinstance(result, bytes) else result.SerializeToString())
+    if mutant.external_data:
+        onnx.save(result, str(path), save_as_external_data=True, location="weights.bin",
+                  size_threshold=256)
+    else:
+        path.write_bytes(result if isinstance(result, bytes) else result.SerializeToString())
     return str(path)
 
 
