@@ -1,22 +1,28 @@
 """The nine metadata entries of POLICY_ONNX_SPEC: how the exporter writes them and how they are judged.
 
-Each checker takes the entry's value and the artifact and returns the problems it finds (an empty
-list means well-formed and consistent). Keys are the slugs of the META clauses that check them.
+Their grammar is the JSON Schema published beside the spec (POLICY_ONNX_METADATA.schema.json),
+applied here with the `jsonschema` validator; versions are parsed by `semver`. JSON values are
+judged as written: a duplicate object key, or NaN/Infinity (not JSON), is a defect, not something
+to normalize away. What a schema cannot say (lengths equal to act_dim, low <= high, agreement with
+the graph) is checked in code. Each checker takes the entry's value and the artifact and returns
+the problems it finds (an empty list means well-formed and consistent).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
+from functools import cache
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
 
+SCHEMA_PATH = Path(__file__).resolve().parent / "POLICY_ONNX_METADATA.schema.json"
+
 POLICY_VERSION = "1.0.0"
 FRAMEWORK = "stable-baselines3"
 TRANSFORMS = ("none", "clip", "tanh")
-BOOLEANS = ("true", "false")
 
 
 def describe_space(space) -> dict:
@@ -57,19 +63,53 @@ KEYS = ("clanker_policy_version", "action_space", "action_transform", "action_sc
         "batch_inference")
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [key for key, _ in pairs]
+    duplicated = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicated:
+        raise ValueError(f"the JSON object has the key {duplicated[0]!r} more than once (parsers "
+                         "disagree on which value wins)")
+    return dict(pairs)
+
+
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON (a number must be finite)")
+
+
 def _json(value: str):
     try:
-        return json.loads(value)
+        return json.loads(value, object_pairs_hook=_no_duplicate_keys, parse_constant=_not_json)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON ({exc.msg} at char {exc.pos})") from None
 
 
+@cache
+def _validator(definition: str):
+    """A validator of the published schema's definition `definition`."""
+    import jsonschema
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    return jsonschema.Draft202012Validator(
+        {"$schema": schema["$schema"], "$defs": schema["$defs"],
+         "$ref": f"#/$defs/{definition}"})
+
+
+def conform(document, definition: str) -> None:
+    """ValueError naming the first way `document` breaks the schema's `definition`."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(_validator(definition).iter_errors(document))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path)
+        raise ValueError(f"{where + ': ' if where else ''}{error.message} (schema: "
+                         f"#/$defs/{definition})")
+
+
 def number_array(value: str, length: int | None) -> np.ndarray:
-    """A JSON array of finite numbers, of `length` elements when given; ValueError otherwise."""
+    """A flat JSON array of finite numbers, of `length` elements when given; ValueError
+    otherwise."""
     parsed = _json(value)
-    if not isinstance(parsed, list) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in parsed):
-        raise ValueError(f"not a JSON array of numbers: {value!r}")
+    conform(parsed, "number_list")
     array = np.asarray(parsed, dtype=np.float64)
     if length is not None and array.size != length:
         raise ValueError(f"has {array.size} numbers, but act_dim is {length}")
@@ -87,24 +127,15 @@ class DeclaredBox(NamedTuple):
 def parse_box(value: str, act_dim: int | None) -> DeclaredBox:
     """A well-formed Box `action_space` entry; ValueError naming the defect otherwise."""
     space = _json(value)
-    if not isinstance(space, dict):
-        raise ValueError("not a JSON object")
-    missing = [k for k in ("type", "shape", "dtype", "low", "high") if k not in space]
-    if missing:
-        raise ValueError(f"lacks {', '.join(missing)}")
-    if space["type"] != "Box":
-        raise ValueError(f"type is {space['type']!r}, but a float32 action output is a 'Box'")
+    if isinstance(space, dict) and space.get("type") != "Box":
+        raise ValueError(f"type is {space.get('type')!r}, but a float32 action output is a 'Box'")
+    conform(space, "box")
     shape = space["shape"]
-    if not (isinstance(shape, list) and shape and all(
-            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
-        raise ValueError(f"shape {shape!r} is not a list of positive integers")
     size = math.prod(shape)
     if act_dim is not None and size != act_dim:
         raise ValueError(f"shape {shape} has {size} elements, but the output's act_dim is {act_dim}")
-    if space["dtype"] != "float32":
-        raise ValueError(f"dtype is {space['dtype']!r}, but the output is float32")
-    low = number_array(json.dumps(np.asarray(space["low"]).reshape(-1).tolist()), size)
-    high = number_array(json.dumps(np.asarray(space["high"]).reshape(-1).tolist()), size)
+    low = number_array(json.dumps(space["low"]), size)
+    high = number_array(json.dumps(space["high"]), size)
     if np.any(low > high):
         raise ValueError(f"low > high at index {int(np.argmax(low > high))}")
     return DeclaredBox(tuple(shape), low, high)
@@ -116,36 +147,24 @@ DISCRETE_FIELDS = {"Discrete": ("n", "start"), "MultiDiscrete": ("nvec",), "Mult
 def parse_discrete(value: str) -> dict:
     """A well-formed discrete `action_space` entry; ValueError naming the defect otherwise."""
     space = _json(value)
-    if not isinstance(space, dict):
-        raise ValueError("not a JSON object")
-    kind = space.get("type")
+    kind = space.get("type") if isinstance(space, dict) else None
     if kind not in DISCRETE_FIELDS:
         raise ValueError(f"type is {kind!r}, not one of {', '.join(DISCRETE_FIELDS)}")
-    missing = [k for k in DISCRETE_FIELDS[kind] if k not in space]
-    if missing:
-        raise ValueError(f"lacks {', '.join(missing)}")
-
-    def positive(v) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-    if kind == "MultiDiscrete":
-        if not (isinstance(space["nvec"], list) and space["nvec"]
-                and all(positive(n) for n in space["nvec"])):
-            raise ValueError(f"nvec {space['nvec']!r} is not a list of positive integers")
-    elif not positive(space["n"]):
-        raise ValueError(f"n {space['n']!r} is not a positive integer")
-    if kind == "Discrete" and not (isinstance(space["start"], int)
-                                   and not isinstance(space["start"], bool)):
-        raise ValueError(f"start {space['start']!r} is not an integer")
+    conform(space, {"Discrete": "discrete", "MultiDiscrete": "multi_discrete",
+                    "MultiBinary": "multi_binary"}[kind])
     return space
 
 
 def _version(value: str, artifact) -> list[str]:
-    match = re.fullmatch(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)([-+][0-9A-Za-z.+-]+)?", value)
-    if not match:
-        return [f"{value!r} is not a semantic version MAJOR.MINOR.PATCH"]
-    if match.group(1) != "1":
-        return [f"major version {match.group(1)} is not 1 (this suite checks POLICY_ONNX_SPEC 1.x)"]
+    import semver
+
+    try:
+        version = semver.Version.parse(value)
+    except (ValueError, TypeError):
+        return [f"{value!r} is not a semantic version (semver 2.0.0: MAJOR.MINOR.PATCH, "
+                "optionally -PRERELEASE and +BUILD)"]
+    if version.major != 1:
+        return [f"major version {version.major} is not 1 (this suite checks POLICY_ONNX_SPEC 1.x)"]
     return []
 
 
@@ -160,20 +179,19 @@ def _parses(parse: Callable[[str, int | None], object]) -> Callable[[str, object
     return check
 
 
-def _transform(value: str, artifact) -> list[str]:
-    return [] if value in TRANSFORMS else [f"{value!r} is not one of {', '.join(TRANSFORMS)}"]
-
-
-def _framework(value: str, artifact) -> list[str]:
-    return [] if value == FRAMEWORK else [f"{value!r} is not {FRAMEWORK!r}"]
-
-
-def _boolean(value: str) -> list[str]:
-    return [] if value in BOOLEANS else [f"{value!r} is not the string \"true\" or \"false\""]
+def _schema(definition: str) -> Callable[[str, object], list[str]]:
+    """A checker of a plain string entry against the schema's `definition`."""
+    def check(value: str, artifact) -> list[str]:
+        try:
+            conform(value, definition)
+        except ValueError as exc:
+            return [str(exc)]
+        return []
+    return check
 
 
 def _agrees(value: str, truth: bool, what: str) -> list[str]:
-    problems = _boolean(value)
+    problems = _schema("string_boolean")(value, None)
     expected = "true" if truth else "false"
     if not problems and value != expected:
         problems.append(f"says {value!r}, but {what}: must be {expected!r}")
@@ -185,10 +203,6 @@ def _recurrent(value: str, artifact) -> list[str]:
     return _agrees(value, state, "the graph " + ("has" if state else "has no") + " recurrent state")
 
 
-def _deterministic(value: str, artifact) -> list[str]:
-    return _boolean(value)
-
-
 def _batch(value: str, artifact) -> list[str]:
     dynamic = artifact.batch_dynamic
     return _agrees(value, dynamic, "the batch dimension of obs is "
@@ -198,12 +212,12 @@ def _batch(value: str, artifact) -> list[str]:
 CHECKS: dict[str, Callable[[str, object], list[str]]] = {
     "clanker_policy_version": _version,
     "action_space": _parses(parse_box),
-    "action_transform": _transform,
+    "action_transform": _schema("action_transform"),
     "action_scale": _parses(number_array),
     "action_offset": _parses(number_array),
-    "training_framework": _framework,
+    "training_framework": _schema("training_framework"),
     "recurrent": _recurrent,
-    "deterministic_mode": _deterministic,
+    "deterministic_mode": _schema("string_boolean"),
     "batch_inference": _batch,
 }
 assert tuple(CHECKS) == KEYS

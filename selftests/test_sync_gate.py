@@ -66,3 +66,30 @@ def test_gate_fails_on_duplicate_ids_and_a_stale_document(monkeypatch):
     monkeypatch.setattr(spec, "CLAUSES", duplicate)
     assert "GRAPH-01: ID used 2 times" in spec.registry_problems()
     assert any("differ from policy_onnx/spec.py" in p for p in spec_doc.problems())
+
+
+def test_the_published_metadata_schema_is_the_one_applied(tmp_path):
+    """POLICY_ONNX_METADATA.schema.json is a valid JSON Schema, names the nine keys, and the
+    suite's own export satisfies it, contents included."""
+    import json
+
+    import jsonschema
+
+    from policy_onnx import metadata
+    from policy_onnx.artifact import Artifact
+    from policy_onnx.export import export
+    from policy_onnx.load import load_model
+
+    from .conftest import REAL_MODEL, ROOT
+
+    schema = json.loads((ROOT / "POLICY_ONNX_METADATA.schema.json").read_text())
+    assert metadata.SCHEMA_PATH.read_text() == (ROOT / "POLICY_ONNX_METADATA.schema.json").read_text()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert tuple(schema["required"]) == metadata.KEYS
+    entries = {k: v[0] for k, v in
+               Artifact(export(load_model(REAL_MODEL), tmp_path / "m.onnx")).metadata.items()}
+    jsonschema.validate(entries, schema)
+    for key, rule in schema["properties"].items():
+        if "contentSchema" in rule:
+            content = {"$defs": schema["$defs"], **rule["contentSchema"]}
+            jsonschema.validate(json.loads(entries[key]), content)
