@@ -107,9 +107,14 @@ def _replay(args: argparse.Namespace) -> int:
         if "episode_starts" in saved:  # a recurrent policy's rollouts
             checked = (f"{observations.shape[0]}-step rollouts of {observations.shape[1]} "
                        "environments")
+            initial = None
+            if saved.get("initial_state_h") is not None:
+                initial = (np.asarray(saved["initial_state_h"], np.float32),
+                           np.asarray(saved["initial_state_c"], np.float32))
             problem = rollout_problem(reference, artifact, observations,
                                       np.asarray(saved["episode_starts"], np.float32),
-                                      ParityStats(), saved["clause"])
+                                      ParityStats(), saved["clause"], initial,
+                                      saved.get("warm_up", 0))
         else:
             checked = f"{len(observations)} observations"
             masks = None if saved.get("masks") is None else np.asarray(saved["masks"], bool)

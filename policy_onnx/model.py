@@ -98,14 +98,25 @@ class Reference:
         return copy.deepcopy(self.head).double()
 
     def step_outputs(self, obs, state, episode_start, double=False, scores=False):
-        """The recurrent head's action (or, with `scores`, raw action-net output), computed in
-        float32, or float64 with `double`."""
+        """The recurrent head's action (or, with `scores`, raw action-net output) and next
+        state, computed in float32, or float64 with `double`, as float64 arrays."""
         dtype = torch.float64 if double else torch.float32
         args = [torch.as_tensor(np.asarray(a), dtype=dtype) for a in (obs, *state, episode_start)]
         head = self._recurrent_head64 if double else self.head
         with torch.no_grad():
-            out = head(*args, scores=scores)
-        return out[0].double().numpy().reshape(len(obs), -1)
+            action, next_h, next_c = head(*args, scores=scores)
+        return (action.double().numpy().reshape(len(obs), -1), next_h.double().numpy(),
+                next_c.double().numpy())
+
+    def warm_state(self, rng: np.random.Generator, envs: int, steps: int):
+        """The state predict() reaches after `steps` steps of drawn observations from a reset:
+        where a rollout starts late in an episode."""
+        state = self.initial_state(envs)
+        starts = np.ones(envs, dtype=np.float32)
+        for _ in range(steps):
+            _, state = self.step(self.domain.inside(rng, envs), state, starts)
+            starts = np.zeros(envs, dtype=np.float32)
+        return state
 
     def mean(self, obs: np.ndarray) -> np.ndarray:
         """The pre-clip (pre-squash) mean, float32 computation, as float64."""

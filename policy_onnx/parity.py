@@ -20,10 +20,10 @@ if TYPE_CHECKING:
 
 # Per parity clause: observations checked, those whose pre-clip mean left the action bounds,
 # discrete disagreements only at a rounding tie, those whose normalized observation reached
-# +-clip_obs (models trained under VecNormalize), and those drawn but not compared because
-# predict() itself overflows there.
+# +-clip_obs (models trained under VecNormalize), those drawn but not compared because
+# predict() itself overflows there, and (recurrent rollouts) the most steps since a reset.
 STATISTICS = ("observations", "mean_outside_bounds", "rounding_ties", "observation_at_clip",
-              "predict_overflows")
+              "predict_overflows", "rollout_reach")
 
 
 @dataclass
@@ -34,20 +34,22 @@ class ParityStats:
     near_ties: Counter = field(default_factory=Counter)
     at_clip: Counter = field(default_factory=Counter)
     overflows: Counter = field(default_factory=Counter)
+    reach: Counter = field(default_factory=Counter)  # a maximum, not a sum
 
     def record(self, clause_id: str, checked: int, out_of_bounds: int, at_clip: int = 0,
-               overflows: int = 0) -> None:
+               overflows: int = 0, reach: int = 0) -> None:
         self.observations[clause_id] += checked
         self.out_of_bounds[clause_id] += out_of_bounds
         self.at_clip[clause_id] += at_clip
         self.overflows[clause_id] += overflows
+        self.reach[clause_id] = max(self.reach[clause_id], reach)
 
     def for_clause(self, clause_id: str) -> list[tuple[str, int]]:
         """The counts of one clause as report properties (none if it checked nothing)."""
         if not self.observations[clause_id]:
             return []
         counts = (self.observations, self.out_of_bounds, self.near_ties, self.at_clip,
-                  self.overflows)
+                  self.overflows, self.reach)
         return [(name, count[clause_id]) for name, count in zip(STATISTICS, counts, strict=True)]
 
 
@@ -240,41 +242,66 @@ def _search(clause: spec.Clause, search, policy, causes: str) -> None:
         check.fail(clause, str(exc))
 
 
-ROLLOUT_STEPS = 8
+# Recurrent rollouts: lengths, episode-start rates and warm-up steps (a rollout that starts from
+# the state predict() reaches after that many steps) are drawn per example from these.
+ROLLOUT_LENGTHS = (8, 24, 64)
+RESET_RATES = (0.0, 0.05, 0.25)
+WARM_UPS = (0, 16, 48)
 
 
 def check_recurrent_parity(clause: spec.Clause, reference: Reference, artifact: Artifact,
                            strategy, policy) -> None:
-    """Rollouts of ROLLOUT_STEPS steps over the drawn rows, each side carrying its own state."""
+    """Rollouts of drawn length over the drawn rows, from a zero or a warmed-up state."""
 
     @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(batch=strategy)
     def rollouts_agree(batch: Batch) -> None:
-        envs = len(batch.observations) // ROLLOUT_STEPS
-        steps = batch.observations[:envs * ROLLOUT_STEPS].reshape(ROLLOUT_STEPS, envs, -1)
         rng = np.random.default_rng(batch.seed)
-        starts = (rng.random((ROLLOUT_STEPS, envs)) < 0.25).astype(np.float32)
-        starts[0] = 1.0
-        problem = rollout_problem(reference, artifact, steps, starts, policy.stats, clause.id)
+        length = int(rng.choice(ROLLOUT_LENGTHS))
+        envs = max(4, len(batch.observations) // length)
+        rows = batch.observations
+        if len(rows) < length * envs:
+            rows = np.vstack([rows, reference.domain.sample(batch.regime, rng,
+                                                            length * envs - len(rows))])
+        steps = rows[:length * envs].reshape(length, envs, -1)
+        starts = (rng.random((length, envs)) < rng.choice(RESET_RATES)).astype(np.float32)
+        warm_up = int(rng.choice(WARM_UPS))
+        starts[0] = 0.0 if warm_up else 1.0
+        initial = reference.warm_state(rng, envs, warm_up)
+        problem = rollout_problem(reference, artifact, steps, starts, policy.stats, clause.id,
+                                  initial, warm_up)
         if problem:
-            raise Mismatch(f"{problem}\n  drawn as {batch}",
-                           {"observations": steps, "episode_starts": starts})
+            raise Mismatch(f"{problem}\n  drawn as {batch}, {length} steps of {envs} "
+                           f"environments after {warm_up} warm-up steps",
+                           {"observations": steps, "episode_starts": starts,
+                            "initial_state_h": initial[0], "initial_state_c": initial[1],
+                            "warm_up": warm_up})
 
     _search(clause, rollouts_agree, policy, RECURRENT_CAUSES)
 
 
 def rollout_problem(reference: Reference, artifact: Artifact, steps: np.ndarray,
-                    starts: np.ndarray, stats: ParityStats, clause_id: str) -> str | None:
-    """Roll both sides over `steps` [T, envs, obs_dim] with `starts` [T, envs], each carrying
-    its own state; None when every step agrees, else the first disagreement."""
+                    starts: np.ndarray, stats: ParityStats, clause_id: str, initial=None,
+                    warm_up: int = 0) -> str | None:
+    """Roll both sides over `steps` [T, envs, obs_dim] with `starts` [T, envs] from `initial`
+    (predict()'s state; zeros by default). At every step the artifact runs twice: with its own
+    state (a runtime carrying it) and with predict()'s (the state is part of the contract);
+    the actions of both, and the state it returns from predict()'s, must match predict().
+    None when every step agrees, else the first disagreement."""
     envs = steps.shape[1]
-    mine = theirs = reference.initial_state(envs)
+    mine = initial if initial is not None else reference.initial_state(envs)
+    theirs = tuple(np.asarray(s, np.float32) for s in mine)
+    since_reset = np.full(envs, warm_up)
     for t, (obs, start) in enumerate(zip(steps, starts, strict=True)):
+        since_reset = np.where(start > 0, 1, since_reset + 1)
         expected, next_mine = reference.step(obs, mine, start)
-        obtained, h, c = artifact.step(obs, *theirs, start)
-        stats.record(clause_id, envs, 0)
-        problem = _step_problem(reference, obs, mine, start, expected, obtained, stats,
-                                clause_id)
+        own, h, c = artifact.step(obs, *theirs, start)
+        fed, fed_h, fed_c = artifact.step(obs, *(np.asarray(s, np.float32) for s in mine), start)
+        stats.record(clause_id, envs, 0, reach=int(since_reset.max()))
+        problem = (_step_problem(reference, obs, mine, start, expected, own, stats, clause_id)
+                   or _step_problem(reference, obs, mine, start, expected, fed, stats,
+                                    clause_id, "fed predict()'s state")
+                   or _state_problem(reference, obs, mine, start, next_mine, (fed_h, fed_c)))
         if problem:
             return (f"at step {t} of a rollout of {envs} environments: {problem}\n"
                     f"  episode_start = {start.astype(int).tolist()}")
@@ -282,19 +309,20 @@ def rollout_problem(reference: Reference, artifact: Artifact, steps: np.ndarray,
     return None
 
 
-def _step_problem(reference, obs, state, start, expected, obtained, stats, clause_id):
+def _step_problem(reference, obs, state, start, expected, obtained, stats, clause_id,
+                  how="carrying its own state"):
     if obtained.reshape(len(obs), -1).shape != expected.shape:
         return f"the action has shape {obtained.shape}, predict() returns {expected.shape}"
     obtained = obtained.reshape(len(obs), -1)
     if reference.kind == "Box":
-        f32 = reference.step_outputs(obs, state, start)
-        f64 = reference.step_outputs(obs, state, start, double=True)
+        f32 = reference.step_outputs(obs, state, start)[0]
+        f64 = reference.step_outputs(obs, state, start, double=True)[0]
         allowed = tolerance(reference.low, reference.high, np.abs(f32 - f64))
         bad = ~(np.abs(obtained - expected) <= allowed)
     else:
-        scores = reference.step_outputs(obs, state, start, scores=True)
+        scores = reference.step_outputs(obs, state, start, scores=True)[0]
         noise = np.abs(scores - reference.step_outputs(obs, state, start, double=True,
-                                                        scores=True))
+                                                        scores=True)[0])
         gaps, chosen = _score_gaps(reference, expected, obtained, scores)
         bad, allowed = _beyond_ties(~(obtained == expected), gaps, chosen, noise, stats,
                                     clause_id)
@@ -302,15 +330,38 @@ def _step_problem(reference, obs, state, start, expected, obtained, stats, claus
         return None
     i = int(np.argmax(bad.any(axis=1)))
     return "\n".join([
-        f"environment {i} ({int(bad.any(axis=1).sum())} of {len(obs)} differ)",
+        f"the artifact {how}: environment {i} ({int(bad.any(axis=1).sum())} of {len(obs)} "
+        "differ)",
         f"  obs     = {_row(obs[i])}",
         f"  predict = {_row(expected[i])}",
         f"  action  = {_row(obtained[i])}",
         f"  allowed = {_row(allowed[i] if allowed.ndim == 2 else allowed)}"])
 
 
+def _state_problem(reference, obs, state, start, expected, obtained) -> str | None:
+    """The next state the artifact returns from predict()'s state against predict()'s own, each
+    element within the parity tolerance of its magnitude plus the state's float32 noise."""
+    f32 = reference.step_outputs(obs, state, start)[1:]
+    f64 = reference.step_outputs(obs, state, start, double=True)[1:]
+    for name, mine, theirs, low, high in zip(("next_state_h", "next_state_c"), expected,
+                                            obtained, f32, f64, strict=True):
+        mine = np.asarray(mine, np.float64)
+        theirs = np.asarray(theirs, np.float64)
+        if theirs.shape != mine.shape:
+            return f"{name} has shape {theirs.shape}, predict()'s state has {mine.shape}"
+        allowed = tolerance(-np.abs(mine), np.abs(mine), np.abs(low - high))
+        bad = ~(np.abs(theirs - mine) <= allowed)
+        if bad.any():
+            layer, env, unit = np.unravel_index(int(np.argmax(bad)), bad.shape)
+            return (f"fed predict()'s state, the artifact returns {name}[{layer}, {env}, {unit}] "
+                    f"= {theirs[layer, env, unit]!r}, predict()'s is {mine[layer, env, unit]!r} "
+                    f"({int(bad.sum())} elements differ beyond the tolerance)")
+    return None
+
+
 RECURRENT_CAUSES = (
     "Usual causes: the state is not zeroed where episode_start is 1; next_state_h and "
-    "next_state_c swapped or not returned; a legacy (TorchScript) export that baked in the "
+    "next_state_c swapped (in, out or both) or not returned; a state that drifts over long "
+    "rollouts; a legacy (TorchScript) export that baked in the "
     "no-reset branch and dropped episode_start; the post-processing of the action as for "
     "the feed-forward clauses.")

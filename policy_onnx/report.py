@@ -130,6 +130,9 @@ class Verdicts:
             if spec.clause(clause_id).needs_normalization:
                 detail += (f", {counts['observation_at_clip']:,} with the normalized "
                            "observation at +-clip_obs")
+            if counts.get("rollout_reach"):
+                detail += (f"; every step's state compared with predict()'s and fed back, up "
+                           f"to {counts['rollout_reach']:,} steps after a reset")
             if counts.get("predict_overflows"):
                 detail += (f" ({counts['predict_overflows']:,} more drawn where predict() "
                            "itself overflows, not compared)")

@@ -229,10 +229,15 @@ CLAUSES: tuple[Clause, ...] = (
            "episode), and exactly the outputs `action`, `next_state_h` and `next_state_c`, the "
            "state outputs shaped like the state inputs.", structures=("recurrent",)),
     Clause("REC-02", "recurrent_parity", E, "Rollouts act like `predict()` step by step",
-           "Over multi-step rollouts of drawn observations with random episode starts, feeding "
-           "each side its own returned state, the action at every step MUST match "
-           "`model.predict(obs, state, episode_start, deterministic=True)` (within the parity "
-           "tolerance for Box actions; exactly, except at rounding ties, for discrete ones).",
+           "Over rollouts of drawn observations — of drawn length (8 to 64 steps), from a zero "
+           "state or from the state `predict()` reaches after drawn warm-up steps, with drawn "
+           "episode-start rates — the action at every step MUST match `model.predict(obs, "
+           "state, episode_start, deterministic=True)` (within the parity tolerance for Box "
+           "actions; exactly, except at rounding ties, for discrete ones) both when the "
+           "artifact carries its own returned state and when it is fed `predict()`'s state; "
+           "and fed `predict()`'s state, `next_state_h` and `next_state_c` MUST match the state "
+           "`predict()` returns, element by element within the parity tolerance of the "
+           "element's magnitude plus the state's float32 noise.",
            needs_model=True, structures=("recurrent",)),
     Clause("REC-03", "episode_start_resets", E, "`episode_start` zeroes the state",
            "For every drawn observation and any state, the outputs with `episode_start` = 1 MUST "

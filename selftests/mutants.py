@@ -436,6 +436,25 @@ def _state_outputs_swapped(p):
     return p
 
 
+def _state_swapped_both_ways(p):
+    """state_h and state_c swapped on the way in and on the way out: self-consistent, so an
+    artifact carrying its own state acts like predict(); one resumed from SB3's state does not."""
+    for first, second in (("state_h", "state_c"), ("next_state_h", "next_state_c")):
+        _rename_everywhere(p.graph, first, "swap_tmp")
+        _rename_everywhere(p.graph, second, first)
+        _rename_everywhere(p.graph, "swap_tmp", second)
+    return p
+
+
+def _cell_state_leaks(p):
+    """next_state_c scaled by 0.95: a drift that grows over a long rollout."""
+    _rename_everywhere(p.graph, "next_state_c", "leaky_c")
+    p.graph.node.extend([helper.make_node("Mul", ["leaky_c", "leak"], ["next_state_c"])])
+    p.graph.initializer.append(const("leak", 0.95))
+    del p.graph.value_info[:]
+    return p
+
+
 def _episode_start_dropped(p):
     """No episode_start input: the legacy exporter's mistake (it baked in the no-reset branch)."""
     p.graph.input.remove(next(i for i in p.graph.input if i.name == "episode_start"))
@@ -704,6 +723,10 @@ MUTANTS: tuple[Mutant, ...] = (
            _state_not_reset, frozenset({"REC-02", "REC-03"}), model="recurrent_ppo"),
     Mutant("state_outputs_swapped", "RecurrentPPO: next_state_h and next_state_c swapped",
            _state_outputs_swapped, frozenset({"REC-02"}), model="recurrent_ppo"),
+    Mutant("state_swapped_both_ways", "RecurrentPPO: state_h and state_c swapped, inputs and "
+           "outputs both", _state_swapped_both_ways, frozenset({"REC-02"}), model="recurrent_ppo"),
+    Mutant("cell_state_leaks", "RecurrentPPO: next_state_c scaled by 0.95 each step",
+           _cell_state_leaks, frozenset({"REC-02"}), model="recurrent_ppo"),
     Mutant("episode_start_dropped", "RecurrentPPO: no episode_start input (legacy export)",
            _episode_start_dropped, frozenset({"REC-01", "REC-02", "REC-03"}),
            model="recurrent_ppo_discrete"),
