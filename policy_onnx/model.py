@@ -211,15 +211,79 @@ class Reference:
         if not self.clips:
             return np.empty((0, self.obs_dim), dtype=np.float32)
         rng = np.random.default_rng(seed)
-        candidates = [self.domain.inside(rng, pool // 2), self.domain.beyond(rng, pool // 4),
-                      self.domain.far(rng, pool // 4), self._ascend(rng)]
-        rows = np.vstack(candidates)
-        rows = rows[self.comparable(rows)]
+        toward_bounds = [lambda x, j=j, sign=sign: sign * self.head.mean(x)[:, j]
+                         for j in range(self.act_dim) for sign in (1.0, -1.0)]
+        rows = np.vstack([self._pool(rng, pool), self._ascend(rng, toward_bounds)])
         hits = rows[self.overshoot(rows) > 0]
         return hits[rng.permutation(len(hits))[:keep]]
 
-    def _ascend(self, rng: np.random.Generator, starts: int = 16, steps: int = 60) -> np.ndarray:
-        """Projected gradient ascent of +-mean[j] for every action element j."""
+    # --- discrete choices: every action predict() can return ----------------------------------
+    @cached_property
+    def choices(self) -> list[tuple[int, int]]:
+        """(action element, value) for every choice a discrete predict() can make."""
+        if self.kind == "Discrete":
+            return [(0, a) for a in range(int(self.action_space.n))]
+        if self.kind == "MultiDiscrete":
+            return [(j, v) for j, n in enumerate(self.action_space.nvec) for v in range(int(n))]
+        return [(j, v) for j in range(self.act_dim) for v in (0, 1)]  # MultiBinary
+
+    def _margins(self, scores: torch.Tensor, element: int) -> torch.Tensor:
+        """[B, values]: how far each value of an action element wins over the best other one
+        (> 0 where predict() chooses it)."""
+        if self.kind == "MultiBinary":
+            logit = scores[:, element:element + 1]
+            return torch.cat([-logit, logit], dim=1)
+        sizes = [int(n) for n in np.atleast_1d(getattr(self.action_space, "nvec",
+                                                       self.action_space.n))]
+        split = torch.split(scores, sizes, dim=1)[element]
+        best_other = torch.stack([torch.cat([split[:, :v], split[:, v + 1:]], dim=1).amax(dim=1)
+                                  for v in range(split.shape[1])], dim=1)
+        return split - best_other
+
+    def chosen(self, obs: np.ndarray) -> set[tuple[int, int]]:
+        """The choices predict() makes (all actions allowed) somewhere in `obs`."""
+        with torch.no_grad():
+            scores = self.head(torch.as_tensor(obs, dtype=torch.float32), scores=True)
+        made = set()
+        for element in sorted({j for j, _ in self.choices}):
+            wins = self._margins(scores, element) > 0
+            made |= {(element, int(v)) for v in np.flatnonzero(wins.any(dim=0).numpy())}
+        return made
+
+    def find_each_action(self, seed: int = 0, pool: int = 4096, keep: int = 16) -> np.ndarray:
+        """Observations where predict() makes each of its choices: random draws over the domain,
+        then gradient ascent on the margin of every choice not found yet. Up to `keep` rows a
+        choice; a choice with none is one the search could not reach."""
+        if self.kind == "Box" or self.structure == "recurrent":
+            return np.empty((0, self.obs_dim), dtype=np.float32)
+        rng = np.random.default_rng(seed)
+        rows = self._pool(rng, pool)
+        missing = [c for c in self.choices if c not in self.chosen(rows)]
+        if missing:
+            margin = [lambda x, j=j, v=v: self._margins(self.head(x, scores=True), j)[:, v]
+                      for j, v in missing]
+            rows = np.vstack([rows, self._ascend(rng, margin)])
+        with torch.no_grad():
+            scores = self.head(torch.as_tensor(rows), scores=True)
+        found = []
+        for element, value in self.choices:
+            wins = np.flatnonzero((self._margins(scores, element)[:, value] > 0).numpy())
+            found.append(rows[rng.permutation(wins)[:keep]])
+        return np.vstack(found)
+
+    # --- search helpers ---------------------------------------------------------------------
+    def _pool(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """Random rows over the domain (half inside, a quarter beyond, a quarter far) where
+        predict() is finite."""
+        rows = np.vstack([self.domain.inside(rng, size // 2), self.domain.beyond(rng, size // 4),
+                          self.domain.far(rng, size // 4)])
+        return rows[self.comparable(rows)]
+
+    def _ascend(self, rng: np.random.Generator, objectives, starts: int = 16,
+                steps: int = 60) -> np.ndarray:
+        """Projected sign-gradient ascent of each objective (rows -> a value per row), from
+        `starts` rows each, within the bounds widened by ten widths (+-MAX_MAGNITUDE where
+        unbounded)."""
         lower = np.clip(np.where(np.isfinite(self.domain.low),
                                  self.domain.low - 10 * self.domain.width, -MAX_MAGNITUDE),
                         -MAX_MAGNITUDE, None)
@@ -228,15 +292,15 @@ class Reference:
                         None, MAX_MAGNITUDE)
         lo = torch.as_tensor(lower, dtype=torch.float32)
         hi = torch.as_tensor(upper, dtype=torch.float32)
-        direction = torch.cat([torch.eye(self.act_dim), -torch.eye(self.act_dim)])
-        direction = direction.repeat_interleave(starts, dim=0)
-        x = torch.as_tensor(self.domain.beyond(rng, len(direction)), dtype=torch.float32)
+        x = torch.as_tensor(self.domain.beyond(rng, len(objectives) * starts),
+                            dtype=torch.float32)
         x.requires_grad_(True)
         step = (hi - lo) / steps
         for _ in range(steps):
-            objective = (self.head.mean(x) * direction).sum()
-            (grad,) = torch.autograd.grad(objective, x)
+            total = sum(objective(x[i * starts:(i + 1) * starts]).sum()
+                        for i, objective in enumerate(objectives))
+            (grad,) = torch.autograd.grad(total, x)
             with torch.no_grad():
                 x += step * torch.sign(grad)
                 x.copy_(torch.maximum(torch.minimum(x, hi), lo))
-        return x.detach().numpy()
+        return self.domain.finish(x.detach().numpy())

@@ -21,9 +21,10 @@ if TYPE_CHECKING:
 # Per parity clause: observations checked, those whose pre-clip mean left the action bounds,
 # discrete disagreements only at a rounding tie, those whose normalized observation reached
 # +-clip_obs (models trained under VecNormalize), those drawn but not compared because
-# predict() itself overflows there, and (recurrent rollouts) the most steps since a reset.
+# predict() itself overflows there, (recurrent rollouts) the most steps since a reset, and
+# (discrete actions) how many of its possible choices predict() made in the draws.
 STATISTICS = ("observations", "mean_outside_bounds", "rounding_ties", "observation_at_clip",
-              "predict_overflows", "rollout_reach")
+              "predict_overflows", "rollout_reach", "choices_drawn", "choices_possible")
 
 
 @dataclass
@@ -35,6 +36,8 @@ class ParityStats:
     at_clip: Counter = field(default_factory=Counter)
     overflows: Counter = field(default_factory=Counter)
     reach: Counter = field(default_factory=Counter)  # a maximum, not a sum
+    choices: dict = field(default_factory=dict)  # clause -> the (element, value) predict() chose
+    possible: Counter = field(default_factory=Counter)
 
     def record(self, clause_id: str, checked: int, out_of_bounds: int, at_clip: int = 0,
                overflows: int = 0, reach: int = 0) -> None:
@@ -49,8 +52,16 @@ class ParityStats:
         if not self.observations[clause_id]:
             return []
         counts = (self.observations, self.out_of_bounds, self.near_ties, self.at_clip,
-                  self.overflows, self.reach)
+                  self.overflows, self.reach,
+                  {clause_id: len(self.choices.get(clause_id, ()))}, self.possible)
         return [(name, count[clause_id]) for name, count in zip(STATISTICS, counts, strict=True)]
+
+    def record_choices(self, clause_id: str, actions: np.ndarray, possible: int) -> None:
+        """The discrete actions predict() returned for compared rows ([B, elements])."""
+        made = self.choices.setdefault(clause_id, set())
+        for element in range(actions.shape[1]):
+            made |= {(element, int(v)) for v in np.unique(actions[:, element])}
+        self.possible[clause_id] = possible
 
 
 class Mismatch(AssertionError):
@@ -146,6 +157,7 @@ def compare_discrete(reference: Reference, artifact: Artifact, obs: np.ndarray,
     if reference.masked and masks is None:
         masks = np.ones((len(obs), reference.head.mask_width), dtype=bool)
     expected = reference.predict(obs, masks)
+    stats.record_choices(clause_id, expected, len(reference.choices))
     obtained = artifact.final_action(obs, masks, batch_size).reshape(len(obs), -1)
     if obtained.shape != expected.shape:
         return (f"the action has shape {obtained.shape} per batch, but predict() returns "

@@ -132,6 +132,10 @@ class Policy:
     def clip_seeds(self):
         return self.reference.find_out_of_bounds()
 
+    @cached_property
+    def action_seeds(self):
+        return self.reference.find_each_action()
+
     def artifact(self, workdir: Path, announce) -> Artifact:
         """The --onnx artifact, or the suite's own export of the model, made once."""
         if self.given_artifact:
@@ -663,6 +667,12 @@ def probe_observations(policy: Policy, artifact: Artifact):
 def clip_seeds(policy: Policy, reference):
     """Observations whose pre-clip mean leaves the action bounds (empty if none was found)."""
     return policy.clip_seeds
+
+
+@pytest.fixture(scope="session")
+def action_seeds(policy: Policy, reference):
+    """Observations where predict() makes each of its discrete choices (as far as found)."""
+    return policy.action_seeds
 
 
 @pytest.fixture(scope="session")

@@ -125,6 +125,9 @@ class Verdicts:
                           "action bounds")
             elif kind != "Box":
                 detail = f", {counts['rounding_ties']:,} disagreeing only at a rounding tie"
+                if counts.get("choices_possible"):
+                    detail += (f"; predict() made {counts['choices_drawn']} of its "
+                               f"{counts['choices_possible']} possible choices")
             else:
                 detail = ""
             if spec.clause(clause_id).needs_normalization:

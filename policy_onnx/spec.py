@@ -186,7 +186,9 @@ CLAUSES: tuple[Clause, ...] = (
            "`[start, start + n)` (Discrete), in `[0, nvec[i])` (MultiDiscrete) or 0 or 1 "
            "(MultiBinary).", kinds=DISCRETE),
     Clause("DISC-05", "discrete_parity", E, "The action equals `predict()` but at near-ties",
-           "For every observation the suite draws, the action MUST equal "
+           "For every observation the suite draws — including, for every action `predict()` "
+           "can return, observations where it returns that action, as far as the suite's "
+           "search finds them — the action MUST equal "
            "`model.predict(obs, deterministic=True)` exactly, except where the model's own "
            "scores (Q-values, logits) of the two actions differ by no more than the parity "
            "tolerance: such near-ties are rounding, counted and reported, not defects.",

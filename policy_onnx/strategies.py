@@ -12,6 +12,8 @@ Regimes (stated in the spec, section "Observations"):
   not clip observations anywhere in float32's range;
 - toward_clip: observations near those whose pre-clip mean the search found outside the action
   bounds (see `Reference.find_out_of_bounds`);
+- each_action: observations near those where the search found predict() making each of its
+  discrete choices (see `Reference.find_each_action`), so that rare actions are drawn too;
 - normalized_range, normalized_clip (models trained under VecNormalize): raw observations
   mean + z * sqrt(var + epsilon) with z across (-clip_obs, clip_obs), or with components at and
   up to three times beyond +-clip_obs, where VecNormalize clips.
@@ -29,6 +31,7 @@ MAX_MAGNITUDE = 1e4
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 REGIMES = ("inside", "beyond", "far", "toward_clip")
 EVERYWHERE = REGIMES[:3]  # the regimes that need no search
+SEEDED = ("toward_clip", "each_action")  # drawn near the rows a search found
 BULK_ROWS = 320  # numpy-drawn rows added to each hypothesis example
 # The batch sizes the suite runs an artifact with (BEH-01); parity runs each example's rows in
 # batches of one of them (None: all rows in one batch).
@@ -125,13 +128,13 @@ class ObservationDomain:
         return self.finish(np.where(rng.random(shape) < 0.5, far, rows))
 
     def sample(self, regime: str, rng: np.random.Generator, n: int,
-               clip_seeds: np.ndarray | None = None) -> np.ndarray:
+               seeds: np.ndarray | None = None) -> np.ndarray:
         if regime == "far":
             return self.far(rng, n)
         if regime in NORMALIZED_REGIMES:
             return self.normalized(rng, n, at_clip=regime == "normalized_clip")
-        if regime == "toward_clip" and clip_seeds is not None and len(clip_seeds):
-            picks = clip_seeds[rng.integers(0, len(clip_seeds), n)]
+        if regime in SEEDED and seeds is not None and len(seeds):
+            picks = seeds[rng.integers(0, len(seeds), n)]
             jitter = rng.normal(0.0, 1.0, picks.shape) * 10.0 ** rng.uniform(-4, -1, (n, 1))
             return self.finish(picks * (1.0 + jitter))
         if regime == "inside":
@@ -216,7 +219,7 @@ class Batch:
                 f"batch_size={self.batch_size})")
 
 
-def batches(domain: ObservationDomain, regimes=REGIMES, clip_seeds: np.ndarray | None = None,
+def batches(domain: ObservationDomain, regimes=REGIMES, seeds: np.ndarray | None = None,
             bulk_rows: int = BULK_ROWS, mask_width: int | None = None
             ) -> st.SearchStrategy[Batch]:
     """Batches of observations; with `mask_width`, each row also gets an action mask: rows all
@@ -224,16 +227,16 @@ def batches(domain: ObservationDomain, regimes=REGIMES, clip_seeds: np.ndarray |
     @st.composite
     def draw_batch(draw) -> Batch:
         regime = draw(st.sampled_from(regimes))
-        explicit_regime = "inside" if regime == "toward_clip" else regime
+        explicit_regime = "inside" if regime in SEEDED else regime
         explicit = np.asarray(draw(domain.rows(explicit_regime)), dtype=np.float64)
-        if regime == "toward_clip" and clip_seeds is not None and len(clip_seeds):
-            index = draw(st.integers(0, len(clip_seeds) - 1))
-            explicit = np.vstack([clip_seeds[index:index + 1], explicit])
+        if regime in SEEDED and seeds is not None and len(seeds):
+            index = draw(st.integers(0, len(seeds) - 1))
+            explicit = np.vstack([seeds[index:index + 1], explicit])
         batch_size = draw(st.sampled_from((None, *BATCH_SIZES)))
         seed = draw(st.integers(0, 2**32 - 1))
         rng = np.random.default_rng(seed)
         observations = domain.finish(np.vstack([explicit, domain.sample(regime, rng, bulk_rows,
-                                                                   clip_seeds)]))
+                                                                   seeds)]))
         masks = None
         if mask_width:
             density = draw(st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.0]))

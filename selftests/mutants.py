@@ -378,6 +378,18 @@ def _set_last(kind: str, new_kind: str | None = None, **attributes):
     return mutate
 
 
+def _never_last_action(p):
+    """The argmax taken over all scores but the last: the last action is never returned."""
+    index, argmax = next((i, n) for i, n in enumerate(p.graph.node) if n.op_type == "ArgMax")
+    p.graph.node.insert(index, helper.make_node(
+        "Slice", [argmax.input[0], "nl_start", "nl_end", "nl_axis"], ["scores_but_last"]))
+    argmax.input[0] = "scores_but_last"
+    p.graph.initializer.extend([const("nl_start", [0], np.int64), const("nl_end", [-1], np.int64),
+                                const("nl_axis", [1], np.int64)])
+    del p.graph.value_info[:]
+    return p
+
+
 def _index_plus_one(p):
     return append_after_output(p, lambda src, dst: [
         helper.make_node("Add", [src, "one"], [dst])], [const("one", 1, np.int64)])
@@ -691,6 +703,8 @@ MUTANTS: tuple[Mutant, ...] = (
            _actions_as_column, frozenset({"DISC-02"}), model="dqn"),
     Mutant("dqn_argmin", "DQN: argmin of the Q-values", _set_last("ArgMax", "ArgMin"),
            frozenset({"DISC-05"}), model="dqn"),
+    Mutant("dqn_never_rare_action", "DQN: the argmax misses the last (rare) action",
+           _never_last_action, frozenset({"DISC-05"}), model="dqn_rare_action"),
     Mutant("dqn_index_plus_one", "DQN: actions counted from 1", _index_plus_one,
            frozenset({"DISC-04", "DISC-05"}), model="dqn"),
     Mutant("dqn_argmax_over_batch", "DQN: argmax over the batch axis", _set_last("ArgMax", axis=0),
