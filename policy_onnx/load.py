@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 class ModelLoadError(Exception):
     """A model file that cannot be checked; the message names the problem and the fix."""
@@ -35,6 +37,11 @@ CONTRIB_ALGORITHMS = ("TRPO", "TQC", "CrossQ", "QR-DQN", "ARS", "MaskablePPO", "
 MAX_DATA_BYTES = 64 * 2**20  # the `data` JSON entry, uncompressed
 MAX_ZIP_BYTES = 2 * 2**30  # all entries, uncompressed
 MAX_SPACE_ELEMENTS = 2**20  # one observation or action (an 84x84x3 image is 21,168)
+# The network policy_kwargs describe, estimated before SB3 builds it: at most this many
+# parameters, and no more than this many times the weights the zip stores (plus some slack).
+MAX_PARAMETERS = 50_000_000
+MAX_PARAMETERS_PER_STORED = 16
+PARAMETER_SLACK = 1_000_000
 
 # Entries inference needs; unpickled through the allow-list.
 NEEDED_KEYS = ("observation_space", "action_space", "policy_class", "policy_kwargs")
@@ -192,9 +199,12 @@ def inference_objects(path: Path, data: dict, trust_code: bool) -> dict[str, Any
                 objects[key] = DEFAULTS.get(key)
     if "buffer_size" in data:  # an off-policy replay buffer is not needed for inference
         objects["buffer_size"] = 1
-    policy_kwargs = dict(objects.get("policy_kwargs", data.get("policy_kwargs")) or {})
-    if "optimizer_class" in inspect.signature(objects["policy_class"]).parameters:
-        policy_kwargs["optimizer_class"] = NoOptimizer  # ARS policies have no optimizer
+    policy_kwargs = objects.get("policy_kwargs", data.get("policy_kwargs"))
+    if policy_kwargs is None:
+        policy_kwargs = {}
+    if isinstance(policy_kwargs, dict) and isinstance(objects["policy_class"], type) and \
+            "optimizer_class" in inspect.signature(objects["policy_class"]).parameters:
+        policy_kwargs = {**policy_kwargs, "optimizer_class": NoOptimizer}  # ARS has none
     objects["policy_kwargs"] = policy_kwargs
     return objects
 
@@ -227,6 +237,91 @@ def _unpickle_needed(path: Path, key: str, payload: str, trust_code: bool) -> An
         problem = (f"'{key}' cannot be read ({type(exc).__name__}: {exc}); re-save the model "
                    "with model.save()")
     raise ModelLoadError(f"--model {path}: {problem}")
+
+
+def _sizes(value: Any) -> list[list[int]]:
+    """The layer-width lists of a net_arch: [64, 64], dict(pi=[...], vf=[...]) or SB3 1.x's
+    [dict(pi=..., vf=...)] (and [64, dict(...)] of older ones)."""
+    if isinstance(value, dict):
+        return [width for part in value.values() for width in _sizes(part)]
+    if isinstance(value, (list, tuple)):
+        ints = [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
+        nested = [w for v in value if isinstance(v, (dict, list, tuple)) for w in _sizes(v)]
+        return ([ints] if ints else []) + nested
+    return []
+
+
+def estimated_parameters(policy_kwargs: dict, observation_space: Any, action_space: Any
+                         ) -> int:
+    """About how many parameters the network described by `policy_kwargs` and the spaces has
+    (an upper estimate: every network SB3 may build twice over, targets included)."""
+    def number(key: str, default: int) -> int:
+        value = policy_kwargs.get(key, default)
+        return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+    obs = math.prod(observation_space.shape or (1,))
+    extractor = policy_kwargs.get("features_extractor_kwargs")
+    features = number("features_dim", 0) or (
+        extractor.get("features_dim", 0) if isinstance(extractor, dict) else 0) or obs
+    outputs = max(math.prod(getattr(action_space, "shape", ()) or (1,)),
+                  int(getattr(action_space, "n", 1) or 1)) * max(1, number("n_quantiles", 1))
+    lstm = number("lstm_hidden_size", 0)
+    layers = number("n_lstm_layers", 1)
+    total = lstm and 2 * layers * 4 * lstm * (max(features, lstm) + lstm + 2)
+    inputs = lstm or features
+    for widths in _sizes(policy_kwargs.get("net_arch", [])) or [[]]:
+        chain = [inputs, *widths, outputs]
+        total += sum((a + 1) * b for a, b in zip(chain, chain[1:]))
+    copies = 2 * (2 + max(1, number("n_critics", 2)))  # actor, critics, their targets
+    return copies * total + (features * obs if features != obs else 0)
+
+
+def check_network_size(path: Path, archive_sizes: dict[str, int], objects: dict) -> None:
+    """Refuse, before anything is built, a network out of proportion with the stored weights
+    or over the budget: SB3 allocates (and initializes) whatever policy_kwargs describe."""
+    estimate = estimated_parameters(objects["policy_kwargs"], objects["observation_space"],
+                                    objects["action_space"])
+    stored = sum(size for name, size in archive_sizes.items() if name.endswith(".pth")) // 4
+    limit = min(MAX_PARAMETERS, MAX_PARAMETERS_PER_STORED * stored + PARAMETER_SLACK)
+    if estimate > limit:
+        raise ModelLoadError(
+            f"--model {path}: refused: policy_kwargs describe a network of about "
+            f"{estimate:,} parameters, but the zip stores weights for about {stored:,} and the "
+            f"suite builds at most {limit:,} (at most {MAX_PARAMETERS:,}, and "
+            f"{MAX_PARAMETERS_PER_STORED}x what is stored); check that this is the model file")
+
+
+def check_objects(path: Path, objects: dict[str, Any]) -> None:
+    """What unpickling returned has the types and attributes SB3 relies on: a policy class,
+    two spaces whose state was restored, keyword arguments that are a mapping."""
+    import gymnasium
+
+    def refuse(key: str, problem: str):
+        raise ModelLoadError(f"--model {path}: refused: '{key}' {problem}; re-save the model "
+                             "with model.save()")
+
+    if not isinstance(objects.get("policy_class"), type):
+        refuse("policy_class", f"is {type(objects.get('policy_class')).__name__}, not a class")
+    for key in ("observation_space", "action_space"):
+        space = objects.get(key)
+        if not isinstance(space, gymnasium.spaces.Space):
+            refuse(key, f"is {type(space).__name__}, not a gymnasium space")
+        try:
+            shape, dtype = space.shape, space.dtype
+            if isinstance(space, gymnasium.spaces.Box):
+                bounds = (np.asarray(space.low), np.asarray(space.high))
+                if any(b.dtype.kind not in "fiu" for b in bounds):
+                    refuse(key, "has bounds that are not numbers")
+        except AttributeError as exc:
+            refuse(key, f"was unpickled without its state ({exc})")
+        if shape is not None and not all(isinstance(d, (int, np.integer)) and d >= 0
+                                         for d in shape):
+            refuse(key, f"has the shape {shape!r}")
+        if dtype is not None and not isinstance(dtype, np.dtype):
+            refuse(key, f"has the dtype {dtype!r}")
+    if not isinstance(objects.get("policy_kwargs"), dict):
+        refuse("policy_kwargs", f"is a {type(objects.get('policy_kwargs')).__name__}, not a "
+               "mapping of keyword arguments")
 
 
 def detect_algorithm(path: Path, data: dict, policy_class: Any) -> str:
@@ -300,9 +395,21 @@ def load_model(path: str | Path, *, trust_code: bool = False) -> LoadedModel:
         raise ModelLoadError(
             f"--model {path}: 'data' lacks {', '.join(missing)}, so it is not an SB3 model; "
             "pass the .zip written by model.save()")
-    objects = inference_objects(path, data, trust_code)
-    algorithm = detect_algorithm(path, data, objects["policy_class"])
-    check_spaces(path, objects["observation_space"], objects["action_space"])
+    try:
+        objects = inference_objects(path, data, trust_code)
+        check_objects(path, objects)
+        algorithm = detect_algorithm(path, data, objects["policy_class"])
+        check_spaces(path, objects["observation_space"], objects["action_space"])
+        with zipfile.ZipFile(path) as archive:
+            sizes = {info.filename: info.file_size for info in archive.infolist()}
+        check_network_size(path, sizes, objects)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # whatever else a crafted file makes of the checks above
+        raise ModelLoadError(
+            f"--model {path}: refused: its entries are not what SB3 writes "
+            f"({type(exc).__name__}: {_one_line(exc)}); re-save the model with model.save()"
+        ) from None
     if algorithm == "MaskablePPO" and type(objects["action_space"]).__name__ not in (
             "Discrete", "MultiDiscrete"):
         raise ModelLoadError(f"--model {path}: MaskablePPO with {objects['action_space']} is "

@@ -14,7 +14,7 @@ import torch
 
 from .heads import ObservationNormalizer, action_kind, head_for
 from .load import LoadedModel
-from .strategies import MAX_MAGNITUDE, ObservationDomain
+from .strategies import MAX_MAGNITUDE, ObservationDomain, rows_for
 from .tolerance import action_unit, tolerance
 
 FLOAT32_UNIT = 2.0 ** -24  # unit roundoff of float32
@@ -275,8 +275,9 @@ class Reference:
     def _pool(self, rng: np.random.Generator, size: int) -> np.ndarray:
         """Random rows over the domain (half inside, a quarter beyond, a quarter far) where
         predict() is finite."""
-        rows = np.vstack([self.domain.inside(rng, size // 2), self.domain.beyond(rng, size // 4),
-                          self.domain.far(rng, size // 4)])
+        size = rows_for(self.obs_dim, size)
+        rows = np.vstack([self.domain.inside(rng, size - 2 * (size // 4)),
+                          self.domain.beyond(rng, size // 4), self.domain.far(rng, size // 4)])
         return rows[self.comparable(rows)]
 
     def _ascend(self, rng: np.random.Generator, objectives, starts: int = 16,
@@ -292,6 +293,7 @@ class Reference:
                         None, MAX_MAGNITUDE)
         lo = torch.as_tensor(lower, dtype=torch.float32)
         hi = torch.as_tensor(upper, dtype=torch.float32)
+        starts = max(1, rows_for(self.obs_dim, starts * len(objectives)) // len(objectives))
         x = torch.as_tensor(self.domain.beyond(rng, len(objectives) * starts),
                             dtype=torch.float32)
         x.requires_grad_(True)

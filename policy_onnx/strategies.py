@@ -33,10 +33,20 @@ REGIMES = ("inside", "beyond", "far", "toward_clip")
 EVERYWHERE = REGIMES[:3]  # the regimes that need no search
 SEEDED = ("toward_clip", "each_action")  # drawn near the rows a search found
 BULK_ROWS = 320  # numpy-drawn rows added to each hypothesis example
+# Memory budget of one array of drawn observations (float64 while drawn): the rows of a draw, a
+# probe, a search pool or a batch follow it, so that a large observation (the limit is 2^20
+# elements) gets fewer rows rather than exhausting the machine.
+ROWS_BUDGET_BYTES = 64 * 2**20
+
+
+def rows_for(dim: int, wanted: int) -> int:
+    """`wanted` rows of `dim` elements, or fewer (at least one) to stay within the budget."""
+    return max(1, min(wanted, ROWS_BUDGET_BYTES // (8 * max(dim, 1))))
 # The batch sizes the suite runs an artifact with (BEH-01); parity runs each example's rows in
 # batches of one of them (None: all rows in one batch).
 BATCH_SIZES = (1, 2, 7, 64, 1000)
 MAX_EXPLICIT_ROWS = 4  # hypothesis-drawn rows, shrunk on failure
+MAX_EXPLICIT_ELEMENTS = 1024  # larger observations get numpy-drawn rows only
 
 
 NORMALIZED_REGIMES = ("normalized_range", "normalized_clip")
@@ -142,8 +152,10 @@ class ObservationDomain:
         return self.beyond(rng, n)
 
     def probe(self, seed: int = 0, n: int = 1000) -> np.ndarray:
-        """A fixed mix of regimes and corner values for the behaviour clauses."""
+        """A fixed mix of regimes and corner values for the behaviour clauses (fewer rows for a
+        large observation)."""
         rng = np.random.default_rng(seed)
+        n = max(rows_for(self.dim, n), 7)
         corners = [np.zeros(self.dim), np.clip(self.low, -MAX_MAGNITUDE, None),
                    np.clip(self.high, None, MAX_MAGNITUDE), np.full(self.dim, MAX_MAGNITUDE),
                    np.full(self.dim, -MAX_MAGNITUDE)]
@@ -201,6 +213,10 @@ class ObservationDomain:
         return st.one_of(parts)
 
     def rows(self, regime: str) -> st.SearchStrategy[list[list[float]]]:
+        """Rows drawn element by element by hypothesis (none for a large observation, whose
+        element-wise draw would be too large for hypothesis to handle)."""
+        if self.dim > MAX_EXPLICIT_ELEMENTS:
+            return st.just([])
         row = st.tuples(*(self.element(i, regime) for i in range(self.dim)))
         return st.lists(row, min_size=1, max_size=MAX_EXPLICIT_ROWS)
 
@@ -224,18 +240,21 @@ def batches(domain: ObservationDomain, regimes=REGIMES, seeds: np.ndarray | None
             ) -> st.SearchStrategy[Batch]:
     """Batches of observations; with `mask_width`, each row also gets an action mask: rows all
     allowed, all masked, and masked at random with a drawn density."""
+    rows = rows_for(domain.dim, bulk_rows)
+
     @st.composite
     def draw_batch(draw) -> Batch:
         regime = draw(st.sampled_from(regimes))
         explicit_regime = "inside" if regime in SEEDED else regime
-        explicit = np.asarray(draw(domain.rows(explicit_regime)), dtype=np.float64)
+        explicit = np.asarray(draw(domain.rows(explicit_regime)),
+                              dtype=np.float64).reshape(-1, domain.dim)
         if regime in SEEDED and seeds is not None and len(seeds):
             index = draw(st.integers(0, len(seeds) - 1))
             explicit = np.vstack([seeds[index:index + 1], explicit])
         batch_size = draw(st.sampled_from((None, *BATCH_SIZES)))
         seed = draw(st.integers(0, 2**32 - 1))
         rng = np.random.default_rng(seed)
-        observations = domain.finish(np.vstack([explicit, domain.sample(regime, rng, bulk_rows,
+        observations = domain.finish(np.vstack([explicit, domain.sample(regime, rng, rows,
                                                                    seeds)]))
         masks = None
         if mask_width:
