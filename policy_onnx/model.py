@@ -233,8 +233,8 @@ class Reference:
         if self.kind == "MultiBinary":
             logit = scores[:, element:element + 1]
             return torch.cat([-logit, logit], dim=1)
-        sizes = [int(n) for n in np.atleast_1d(getattr(self.action_space, "nvec",
-                                                       self.action_space.n))]
+        space = self.action_space
+        sizes = [int(n) for n in (space.nvec if self.kind == "MultiDiscrete" else [space.n])]
         split = torch.split(scores, sizes, dim=1)[element]
         best_other = torch.stack([torch.cat([split[:, :v], split[:, v + 1:]], dim=1).amax(dim=1)
                                   for v in range(split.shape[1])], dim=1)
