@@ -27,6 +27,11 @@ MAX_ARTIFACT_BYTES = 2 * 2**30  # the file and its external data: far beyond any
 SIZE_FIX = "check that this is the policy artifact (a vector policy is far smaller)"
 
 
+# ONNX Runtime's threads per session: 0 lets it choose (one per core); a pytest-xdist worker,
+# which shares the cores with the others, uses one.
+SESSION_THREADS = 0
+
+
 class ArtifactError(Exception):
     """An artifact that cannot be read or run; the message names the problem."""
 
@@ -199,6 +204,7 @@ class Artifact:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        options.intra_op_num_threads = SESSION_THREADS
         try:
             return ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:

@@ -301,6 +301,17 @@ def _keep_hypothesis_storage_out_of_the_project() -> None:
         os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = str(cache / "policy-onnx" / "hypothesis")
 
 
+def _one_thread_per_worker() -> None:
+    """pytest-xdist starts a worker per core: torch and ONNX Runtime each using every core in
+    every worker made a zoo slower in parallel than serially."""
+    import torch
+
+    from . import artifact
+
+    torch.set_num_threads(1)
+    artifact.SESSION_THREADS = 1
+
+
 def _suite_command(config: pytest.Config, items: list[pytest.Item]) -> tuple[str, ...]:
     """pytest and the clause tests as this run named them: the package with --pyargs, else
     their folder (relative to where pytest started, when inside it)."""
@@ -404,11 +415,26 @@ def _keys(pairs) -> list[str]:
             for i, stem in enumerate(stems)]
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist picks its distribution mode
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """With -n and no --dist, each policy's tests go to one worker (grouped at collection), so
+    that a zoo of N models costs about N / workers exports instead of every worker exporting
+    and preparing every model."""
+    workers = getattr(config.option, "numprocesses", None)
+    if workers and getattr(config.option, "dist", "no") == "no" and (
+            config.getoption("model") or config.getoption("onnx")):
+        config.option.dist = "loadgroup"
+
+
 @pytest.hookimpl(tryfirst=True)  # before hypothesis's plugin loads the profile
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "clause(id): the POLICY_ONNX_SPEC clause the test checks")
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist runs a group on one "
+                            "worker (the suite groups each policy's tests)")
     if config.getoption("model") or config.getoption("onnx"):
         _keep_hypothesis_storage_out_of_the_project()
+    if _worker(config):
+        _one_thread_per_worker()
     profile = config.getoption("hypothesis_profile", None)
     if profile:
         try:
@@ -450,9 +476,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                              indirect=True, scope="session")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     run = config.stash[RUN]
     run.suite_command = _suite_command(config, items)
+    for item in items if run.openable else ():
+        if item.get_closest_marker("clause"):
+            item.add_marker(pytest.mark.xdist_group(_policy_of(item).key))
     if run.policies and not run.openable:  # a zoo none of whose models opens: nothing to run
         config.hook.pytest_deselected(items=list(items))
         items.clear()
