@@ -169,3 +169,33 @@ def test_summary_rows_shorten_reasons_at_a_word(conformance, fixture_models):
         if detail != reason:
             assert detail.endswith(" ...") and reason.startswith(detail[:-4])
             assert reason[len(detail) - 4] == " ", (detail, reason)  # cut between words
+
+
+def test_statistics_count_only_what_both_sides_acted_on(conformance, tmp_path):
+    """An export by SB3's documented recipe (input `input`, three unnamed outputs) cannot be
+    run as a policy: PAR-01 fails, and no observation is reported as checked."""
+    import onnx
+    from onnx import helper
+
+    proto = onnx.load(str(REAL_ONNX))
+    graph = proto.graph
+    renamed = {"obs": "input", "action": "output"}
+    for node in graph.node:
+        node.input[:] = [renamed.get(n, n) for n in node.input]
+        node.output[:] = [renamed.get(n, n) for n in node.output]
+    graph.input[0].name = "input"
+    action = graph.output[0]
+    action.name = "output"
+    graph.node.extend([helper.make_node("Identity", ["output"], [name])
+                       for name in ("values", "log_prob")])
+    graph.output.extend([helper.make_tensor_value_info(name, action.type.tensor_type.elem_type,
+                                                       None) for name in ("values", "log_prob")])
+    path = tmp_path / "recipe.onnx"
+    onnx.save(proto, str(path))
+    report = tmp_path / "report.json"
+    run = conformance.run("--model", str(REAL_MODEL), "--onnx", str(path), "--report",
+                          str(report), "-k", "PAR-01", profile="mutation")
+    assert run.verdicts["PAR-01"] == "failed"
+    assert "cannot tell the observation input and action output apart" in run.messages["PAR-01"]
+    assert "observations checked" not in run.stdout
+    assert json.loads(report.read_text())["policies"][0]["statistics"] == {}
