@@ -478,6 +478,47 @@ def _newer_opset(p):
     return onnx.version_converter.convert_version(p, 21)
 
 
+def _at_opset(version: int):
+    """The same graph declared at an older opset: the flattening Reshape (a no-op on [batch,
+    obs_dim]) bypassed, and a zero bias for every Gemm without one (opset 9 requires it)."""
+    def mutate(p):
+        graph = p.graph
+        for node in [n for n in graph.node if n.op_type == "Reshape"]:
+            graph.node.remove(node)
+            _rename_everywhere(graph, node.output[0], node.input[0])
+            used = {i for n in graph.node for i in n.input}
+            for init in [i for i in graph.initializer if i.name not in used]:
+                graph.initializer.remove(init)
+        for i, node in enumerate(n for n in graph.node if n.op_type == "Gemm"):
+            if len(node.input) == 2:
+                weight = next(t for t in graph.initializer if t.name == node.input[1])
+                transposed = any(a.name == "transB" and a.i for a in node.attribute)
+                width = weight.dims[0] if transposed else weight.dims[1]
+                graph.initializer.append(const(f"zero_bias_{i}", np.zeros(width)))
+                node.input.append(f"zero_bias_{i}")
+        del graph.value_info[:]
+        p.opset_import[0].version = version
+        return p
+    return mutate
+
+
+def _clamp_as_clip(p):
+    """The clamp as one Clip (opset 11+) instead of Max then Min."""
+    graph = p.graph
+    low_max = next(n for n in graph.node if n.op_type == "Max")
+    high_min = next(n for n in graph.node if n.op_type == "Min")
+    bounds = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    mean, low = sorted(low_max.input, key=lambda name: name in bounds)
+    high = next(i for i in high_min.input if i != low_max.output[0])
+    graph.node.remove(low_max)
+    high_min.op_type = "Clip"
+    high_min.input[:] = [mean, "clip_low", "clip_high"]
+    graph.initializer.extend([const("clip_low", bounds[low].min()),
+                              const("clip_high", bounds[high].max())])
+    del graph.value_info[:]
+    return p
+
+
 def _extra_keys(p):
     return add_meta(add_meta(p, "git_commit", "0123abc"), "notes", "trained on cluster 7")
 
@@ -777,6 +818,10 @@ CONFORMING: tuple[Mutant, ...] = (
     Mutant("qrdqn_as_exported", "QR-DQN as the suite exports it", lambda p: p, frozenset(),
            model="qrdqn"),
     Mutant("newer_opset", "converted to opset 21", _newer_opset, frozenset()),
+    *(Mutant(f"opset_{version}", f"the same graph declared at opset {version}",
+             _at_opset(version), frozenset()) for version in (9, 13, 18)),
+    Mutant("clamp_as_clip", "the clamp as Clip(mean, -1, 1) instead of Max and Min",
+           _clamp_as_clip, frozenset()),
     Mutant("clip_declared_over_baked_clamp", "action_transform = clip over a clamped output",
            lambda p: set_meta(p, "action_transform", "clip"), frozenset()),
     Mutant("prerelease_version", "clanker_policy_version = 1.2.0-rc.1",
