@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from . import metadata, spec
+from .files import check_given_file
 
 
 AUXILIARY_INPUTS = ("action_masks", "state_h", "state_c", "episode_start")
@@ -71,15 +72,7 @@ def sha256(path: Path) -> str:
 def read_proto(path: Path) -> onnx.ModelProto:
     """The parsed ONNX model; ArtifactError naming the problem otherwise."""
     fix = "pass the .onnx file written by the exporter"
-    if not path.exists():
-        raise ArtifactError(f"--onnx {path}: no such file; {fix}")
-    if not path.is_file():
-        raise ArtifactError(f"--onnx {path}: is a directory, not a file; {fix}")
-    if path.stat().st_size == 0:
-        raise ArtifactError(f"--onnx {path}: the file is empty; {fix}")
-    if path.stat().st_size > MAX_ARTIFACT_BYTES:
-        raise ArtifactError(f"--onnx {path}: refused: {path.stat().st_size:,} bytes, over the "
-                            f"suite's limit of {MAX_ARTIFACT_BYTES:,}; {SIZE_FIX}")
+    check_given_file(path, "--onnx", MAX_ARTIFACT_BYTES, fix, ArtifactError, SIZE_FIX)
     try:
         proto = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends

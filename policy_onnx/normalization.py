@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .artifact import sha256
+from .files import check_given_file
 from .load import AllowListUnpickler, ModelLoadError, RefusedGlobal
 
 # Where people keep the statistics beside a model: the RL Zoo's `<dir>/<name>/vecnormalize.pkl`
@@ -100,13 +101,7 @@ def load_statistics(path: Path, observation_shape: tuple[int, ...]) -> Normaliza
     """Read a VecNormalize pickle safely and check it against the model's observation shape."""
     fix = ("pass the vecnormalize.pkl saved with this model (VecNormalize.save), or "
            "--vecnormalize none to check without normalization")
-    if not path.is_file():
-        raise ModelLoadError(f"--vecnormalize {path}: no such file; {fix}")
-    if path.stat().st_size == 0:
-        raise ModelLoadError(f"--vecnormalize {path}: the file is empty; {fix}")
-    if path.stat().st_size > MAX_STATISTICS_BYTES:
-        raise ModelLoadError(f"--vecnormalize {path}: refused: {path.stat().st_size:,} bytes, "
-                             f"over the suite's limit of {MAX_STATISTICS_BYTES:,}; {fix}")
+    check_given_file(path, "--vecnormalize", MAX_STATISTICS_BYTES, fix, ModelLoadError)
     try:
         stored = _StatisticsUnpickler(io.BytesIO(path.read_bytes())).load()
     except RefusedGlobal as refused:
