@@ -819,7 +819,7 @@ CONFORMING: tuple[Mutant, ...] = (
            model="qrdqn"),
     Mutant("newer_opset", "converted to opset 21", _newer_opset, frozenset()),
     *(Mutant(f"opset_{version}", f"the same graph declared at opset {version}",
-             _at_opset(version), frozenset()) for version in (9, 13, 18)),
+             _at_opset(version), frozenset()) for version in (9, 18)),
     Mutant("clamp_as_clip", "the clamp as Clip(mean, -1, 1) instead of Max and Min",
            _clamp_as_clip, frozenset()),
     Mutant("clip_declared_over_baked_clamp", "action_transform = clip over a clamped output",
