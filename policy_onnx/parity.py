@@ -303,18 +303,25 @@ def rollout_problem(reference: Reference, artifact: Artifact, steps: np.ndarray,
     None when every step agrees, else the first disagreement."""
     envs = steps.shape[1]
     mine = initial if initial is not None else reference.initial_state(envs)
-    theirs = tuple(np.asarray(s, np.float32) for s in mine)
+    theirs = None
     since_reset = np.full(envs, warm_up)
+    discrete = reference.kind != "Box"
     for t, (obs, start) in enumerate(zip(steps, starts, strict=True)):
         since_reset = np.where(start > 0, 1, since_reset + 1)
         expected, next_mine = reference.step(obs, mine, start)
-        own, h, c = artifact.step(obs, *theirs, start)
-        fed, fed_h, fed_c = artifact.step(obs, *(np.asarray(s, np.float32) for s in mine), start)
+        mine32 = tuple(np.asarray(s, np.float32) for s in mine)
+        own, h, c = artifact.step(obs, *(theirs or mine32), start)
+        fed, fed_h, fed_c = artifact.step(obs, *mine32, start)
         stats.record(clause_id, envs, 0, reach=int(since_reset.max()))
-        problem = (_step_problem(reference, obs, mine, start, expected, own, stats, clause_id)
-                   or _step_problem(reference, obs, mine, start, expected, fed, stats,
+        # The reference step in float32 and float64 (action, or scores, and next state): the
+        # noise every comparison of this step allows for.
+        f32 = reference.step_outputs(obs, mine, start, scores=discrete)
+        f64 = reference.step_outputs(obs, mine, start, double=True, scores=discrete)
+        problem = (_step_problem(reference, obs, expected, own, f32[0], f64[0], stats,
+                                 clause_id)
+                   or _step_problem(reference, obs, expected, fed, f32[0], f64[0], stats,
                                     clause_id, "fed predict()'s state")
-                   or _state_problem(reference, obs, mine, start, next_mine, (fed_h, fed_c)))
+                   or _state_problem(next_mine, (fed_h, fed_c), f32[1:], f64[1:]))
         if problem:
             return (f"at step {t} of a rollout of {envs} environments: {problem}\n"
                     f"  episode_start = {start.astype(int).tolist()}")
@@ -322,21 +329,19 @@ def rollout_problem(reference: Reference, artifact: Artifact, steps: np.ndarray,
     return None
 
 
-def _step_problem(reference, obs, state, start, expected, obtained, stats, clause_id,
+def _step_problem(reference, obs, expected, obtained, f32, f64, stats, clause_id,
                   how="carrying its own state"):
+    """The artifact's action at one step against predict()'s; `f32` and `f64` are the reference
+    step's action (Box) or scores (discrete) in float32 and float64."""
     if obtained.reshape(len(obs), -1).shape != expected.shape:
         return f"the action has shape {obtained.shape}, predict() returns {expected.shape}"
     obtained = obtained.reshape(len(obs), -1)
     if reference.kind == "Box":
-        f32 = reference.step_outputs(obs, state, start)[0]
-        f64 = reference.step_outputs(obs, state, start, double=True)[0]
         allowed = tolerance(reference.low, reference.high, np.abs(f32 - f64))
         bad = ~(np.abs(obtained - expected) <= allowed)
     else:
-        scores = reference.step_outputs(obs, state, start, scores=True)[0]
-        noise = np.abs(scores - reference.step_outputs(obs, state, start, double=True,
-                                                        scores=True)[0])
-        gaps, chosen = _score_gaps(reference, expected, obtained, scores)
+        noise = np.abs(f32 - f64)
+        gaps, chosen = _score_gaps(reference, expected, obtained, f32)
         bad, allowed = _beyond_ties(~(obtained == expected), gaps, chosen, noise, stats,
                                     clause_id)
     if not bad.any():
@@ -351,11 +356,10 @@ def _step_problem(reference, obs, state, start, expected, obtained, stats, claus
         f"  allowed = {_row(allowed[i] if allowed.ndim == 2 else allowed)}"])
 
 
-def _state_problem(reference, obs, state, start, expected, obtained) -> str | None:
+def _state_problem(expected, obtained, f32, f64) -> str | None:
     """The next state the artifact returns from predict()'s state against predict()'s own, each
-    element within the parity tolerance of its magnitude plus the state's float32 noise."""
-    f32 = reference.step_outputs(obs, state, start)[1:]
-    f64 = reference.step_outputs(obs, state, start, double=True)[1:]
+    element within the parity tolerance of its magnitude plus the state's float32 noise (`f32`
+    and `f64`: the reference's next state computed both ways)."""
     for name, mine, theirs, low, high in zip(("next_state_h", "next_state_c"), expected,
                                             obtained, f32, f64, strict=True):
         mine = np.asarray(mine, np.float64)
