@@ -270,8 +270,8 @@ def check_recurrent_parity(clause: spec.Clause, reference: Reference, artifact: 
     def rollouts_agree(batch: Batch) -> None:
         rng = np.random.default_rng(batch.seed)
         length = int(rng.choice(ROLLOUT_LENGTHS))
-        envs = max(1, min(max(4, len(batch.observations) // length),
-                          rows_for(reference.obs_dim, 4 * length) // length))
+        envs = max(4, len(batch.observations) // length)
+        envs = max(1, rows_for(reference.obs_dim, envs * length) // length)  # memory budget
         rows = batch.observations
         if len(rows) < length * envs:
             rows = np.vstack([rows, reference.domain.sample(batch.regime, rng,
