@@ -142,8 +142,9 @@ class LoadedModel:
         return STRUCTURES.get(self.algorithm, "plain")
 
 
-def read_data(path: Path) -> dict:
-    """The `data` JSON of an SB3 zip, with cheap checks that name what is wrong."""
+def read_zip(path: Path) -> tuple[dict, dict[str, int]]:
+    """The `data` JSON of an SB3 zip and the uncompressed size of every entry, with cheap checks
+    that name what is wrong."""
     fix = "pass the .zip written by model.save() of Stable-Baselines3"
     if not path.exists():
         raise ModelLoadError(f"--model {path}: no such file; {fix}")
@@ -156,21 +157,22 @@ def read_data(path: Path) -> dict:
             if "data" not in archive.namelist():
                 raise ModelLoadError(
                     f"--model {path}: zip has no 'data' entry, so it is not an SB3 model; {fix}")
-            _check_sizes(path, archive)
+            sizes = {info.filename: info.file_size for info in archive.infolist()}
+            _check_sizes(path, sizes)
             data = json.loads(archive.read("data"))
     except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
         raise ModelLoadError(f"--model {path}: unreadable SB3 'data' entry ({exc}); {fix}") from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"--model {path}: 'data' is not a JSON object; {fix}")
-    return data
+    return data, sizes
 
 
-def _check_sizes(path: Path, archive: zipfile.ZipFile) -> None:
-    total = sum(info.file_size for info in archive.infolist())
-    if archive.getinfo("data").file_size > MAX_DATA_BYTES or total > MAX_ZIP_BYTES:
+def _check_sizes(path: Path, sizes: dict[str, int]) -> None:
+    total = sum(sizes.values())
+    if sizes["data"] > MAX_DATA_BYTES or total > MAX_ZIP_BYTES:
         raise ModelLoadError(
             f"--model {path}: refused: the zip unpacks to {total:,} bytes ('data': "
-            f"{archive.getinfo('data').file_size:,}), over the suite's limits of "
+            f"{sizes['data']:,}), over the suite's limits of "
             f"{MAX_ZIP_BYTES:,} and {MAX_DATA_BYTES:,}; check that this is the model file (an SB3 "
             "policy zip is far smaller)")
 
@@ -388,7 +390,7 @@ def load_model(path: str | Path, *, trust_code: bool = False) -> LoadedModel:
     """Load an SB3 model for inference on the CPU, unpickling only allow-listed classes (or,
     with `trust_code`, everything)."""
     path = Path(path)
-    data = read_data(path)
+    data, sizes = read_zip(path)
     missing = [k for k in ("observation_space", "action_space", "policy_class")
                if not _is_serialized(data.get(k))]
     if missing:
@@ -400,8 +402,6 @@ def load_model(path: str | Path, *, trust_code: bool = False) -> LoadedModel:
         check_objects(path, objects)
         algorithm = detect_algorithm(path, data, objects["policy_class"])
         check_spaces(path, objects["observation_space"], objects["action_space"])
-        with zipfile.ZipFile(path) as archive:
-            sizes = {info.filename: info.file_size for info in archive.infolist()}
         check_network_size(path, sizes, objects)
     except ModelLoadError:
         raise
