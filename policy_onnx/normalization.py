@@ -76,21 +76,24 @@ class Normalization:
         """The divisor, sqrt(var + epsilon), in float64."""
         return np.sqrt(self.var + self.epsilon)
 
+    def _standardized(self, obs: np.ndarray) -> np.ndarray:
+        """(obs - mean) / sqrt(var + epsilon) in float64, for `obs` [B, *shape]."""
+        return (np.asarray(obs, np.float64) - self.mean) / self.std
+
     def apply(self, obs: np.ndarray) -> np.ndarray:
         """What VecNormalize.normalize_obs gives the policy for `obs` [B, *shape]: float64
         arithmetic, then float32."""
         if not self.norm_obs:
             return obs
-        normalized = (np.asarray(obs, np.float64) - self.mean) / self.std
-        return np.clip(normalized, -self.clip_obs, self.clip_obs).astype(np.float32)
+        return np.clip(self._standardized(obs), -self.clip_obs, self.clip_obs).astype(np.float32)
 
     def at_clip(self, rows: np.ndarray) -> np.ndarray:
         """Per flattened raw row: does some component of its normalized observation reach
         +-clip_obs?"""
         if not self.norm_obs:
             return np.zeros(len(rows), dtype=bool)
-        normalized = (np.asarray(rows, np.float64) - self.mean.reshape(-1)) / self.std.reshape(-1)
-        return (np.abs(normalized) >= self.clip_obs).any(axis=1)
+        standardized = self._standardized(np.reshape(rows, (len(rows), *self.mean.shape)))
+        return (np.abs(standardized) >= self.clip_obs).reshape(len(rows), -1).any(axis=1)
 
     def describe(self) -> dict:
         return {"path": str(self.path), "sha256": self.sha256, "norm_obs": self.norm_obs,
