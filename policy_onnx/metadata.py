@@ -181,17 +181,11 @@ def _parses(parse: Callable[[str, int | None], object]) -> Callable[[str, object
 
 def _schema(definition: str) -> Callable[[str, object], list[str]]:
     """A checker of a plain string entry against the schema's `definition`."""
-    def check(value: str, artifact) -> list[str]:
-        try:
-            conform(value, definition)
-        except ValueError as exc:
-            return [str(exc)]
-        return []
-    return check
+    return _parses(lambda value, act_dim: conform(value, definition))
 
 
-def _agrees(value: str, truth: bool, what: str) -> list[str]:
-    problems = _schema("string_boolean")(value, None)
+def _agrees(value: str, artifact, truth: bool, what: str) -> list[str]:
+    problems = _schema("string_boolean")(value, artifact)
     expected = "true" if truth else "false"
     if not problems and value != expected:
         problems.append(f"says {value!r}, but {what}: must be {expected!r}")
@@ -200,12 +194,13 @@ def _agrees(value: str, truth: bool, what: str) -> list[str]:
 
 def _recurrent(value: str, artifact) -> list[str]:
     state = artifact.has_recurrent_state
-    return _agrees(value, state, "the graph " + ("has" if state else "has no") + " recurrent state")
+    return _agrees(value, artifact, state,
+                   "the graph " + ("has" if state else "has no") + " recurrent state")
 
 
 def _batch(value: str, artifact) -> list[str]:
     dynamic = artifact.batch_dynamic
-    return _agrees(value, dynamic, "the batch dimension of obs is "
+    return _agrees(value, artifact, dynamic, "the batch dimension of obs is "
                    + ("symbolic" if dynamic else "fixed"))
 
 
