@@ -240,15 +240,13 @@ class Reference:
                                   for v in range(split.shape[1])], dim=1)
         return split - best_other
 
-    def chosen(self, obs: np.ndarray) -> set[tuple[int, int]]:
-        """The choices predict() makes (all actions allowed) somewhere in `obs`."""
+    def _winning_rows(self, obs: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+        """For each choice, the indices of the rows of `obs` where predict() makes it (all
+        actions allowed)."""
         with torch.no_grad():
             scores = self.head(torch.as_tensor(obs, dtype=torch.float32), scores=True)
-        made = set()
-        for element in sorted({j for j, _ in self.choices}):
-            wins = self._margins(scores, element) > 0
-            made |= {(element, int(v)) for v in np.flatnonzero(wins.any(dim=0).numpy())}
-        return made
+        margins = {j: self._margins(scores, j).numpy() for j in {j for j, _ in self.choices}}
+        return {(j, v): np.flatnonzero(margins[j][:, v] > 0) for j, v in self.choices}
 
     def find_each_action(self, seed: int = 0, pool: int = 4096, keep: int = 16) -> np.ndarray:
         """Observations where predict() makes each of its choices: random draws over the domain,
@@ -258,18 +256,14 @@ class Reference:
             return np.empty((0, self.obs_dim), dtype=np.float32)
         rng = np.random.default_rng(seed)
         rows = self._pool(rng, pool)
-        missing = [c for c in self.choices if c not in self.chosen(rows)]
+        wins = self._winning_rows(rows)
+        missing = [choice for choice, found in wins.items() if not len(found)]
         if missing:
             margin = [lambda x, j=j, v=v: self._margins(self.head(x, scores=True), j)[:, v]
                       for j, v in missing]
             rows = np.vstack([rows, self._ascend(rng, margin)])
-        with torch.no_grad():
-            scores = self.head(torch.as_tensor(rows), scores=True)
-        found = []
-        for element, value in self.choices:
-            wins = np.flatnonzero((self._margins(scores, element)[:, value] > 0).numpy())
-            found.append(rows[rng.permutation(wins)[:keep]])
-        return np.vstack(found)
+            wins = self._winning_rows(rows)
+        return np.vstack([rows[rng.permutation(wins[choice])[:keep]] for choice in self.choices])
 
     # --- search helpers ---------------------------------------------------------------------
     def _pool(self, rng: np.random.Generator, size: int) -> np.ndarray:
