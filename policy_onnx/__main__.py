@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import __version__, spec, spec_doc
 from .metadata import TRANSFORMS
+from .observations import IMAGE_LAYOUTS
 
 
 TRUST_HELP = ("let SB3 unpickle everything in the zip, running any code it holds (default: off, "
@@ -40,6 +41,7 @@ def _export(args: argparse.Namespace) -> int:
         return 2
     try:
         loaded = load_model(args.model, trust_code=args.trust_model_code)
+        loaded.image_layout = args.image_layout
         attach(loaded, args.vecnormalize)
         path = export(loaded, output, transform=args.action_transform)
     except (ModelLoadError, ArtifactError) as exc:
@@ -101,9 +103,10 @@ def _replay(args: argparse.Namespace) -> int:
     observations = np.asarray(saved["observations"], np.float32)
     try:
         loaded = load_model(saved["model"], trust_code=saved["trust_model_code"])
+        artifact = Artifact(saved["artifact"])
+        artifact.adopt_layout(loaded)
         attach(loaded, saved.get("vecnormalize", "none"))
         reference = Reference(loaded)
-        artifact = Artifact(saved["artifact"])
         if "episode_starts" in saved:  # a recurrent policy's rollouts
             checked = (f"{observations.shape[0]}-step rollouts of {observations.shape[1]} "
                        "environments")
@@ -168,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="'none' bakes predict()'s post-processing into the graph; 'clip' "
                              "(unsquashed policies) and 'tanh' (squash_output) leave it to the "
                              "runtime (default: none)")
+    export.add_argument("--image-layout", choices=IMAGE_LAYOUTS, default=IMAGE_LAYOUTS[0],
+                        help="the layout the artifact takes images in: HWC (height, width, "
+                             "channels, as environments usually return them) or CHW (for "
+                             "environments that return channels first) (default: HWC)")
     export.add_argument("--trust-model-code", action="store_true",
                         help=TRUST_HELP)
     export.add_argument("--vecnormalize", metavar="PKL",

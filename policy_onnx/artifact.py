@@ -294,6 +294,30 @@ class Artifact:
         except ValueError:
             return None
 
+    def declared_observation(self) -> dict | None:
+        """The `observation_space` entry, if it is there once and well-formed."""
+        values = self.metadata.get(metadata.OBSERVATION_KEY, [])
+        try:
+            return metadata.parse_observation_space(values[0]) if len(values) == 1 else None
+        except ValueError:
+            return None
+
+    def adopt_layout(self, loaded) -> None:
+        """Check `loaded` against this artifact with the image layout it declares (if any)."""
+        declared = self.declared_observation()
+        layout = metadata.image_layout(declared) if declared else None
+        if layout:
+            loaded.image_layout = layout
+
+    @property
+    def observation_features(self) -> frozenset[str]:
+        """"image" and "dict" as the declared observation space has them (none: a vector)."""
+        declared = self.declared_observation()
+        if declared is None:
+            return frozenset()
+        return frozenset({"dict"} if declared["type"] == "Dict" else set()) | frozenset(
+            {"image"} if metadata.image_layout(declared) else set())
+
     def to_final(self, raw: np.ndarray) -> np.ndarray:
         """The final action for raw output rows, after the declared transform."""
         if self.transform == "tanh":

@@ -1,6 +1,7 @@
 """The reference exporter: a loaded SB3 model -> a POLICY_ONNX_SPEC artifact.
 
-torch's default (dynamo) exporter, a symbolic batch dimension, the nine metadata entries.
+torch's default (dynamo) exporter, a symbolic batch dimension, the nine metadata entries (and
+`observation_space` for image and dict observations).
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import os
 import tempfile
 import warnings
@@ -29,7 +29,8 @@ def export(loaded: LoadedModel, output: str | Path, *, transform: str = "none") 
     scale, offset = head.scale_offset()
     batch = torch.export.Dim("batch")
     # name -> (example, dynamic dimensions)
-    inputs = {"obs": (torch.zeros(2, math.prod(loaded.sb3.observation_space.shape)), {0: batch})}
+    layout = loaded.layout
+    inputs = {"obs": (torch.zeros(2, layout.flatdim), {0: batch})}
     outputs = ["action"]
     if head.structure == "masked":
         inputs["action_masks"] = (torch.ones(2, head.mask_width, dtype=torch.bool), {0: batch})
@@ -48,7 +49,8 @@ def export(loaded: LoadedModel, output: str | Path, *, transform: str = "none") 
                 dynamic_shapes=tuple(dims for _, dims in inputs.values()), verbose=False)
         proto = onnx.load(str(raw))
     entries = metadata.build(loaded.sb3.action_space, transform, scale, offset,
-                             recurrent=head.structure == "recurrent")
+                             recurrent=head.structure == "recurrent",
+                             observation=layout.describe() if layout.features else None)
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, entries)
     proto.producer_name = "policy_onnx"

@@ -20,9 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .observations import CHANNELS_LAST
+
 
 class ObservationNormalizer(nn.Module):
-    """VecNormalize's clip((obs - mean) / sqrt(var + epsilon), +-clip_obs) on flattened rows.
+    """VecNormalize's clip((obs - mean) / sqrt(var + epsilon), +-clip_obs) on flat rows (of a
+    Dict, only the elements of the entries it normalizes).
     Float32 inputs use the statistics rounded to float32, as an exported graph holds them;
     float64 inputs (the rounding-noise reference) use them as saved, in float64."""
 
@@ -35,24 +38,53 @@ class ObservationNormalizer(nn.Module):
         self.exact = (torch.as_tensor(mean, dtype=torch.float64),
                       torch.as_tensor(std, dtype=torch.float64))
         self.clip_obs = float(normalization.clip_obs)
+        self.partial = normalization.normalized is not None  # Dict entries outside norm_obs_keys
+        if self.partial:
+            self.register_buffer("normalized", torch.as_tensor(normalization.normalized))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         mean, std = self.exact if obs.dtype == torch.float64 else (self.mean, self.std)
-        return torch.clamp((obs - mean) / std, -self.clip_obs, self.clip_obs)
+        normalized = torch.clamp((obs - mean) / std, -self.clip_obs, self.clip_obs)
+        return torch.where(self.normalized, normalized, obs) if self.partial else normalized
+
+
+class Preprocessor(nn.Module):
+    """SB3's preprocessing inside the graph: flat rows as the runtime feeds them -> what the
+    policy's features extractor takes (a tensor, or a dict of tensors): each entry sliced out,
+    reshaped, an image transposed to channel-first and divided by 255 when the policy
+    normalizes images; one-hot and binary entries pass as they are (SB3's own encoding)."""
+
+    def __init__(self, layout: ObservationLayout, normalize_images: bool):
+        super().__init__()
+        self.layout = layout
+        self.normalize_images = normalize_images
+
+    def forward(self, obs: torch.Tensor):
+        values = {}
+        for e in self.layout.entries:
+            x = obs if len(self.layout.entries) == 1 else obs[:, e.start:e.stop]
+            if e.kind == "Box":
+                x = x.reshape((-1, *e.shape))
+                if e.image and e.layout == CHANNELS_LAST:
+                    x = x.permute(0, 3, 1, 2)
+                if e.image and self.normalize_images:
+                    x = x / 255.0
+            values[e.key] = x
+        return values if self.layout.is_dict else values[None]
 
 
 class ObservationInput(nn.Module):
-    """Turns the flattened raw observation rows a runtime feeds into what the policy's
-    extractor takes: normalized (if the model was trained under VecNormalize), reshaped."""
+    """Turns the flat raw observation rows a runtime feeds into what the policy's extractor
+    takes: normalized (if the model was trained under VecNormalize), then preprocessed as SB3
+    does (observations.Preprocessor: reshaped, images transposed and scaled, dict entries split).
+    Both are set by head_for."""
 
-    obs_shape: tuple[int, ...]
-
-    def _observations(self, obs: torch.Tensor) -> torch.Tensor:
-        # For a vector Box, SB3's preprocessing is only a cast: feed the extractor directly so
+    def _observations(self, obs: torch.Tensor):
+        # SB3's own preprocessing would cast to float32: the Preprocessor keeps the dtype, so
         # that a float64 copy of the head stays float64.
-        if "normalizer" in self._modules:  # set by head_for
+        if "normalizer" in self._modules:
             obs = self._modules["normalizer"](obs)
-        return obs.reshape((-1, *self.obs_shape))
+        return self._modules["preprocess"](obs)
 
 
 class BoxHead(ObservationInput):
@@ -71,7 +103,6 @@ class BoxHead(ObservationInput):
                 f"one of {', '.join(allowed)}")
         self.policy = policy
         self.transform = transform
-        self.obs_shape = tuple(policy.observation_space.shape)
         space = policy.action_space
         self.register_buffer("low", torch.as_tensor(space.low, dtype=torch.float32).reshape(-1))
         self.register_buffer("high", torch.as_tensor(space.high, dtype=torch.float32).reshape(-1))
@@ -171,7 +202,6 @@ class DiscreteHead(ObservationInput):
                              "only none")
         self.policy = policy
         self.transform = transform
-        self.obs_shape = tuple(policy.observation_space.shape)
 
     def scores(self, obs: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -313,7 +343,7 @@ def head_for(loaded, transform: str = "none") -> nn.Module:
     kind = action_kind(policy.action_space)
     if loaded.algorithm == "RecurrentPPO":
         inner = ActorCriticHead if kind == "Box" else ON_POLICY_DISCRETE_HEADS[kind]
-        return RecurrentHead(_normalized(inner(policy, transform), loaded)).eval()
+        return RecurrentHead(_observing(inner(policy, transform), loaded)).eval()
     if kind == "Box":
         head = BOX_HEADS[loaded.algorithm]
     elif loaded.algorithm == "DQN":
@@ -327,11 +357,14 @@ def head_for(loaded, transform: str = "none") -> nn.Module:
                 "MultiDiscrete": MaskedMultiCategoricalHead}[kind]
     else:
         head = ON_POLICY_DISCRETE_HEADS[kind]
-    return _normalized(head(policy, transform), loaded).eval()
+    return _observing(head(policy, transform), loaded).eval()
 
 
-def _normalized(head: ObservationInput, loaded) -> ObservationInput:
+def _observing(head: ObservationInput, loaded) -> ObservationInput:
+    """The head with its observation input: normalizer (if any) and preprocessing."""
     normalization = loaded.normalization
     if normalization is not None and normalization.norm_obs:
         head.normalizer = ObservationNormalizer(normalization)
+    head.preprocess = Preprocessor(loaded.layout,
+                                   getattr(loaded.sb3.policy, "normalize_images", True))
     return head

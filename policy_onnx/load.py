@@ -136,10 +136,18 @@ class LoadedModel:
     algorithm: str
     sb3: Any  # the stable_baselines3 BaseAlgorithm
     normalization: Any = None  # the VecNormalize statistics it was trained behind (normalization.py)
+    image_layout: str = "HWC"  # the layout a runtime feeds images in (observations.py)
 
     @property
     def structure(self) -> str:
         return STRUCTURES.get(self.algorithm, "plain")
+
+    @property
+    def layout(self):
+        """Where each entry of the observation lies in the rows the artifact takes."""
+        from .observations import ObservationLayout
+
+        return ObservationLayout(self.sb3.observation_space, self.image_layout)
 
 
 def read_zip(path: Path) -> tuple[dict, dict[str, int]]:
@@ -201,6 +209,11 @@ def inference_objects(path: Path, data: dict, trust_code: bool) -> dict[str, Any
                 objects[key] = DEFAULTS.get(key)
     if "buffer_size" in data:  # an off-policy replay buffer is not needed for inference
         objects["buffer_size"] = 1
+    if "replay_buffer_class" in data:
+        # HER agents name HerReplayBuffer, whose set-up demands an environment: the default
+        # buffer (none given) needs none, and its options are the named buffer's.
+        objects["replay_buffer_class"] = None
+        objects["replay_buffer_kwargs"] = {}
     policy_kwargs = objects.get("policy_kwargs", data.get("policy_kwargs"))
     if policy_kwargs is None:
         policy_kwargs = {}
@@ -261,10 +274,11 @@ def estimated_parameters(policy_kwargs: dict, observation_space: Any, action_spa
         value = policy_kwargs.get(key, default)
         return value if isinstance(value, int) and not isinstance(value, bool) else default
 
-    obs = math.prod(observation_space.shape or (1,))
+    obs = _elements(observation_space)
     extractor = policy_kwargs.get("features_extractor_kwargs")
-    features = number("features_dim", 0) or (
-        extractor.get("features_dim", 0) if isinstance(extractor, dict) else 0) or obs
+    extractor = extractor if isinstance(extractor, dict) else {}
+    features = number("features_dim", 0) or extractor.get("features_dim", 0) or \
+        _extracted(observation_space, extractor)
     outputs = max(math.prod(getattr(action_space, "shape", ()) or (1,)),
                   int(getattr(action_space, "n", 1) or 1)) * max(1, number("n_quantiles", 1))
     lstm = number("lstm_hidden_size", 0)
@@ -276,6 +290,21 @@ def estimated_parameters(policy_kwargs: dict, observation_space: Any, action_spa
         total += sum((a + 1) * b for a, b in zip(chain, chain[1:]))
     copies = 2 * (2 + max(1, number("n_critics", 2)))  # actor, critics, their targets
     return copies * total + (features * obs if features != obs else 0)
+
+
+def _extracted(space: Any, extractor: dict) -> int:
+    """The features SB3's default extractor makes of an observation: NatureCNN's features_dim
+    for an image, cnn_output_dim per image of a Dict plus its other entries flattened, else the
+    observation flattened."""
+    from .observations import is_image
+
+    def size(value: Any, default: int) -> int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+    if hasattr(space, "spaces") and isinstance(space.spaces, dict):
+        return sum(size(extractor.get("cnn_output_dim"), 256) if is_image(sub)
+                   else _elements(sub) for sub in space.spaces.values())
+    return 512 if is_image(space) else _elements(space)
 
 
 def check_network_size(path: Path, archive_sizes: dict[str, int], objects: dict) -> None:
@@ -327,7 +356,11 @@ def check_objects(path: Path, objects: dict[str, Any]) -> None:
 
 
 def detect_algorithm(path: Path, data: dict, policy_class: Any) -> str:
-    name = getattr(policy_class, "__name__", repr(policy_class))
+    """The algorithm of a policy class (its Mlp, Cnn and MultiInput variants alike, by the
+    first class of its family in its MRO)."""
+    family = ("ActorCriticPolicy", "TD3Policy", *_POLICY_ALGORITHMS)
+    name = next((c.__name__ for c in getattr(policy_class, "__mro__", ())
+                 if c.__name__ in family), getattr(policy_class, "__name__", repr(policy_class)))
     if name == "ActorCriticPolicy":
         if "clip_range" in data:
             return "PPO"
@@ -338,8 +371,8 @@ def detect_algorithm(path: Path, data: dict, policy_class: Any) -> str:
         return "DDPG" if data.get("policy_delay") == 1 and data.get("target_noise_clip") == 0 \
             else "TD3"
     raise ModelLoadError(
-        f"--model {path}: policy class {name} is not supported yet (supported: MlpPolicy of "
-        f"{', '.join(SUPPORTED_ALGORITHMS)})")
+        f"--model {path}: policy class {name} is not supported yet (supported: the Mlp, Cnn "
+        f"and MultiInput policies of {', '.join(SUPPORTED_ALGORITHMS)})")
 
 
 def algorithm_class(algorithm: str) -> Any:
@@ -355,11 +388,7 @@ def check_spaces(path: Path, observation_space: Any, action_space: Any) -> None:
     import gymnasium
     import numpy as np
 
-    if not isinstance(observation_space, gymnasium.spaces.Box) or not np.issubdtype(
-            observation_space.dtype, np.floating):
-        raise ModelLoadError(
-            f"--model {path}: observation space {observation_space} is not supported yet "
-            "(supported: a floating-point Box)")
+    check_observation_space(path, observation_space)
     spaces = gymnasium.spaces
     supported = isinstance(action_space, spaces.Box) or (
         isinstance(action_space, spaces.MultiBinary) and len(action_space.shape) == 1) or (
@@ -372,8 +401,8 @@ def check_spaces(path: Path, observation_space: Any, action_space: Any) -> None:
             "Discrete and one-dimensional MultiDiscrete starting at 0, one-dimensional "
             "MultiBinary)")
     for name, space in (("observation", observation_space), ("action", action_space)):
-        shape = tuple(space.shape)
-        elements = math.prod(shape)
+        shape = tuple(space.shape or ())
+        elements = _elements(space)
         if elements > MAX_SPACE_ELEMENTS:
             raise ModelLoadError(
                 f"--model {path}: refused: the {name} space has {elements:,} elements, over the "
@@ -384,6 +413,47 @@ def check_spaces(path: Path, observation_space: Any, action_space: Any) -> None:
             raise ModelLoadError(
                 f"--model {path}: the {name} space is inconsistent: shape {shape}, bounds of "
                 f"shape {np.shape(space.low)} and {np.shape(space.high)}")
+
+
+def check_observation_space(path: Path, space: Any) -> None:
+    """A Box (floats, integers or an image), or a Dict of Box, Discrete (from 0), and
+    one-dimensional MultiDiscrete (from 0) and MultiBinary entries: what SB3's extractors take
+    and the suite draws."""
+    import gymnasium
+
+    spaces = gymnasium.spaces
+
+    def supported(sub: Any, in_dict: bool) -> bool:
+        if isinstance(sub, spaces.Box):
+            return np.issubdtype(sub.dtype, np.floating) or np.issubdtype(sub.dtype, np.integer)
+        if not in_dict:
+            return False
+        if isinstance(sub, spaces.Discrete):
+            return sub.start == 0
+        if isinstance(sub, (spaces.MultiDiscrete, spaces.MultiBinary)):
+            starts = getattr(sub, "start", None)
+            return len(sub.shape) == 1 and not np.any(starts if starts is not None else 0)
+        return False
+
+    if isinstance(space, spaces.Dict):
+        bad = [f"{key}: {sub}" for key, sub in space.spaces.items() if not supported(sub, True)]
+        if bad or not space.spaces:
+            raise ModelLoadError(
+                f"--model {path}: observation space {space} is not supported yet: "
+                f"{'; '.join(bad) or 'no entries'} (a Dict's entries may be Box, Discrete and "
+                "one-dimensional MultiDiscrete starting at 0, one-dimensional MultiBinary)")
+    elif not supported(space, False):
+        raise ModelLoadError(
+            f"--model {path}: observation space {space} is not supported yet (supported: a Box "
+            "of numbers, images included, or a Dict of Box, Discrete, MultiDiscrete and "
+            "MultiBinary entries)")
+
+
+def _elements(space: Any) -> int:
+    """The elements of one observation or action (a Dict's entries summed)."""
+    if hasattr(space, "spaces") and isinstance(space.spaces, dict):
+        return sum(_elements(sub) for sub in space.spaces.values())
+    return math.prod(space.shape or (1,))
 
 
 def load_model(path: str | Path, *, trust_code: bool = False) -> LoadedModel:

@@ -40,11 +40,13 @@ def describe_space(space) -> dict:
 
 
 def build(action_space, transform: str, scale: np.ndarray, offset: np.ndarray,
-          recurrent: bool = False) -> dict[str, str]:
-    """The nine entries, in the spec's order."""
+          recurrent: bool = False, observation: dict | None = None) -> dict[str, str]:
+    """The nine entries, in the spec's order, and the `observation_space` entry when given
+    (image and dict observations)."""
     def floats(values) -> str:
         return json.dumps([float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)])
 
+    described = {OBSERVATION_KEY: json.dumps(observation)} if observation is not None else {}
     return {
         "clanker_policy_version": POLICY_VERSION,
         "action_space": json.dumps(describe_space(action_space)),
@@ -55,9 +57,11 @@ def build(action_space, transform: str, scale: np.ndarray, offset: np.ndarray,
         "recurrent": "true" if recurrent else "false",
         "deterministic_mode": "true",
         "batch_inference": "true",
+        **described,
     }
 
 
+OBSERVATION_KEY = "observation_space"  # the tenth entry: image and dict observations
 KEYS = ("clanker_policy_version", "action_space", "action_transform", "action_scale",
         "action_offset", "training_framework", "recurrent", "deterministic_mode",
         "batch_inference")
@@ -155,6 +159,90 @@ def parse_discrete(value: str) -> dict:
     return space
 
 
+def _entries(space: dict) -> list[tuple[str | None, dict]]:
+    """(key, space) of each entry of a declared observation space (key None: not a Dict)."""
+    if space["type"] == "Dict":
+        return [(entry["key"], entry["space"]) for entry in space["spaces"]]
+    return [(None, space)]
+
+
+def _bounds(value, size: int) -> np.ndarray:
+    values = value if isinstance(value, list) else [value] * size
+    return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def parse_observation_space(value: str) -> dict:
+    """A well-formed `observation_space` entry; ValueError naming the defect otherwise."""
+    space = _json(value)
+    conform(space, "observation_space")
+    entries = _entries(space)
+    keys = [key for key, _ in entries]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"the Dict has the key {repeated[0]!r} more than once")
+    layouts = set()
+    for key, entry in entries:
+        where = f"entry {key!r}: " if key is not None else ""
+        if entry["type"] != "Box":
+            continue
+        size = math.prod(entry["shape"])
+        low, high = (_bounds(entry[name], size) for name in ("low", "high"))
+        for name, bound in (("low", low), ("high", high)):
+            if bound.size != size:
+                raise ValueError(f"{where}{name} has {bound.size} numbers for shape "
+                                 f"{entry['shape']} ({size} elements)")
+        if np.any(np.nan_to_num(low, nan=-np.inf) > np.nan_to_num(high, nan=np.inf)):
+            raise ValueError(f"{where}low > high")
+        image = (entry["dtype"] == "uint8" and len(entry["shape"]) == 3
+                 and np.all(low == 0) and np.all(high == 255))
+        if image != ("layout" in entry):
+            raise ValueError(f"{where}" + ("an image (uint8, rank 3, 0..255) must say its "
+                                           "layout, HWC or CHW" if image else
+                                           "layout is for images (uint8, rank 3, 0..255) only"))
+        if image:
+            layouts.add(entry["layout"])
+    if len(layouts) > 1:
+        raise ValueError("the images are declared in different layouts")
+    return space
+
+
+def observation_size(space: dict) -> int:
+    """The flat size of a declared observation space: obs_dim (gymnasium.spaces.flatdim)."""
+    sizes = {"Box": lambda e: math.prod(e["shape"]), "Discrete": lambda e: e["n"],
+             "MultiDiscrete": lambda e: sum(e["nvec"]), "MultiBinary": lambda e: e["n"]}
+    return sum(sizes[entry["type"]](entry) for _, entry in _entries(space))
+
+
+def image_layout(space: dict) -> str | None:
+    """The layout a declared observation space feeds its images in (None: no image)."""
+    return next((e["layout"] for _, e in _entries(space) if "layout" in e), None)
+
+
+def observation_differences(declared: dict, expected: dict) -> list[str]:
+    """How a declared observation space differs from the expected one, entry by entry (bounds
+    compared as float32; an empty list: the same)."""
+    mine, theirs = _entries(declared), _entries(expected)
+    if [k for k, _ in mine] != [k for k, _ in theirs]:
+        return [f"the entries are {[k for k, _ in mine]}, the model's are "
+                f"{[k for k, _ in theirs]} (in this order)"]
+    problems = []
+    for (key, got), (_, want) in zip(mine, theirs, strict=True):
+        where = f"entry {key!r}: " if key is not None else ""
+        if got["type"] == want["type"] == "Box":
+            size = math.prod(want["shape"])
+            for name in ("shape", "dtype", "layout"):
+                if got.get(name) != want.get(name):
+                    problems.append(f"{where}{name} is {got.get(name)!r}, the model's "
+                                    f"{want.get(name)!r}")
+            for name in ("low", "high") if not problems else ():
+                if not np.array_equal(np.float32(_bounds(got[name], size)),
+                                      np.float32(_bounds(want[name], size)), equal_nan=True):
+                    problems.append(f"{where}{name} is {got[name]}, the model's {want[name]}")
+        elif {k: got.get(k) for k in want} != want:
+            problems.append(f"{where}declares {got}, the model's is {want}")
+    return problems
+
+
 def _version(value: str, artifact) -> list[str]:
     import semver
 
@@ -214,8 +302,9 @@ CHECKS: dict[str, Callable[[str, object], list[str]]] = {
     "recurrent": _recurrent,
     "deterministic_mode": _schema("string_boolean"),
     "batch_inference": _batch,
+    OBSERVATION_KEY: _parses(lambda value, act_dim: parse_observation_space(value)),
 }
-assert tuple(CHECKS) == KEYS
+assert tuple(CHECKS) == (*KEYS, OBSERVATION_KEY)
 
 
 def key_problems(key: str, artifact) -> list[str]:

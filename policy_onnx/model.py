@@ -5,6 +5,7 @@ whose mean leaves the action bounds. The only place that calls SB3 at check time
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from functools import cached_property
@@ -28,8 +29,8 @@ class Reference:
         self.algorithm = loaded.algorithm
         self.observation_space = self.sb3.observation_space
         self.action_space = self.sb3.action_space
-        self.obs_shape = tuple(self.observation_space.shape)
-        self.obs_dim = math.prod(self.obs_shape)
+        self.layout = loaded.layout
+        self.obs_dim = self.layout.flatdim
         self.act_dim = math.prod(self.action_space.shape)  # 1 for Discrete
         self.kind = action_kind(self.action_space)
         self.head = head_for(loaded)
@@ -41,16 +42,16 @@ class Reference:
         # predict() clips the mean of an unsquashed Box policy; squashed ones unscale tanh.
         self.clips = self.kind == "Box" and not self.head.squash and self.structure == "plain"
         self.normalization = loaded.normalization
-        self.domain = ObservationDomain.of_space(self.observation_space, self.normalization)
+        self.domain = ObservationDomain.of_layout(self.layout, self.normalization)
 
-    def predict_input(self, obs: np.ndarray) -> np.ndarray:
-        """What predict() is given for flattened float32 raw rows: reshaped to the space,
-        normalized as VecNormalize does (if the model was trained under it), in the space's
-        dtype."""
-        batch = np.asarray(obs, dtype=np.float32).reshape((-1, *self.obs_shape))
+    def predict_input(self, obs: np.ndarray):
+        """What predict() is given for flat float32 raw rows: normalized as VecNormalize does
+        (if the model was trained under it), then each entry in the model's shape, layout and
+        dtype (observations.ObservationLayout)."""
+        rows = np.asarray(obs, dtype=np.float32)
         if self.normalization is not None:
-            batch = self.normalization.apply(batch)
-        return batch.astype(self.observation_space.dtype)
+            rows = self.normalization.apply(rows)
+        return self.layout.predict_input(rows)
 
     def comparable(self, obs: np.ndarray) -> np.ndarray:
         """Per row: is predict()'s own computation finite there? Past +-MAX_MAGNITUDE a float32
@@ -92,8 +93,8 @@ class Reference:
 
     @cached_property
     def _recurrent_head64(self):
-        # nn.LSTM keeps its own references to its weights, so functional_call cannot swap in
-        # float64 ones: a float64 copy it is (recurrent policies have no gSDE tensors to trip
+        # nn.LSTM keeps its own references to its weights, so swapping them (_in_float64) does
+        # not reach its computation: a float64 copy it is (recurrent policies have no gSDE tensors to trip
         # deepcopy).
         return copy.deepcopy(self.head).double()
 
@@ -124,9 +125,26 @@ class Reference:
             return self.head.mean(torch.as_tensor(obs, dtype=torch.float32)).double().numpy()
 
     @cached_property
-    def _state64(self) -> dict[str, torch.Tensor]:
-        tensors = {**dict(self.head.named_parameters()), **dict(self.head.named_buffers())}
-        return {k: v.detach().double() if v.is_floating_point() else v for k, v in tensors.items()}
+    def _tensors64(self) -> list[tuple[dict, str, torch.Tensor]]:
+        """(store, name, float64 copy) of every floating parameter and buffer of the head, each
+        module once (PPO's features_extractor is also its pi_features_extractor)."""
+        return [(store, name, tensor.detach().double())
+                for module in self.head.modules()
+                for store in (module._parameters, module._buffers)
+                for name, tensor in store.items()
+                if tensor is not None and tensor.is_floating_point()]
+
+    @contextlib.contextmanager
+    def _in_float64(self):
+        """The head computing in float64 (its tensors swapped for float64 copies, then back)."""
+        originals = [(store, name, store[name]) for store, name, _ in self._tensors64]
+        for store, name, double in self._tensors64:
+            store[name] = double
+        try:
+            yield
+        finally:
+            for store, name, original in originals:
+                store[name] = original
 
     def scores(self, obs: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
         """A discrete policy's scores (Q-values, logits; masked ones at -1e8) that predict()
@@ -149,14 +167,23 @@ class Reference:
         rng = np.random.default_rng(0)
 
         def linear_error(module, x, output):
-            magnitude = x.abs() @ module.weight.abs().T
-            if module.bias is not None:
-                magnitude = magnitude + module.bias.abs()
-            return FLOAT32_UNIT * math.sqrt(x.shape[-1]) * magnitude
+            if isinstance(module, torch.nn.Conv2d):
+                magnitude = torch.nn.functional.conv2d(
+                    x.abs(), module.weight.abs(), None if module.bias is None
+                    else module.bias.abs(), module.stride, module.padding, module.dilation,
+                    module.groups)
+                terms = module.weight[0].numel()
+            else:
+                magnitude = x.abs() @ module.weight.abs().T
+                if module.bias is not None:
+                    magnitude = magnitude + module.bias.abs()
+                terms = x.shape[-1]
+            return FLOAT32_UNIT * math.sqrt(terms) * magnitude
 
         def normalization_error(module, x, output):
             mean, std = module.exact
-            return FLOAT32_UNIT * ((x.abs() + 2.0 * mean.abs()) / std + 2.0 * output.abs())
+            error = FLOAT32_UNIT * ((x.abs() + 2.0 * mean.abs()) / std + 2.0 * output.abs())
+            return error * module.normalized if module.partial else error
 
         def perturb(error):
             def hook(module, inputs, output):
@@ -166,13 +193,14 @@ class Reference:
             return hook
 
         hooks = [m.register_forward_hook(perturb(linear_error)) for m in self.head.modules()
-                 if isinstance(m, torch.nn.Linear)]
+                 if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
         hooks += [m.register_forward_hook(perturb(normalization_error))
                   for m in self.head.modules() if isinstance(m, ObservationNormalizer)]
         rows = torch.as_tensor(np.tile(obs, (samples + 1, 1)), dtype=torch.float64)
         try:
             with torch.no_grad():
-                out = torch.func.functional_call(self.head, self._state64, (rows,), forward)
+                with self._in_float64():
+                    out = self.head(rows, **forward)
         finally:
             for hook in hooks:
                 hook.remove()

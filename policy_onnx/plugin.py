@@ -28,6 +28,7 @@ from . import __version__, spec
 from .artifact import Artifact, ArtifactError, sha256
 from .load import LoadedModel, ModelLoadError, load_model
 from .metadata import TRANSFORMS
+from .observations import IMAGE_LAYOUTS
 from .parity import ParityStats
 from .report import Verdicts, all_met, policies_line, report_document, write_json
 from .tolerance import RULE, tolerance
@@ -61,6 +62,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="artifact style of the suite's own export: 'none' bakes predict()'s post-processing "
              "into the graph; 'clip' (unsquashed policies) and 'tanh' (squash_output) leave it to "
              "the runtime. Ignored with --onnx. Default: none.")
+    group.addoption(
+        "--image-layout", choices=IMAGE_LAYOUTS, default=IMAGE_LAYOUTS[0],
+        help="the layout the suite's own export takes images in: HWC (height, width, channels: "
+             "what environments usually return; SB3 saved the model's images transposed to "
+             "CHW) or CHW (for environments that return channels first). Ignored with --onnx: "
+             "the artifact's observation_space says. Default: HWC.")
     group.addoption(
         "--level", choices=[level.name.lower() for level in spec.Level], default="standard",
         help="conformance level every policy must reach: exit status 0 only when it is met (a "
@@ -116,6 +123,14 @@ class Policy:
         if self.loaded:
             return type(self.loaded.sb3.action_space).__name__
         return self.given_artifact.declared_kind
+
+    @cached_property
+    def observation_features(self) -> frozenset[str]:
+        """"image", "dict": what the observation holds beyond a vector (the model's, else the
+        artifact's declared observation space)."""
+        if self.loaded:
+            return self.loaded.layout.features
+        return self.given_artifact.observation_features
 
     @cached_property
     def structure(self) -> str:
@@ -388,7 +403,7 @@ def _statistics(config: pytest.Config, pairs) -> list[str | None]:
 
 
 def _open(key: str, model_path: Path | None, onnx_path: Path | None, vecnormalize: str | None,
-          transform: str, trust_code: bool) -> Policy:
+          transform: str, trust_code: bool, image_layout: str) -> Policy:
     """A policy under test, opened (safely); ModelLoadError, ArtifactError or ValueError (a
     transform that does not fit) when it cannot be."""
     from .normalization import attach
@@ -396,6 +411,9 @@ def _open(key: str, model_path: Path | None, onnx_path: Path | None, vecnormaliz
     given_artifact = Artifact(onnx_path) if onnx_path else None
     loaded = load_model(model_path, trust_code=trust_code) if model_path else None
     if loaded:
+        loaded.image_layout = image_layout
+        if given_artifact:
+            given_artifact.adopt_layout(loaded)
         attach(loaded, vecnormalize)
     if loaded and not onnx_path:
         from .heads import head_for
@@ -452,7 +470,7 @@ def pytest_configure(config: pytest.Config) -> None:
                                                           _statistics(config, pairs)):
         try:
             policies.append(_open(key, model_path, onnx_path, vecnormalize, transform,
-                                  trust_code))
+                                  trust_code, config.getoption("image_layout")))
         except (ModelLoadError, ArtifactError, ValueError) as exc:
             if len(pairs) == 1:  # the one thing to check cannot be: a usage error
                 raise pytest.UsageError(str(exc)) from None
@@ -521,6 +539,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             scope += f" of {', '.join(clause.structures)} policies"
         pytest.skip(f"{clause.id} not applicable: it concerns {scope}; this is a "
                     f"{policy.structure} {policy.action_kind} policy")
+    if clause.observations and not clause.applies(policy.action_kind, policy.structure,
+                                                  policy.observation_features):
+        pytest.skip(f"{clause.id} not applicable: it concerns "
+                    f"{' or '.join(clause.observations)} observations; this policy's "
+                    "observation is a vector")
     normalization = policy.normalization
     if clause.needs_normalization and not (normalization and normalization.norm_obs):
         why = (f"{normalization.path} has norm_obs false" if normalization else

@@ -61,14 +61,17 @@ class Verdicts:
     def level_reached(self, structure: str, kind: str) -> tuple[spec.Level | None, str]:
         """The highest level reached, and what stops the next one (empty at Extended).
 
-        A policy checked for parity by Extended clauses (discrete, masked, recurrent, normalized
-        observations) needs those clauses from Standard on: Standard means "acts like predict()"
+        A policy checked for parity by Extended clauses (discrete, masked, recurrent, normalized,
+        image or dict observations) needs those clauses from Standard on: Standard means "acts like predict()"
         for every policy.
         """
-        normalized = any(c.needs_normalization and c.id in self.by_clause
-                         and NOT_APPLICABLE not in self.by_clause[c.id].detail
-                         for c in spec.CLAUSES)
-        beyond_box = structure != "plain" or kind != "Box" or normalized
+        # Clauses for what the model was trained on (normalized, image or dict observations)
+        # that applied to it.
+        extended_input = any((c.needs_normalization or c.observations)
+                             and c.id in self.by_clause
+                             and NOT_APPLICABLE not in self.by_clause[c.id].detail
+                             for c in spec.CLAUSES)
+        beyond_box = structure != "plain" or kind != "Box" or extended_input
         reached = None
         for level in spec.Level:
             required = [c for c in spec.CLAUSES if c.level <= level

@@ -41,9 +41,16 @@ class Clause:
     kinds: tuple[str, ...] = ACTION_KINDS  # the action spaces the clause applies to
     structures: tuple[str, ...] = STRUCTURES  # the policy structures the clause applies to
     needs_normalization: bool = False  # applies only to models trained under VecNormalize
+    # Applies only to observations with one of these features ("image", "dict"); () to all.
+    observations: tuple[str, ...] = ()
 
-    def applies(self, kind: str, structure: str) -> bool:
-        return kind in self.kinds and structure in self.structures
+    def applies(self, kind: str, structure: str, features: frozenset[str] | None = None
+                ) -> bool:
+        """Does the clause concern a policy of this action kind and structure (and, when
+        `features` is given, with an observation of these features: "image", "dict")?"""
+        return (kind in self.kinds and structure in self.structures
+                and (features is None or not self.observations
+                     or bool(features & set(self.observations))))
 
     @property
     def test_id(self) -> str:
@@ -91,8 +98,10 @@ CLAUSES: tuple[Clause, ...] = (
            "SHOULD be `batch`."),
     Clause("GRAPH-11", "obs_dim_matches_model", B,
            "`obs_dim` is the flattened size of the model's observation space",
-           "`obs_dim` MUST equal the number of elements of one observation of the SB3 model's "
-           "observation space; observations are fed flattened in C order.", needs_model=True),
+           "`obs_dim` MUST equal the flat size of one observation of the SB3 model's "
+           "observation space (`gymnasium.spaces.flatdim`: its number of elements for a Box; "
+           "OBS-03 says how images and dicts are fed); observations are fed flattened in C "
+           "order.", needs_model=True),
     Clause("GRAPH-12", "act_dim_matches_model", B,
            "`act_dim` is the flattened size of the model's action space",
            "`act_dim` (the number of output elements per row: 1 for a `[batch]` output) MUST "
@@ -245,6 +254,42 @@ CLAUSES: tuple[Clause, ...] = (
            "For every drawn observation and any state, the outputs with `episode_start` = 1 MUST "
            "equal the outputs with a zero state and `episode_start` = 0.",
            structures=("recurrent",)),
+    # --- image and dict observations (Extended) ----------------------------------------------
+    Clause("OBS-01", "observation_space", E,
+           "`observation_space` describes the observation the artifact takes",
+           "A policy whose observation is an image or a Dict MUST carry the metadata key "
+           "`observation_space` exactly once: a JSON object describing the observation as the "
+           "environment returns it (grammar: `observation_space` in the metadata schema). A Box "
+           "has `shape`, `dtype`, `low` and `high` (one number for every element or a flat list "
+           "of one per element, null where unbounded) and, exactly when it is an image (uint8, "
+           "rank 3, bounds 0 and 255), `layout`: `HWC` or `CHW`, the same for every image. A "
+           "Dict has `spaces`: its entries as `{\"key\": ..., \"space\": ...}` in the order "
+           "they are concatenated, each a Box or a Discrete, MultiDiscrete or MultiBinary space "
+           "written as in `action_space`. Its flat size (`gymnasium.spaces.flatdim`) MUST equal "
+           "`obs_dim`.", observations=("image", "dict")),
+    Clause("OBS-02", "observation_space_matches_model", E,
+           "`observation_space` is the model's observation space",
+           "The declared observation space MUST be the SB3 model's: the same entries, a Dict's "
+           "in the model's key order, each of the same type, shape, dtype, bounds (as float32), "
+           "`n`, `start` and `nvec`. An image, which SB3 saves channel-first, MAY be declared "
+           "in either layout: `HWC` (height, width, channels: what environments usually return, "
+           "and what SB3's VecTransposeImage transposed) or `CHW` (an environment that returns "
+           "channels first).", needs_model=True, observations=("image", "dict")),
+    Clause("OBS-03", "observation_parity", E,
+           "The artifact takes the observation as the environment returns it, flattened",
+           "`obs` MUST be `gymnasium.spaces.flatten(observation_space, observation)` as "
+           "float32, for the declared `observation_space`: an image as its raw pixel values "
+           "(0 to 255) in its declared layout, flattened in C order; a Dict as its entries in "
+           "the declared order, a Box entry flattened, a Discrete entry one-hot, a "
+           "MultiDiscrete entry as its concatenated one-hots, a MultiBinary entry as its 0 and "
+           "1 values. The artifact MUST do the rest of SB3's preprocessing itself: transpose "
+           "images to channel-first, divide them by 255 when the policy normalizes images, "
+           "split the entries. For observations drawn from each entry's own space — images as "
+           "noise, flat frames, all black, all white, and frames that differ from the previous "
+           "one in one channel or one pixel — the final action MUST match "
+           "`model.predict(observation, deterministic=True)` as in PAR-01 (Box actions) or "
+           "DISC-05 (discrete actions).", needs_model=True, structures=("plain", "masked"),
+           observations=("image", "dict")),
 )
 
 _BY_ID = {c.id: c for c in CLAUSES}

@@ -18,7 +18,8 @@ BEGIN = ("<!-- BEGIN CLAUSES: generated from policy_onnx/spec.py by "
 END = "<!-- END CLAUSES -->"
 GROUPS = {"GRAPH": "Graph", "META": "Metadata", "BEH": "Behaviour", "PAR": "Parity",
           "DISC": "Discrete actions (Extended)", "MASK": "Action masks (Extended)",
-          "NORM": "Observation normalization (Extended)", "REC": "Recurrent state (Extended)"}
+          "NORM": "Observation normalization (Extended)", "REC": "Recurrent state (Extended)",
+          "OBS": "Image and dict observations (Extended)"}
 
 
 def render() -> str:
@@ -34,6 +35,8 @@ def render() -> str:
                     kinds += "; " + ", ".join(c.structures) + " policies"
                 if c.needs_normalization:
                     kinds += "; trained under VecNormalize"
+                if c.observations:
+                    kinds += "; " + " or ".join(c.observations) + " observations"
                 lines.append(f"| **{c.id}** `{c.slug}` | {c.level.label} | "
                              f"{'yes' if c.needs_model else 'no'} | {kinds} | "
                              f"**{c.title}.** {c.text} |")

@@ -22,12 +22,16 @@ All components are float32, and |x| <= MAX_MAGNITUDE but in the far regime.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from hypothesis import strategies as st
 
 MAX_MAGNITUDE = 1e4
+INTEGER_LIMIT = 2.0 ** 24  # integers beyond are not all float32 numbers
+# How the structured regime draws an image (the last two change the previous row's frame).
+PIXEL_PATTERNS = ("noise", "flat", "black", "white", "one channel", "one pixel")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 REGIMES = ("inside", "beyond", "far", "toward_clip")
 EVERYWHERE = REGIMES[:3]  # the regimes that need no search
@@ -64,20 +68,32 @@ class ObservationDomain:
     # Bits of the observation space's floats, at most 32: a float16 space's observations are
     # float16 values (fed to the artifact as float32, the same numbers).
     float_bits: int = 32
+    # Images, Dict entries and integer Boxes (observations.ObservationLayout): per element,
+    # whether it is an integer (pixels, binary entries; None: none is); the (start, stop) of
+    # every one-hot group; every image's (start, shape as fed, channel axis).
+    integral: np.ndarray | None = None
+    one_hot: tuple[tuple[int, int], ...] = ()
+    images: tuple[tuple[int, tuple[int, ...], int], ...] = ()
 
     @classmethod
-    def of_space(cls, space, normalization=None) -> ObservationDomain:
-        low = np.asarray(space.low, dtype=np.float64).reshape(-1)
-        high = np.asarray(space.high, dtype=np.float64).reshape(-1)
-        # A bound at or past the largest magnitude drawn (old gym's +-3.4e38 "unbounded"
+    def of_layout(cls, layout, normalization=None) -> ObservationDomain:
+        low, high = layout.bounds()
+        integral = layout.integral()
+        # A float bound at or past the largest magnitude drawn (old gym's +-3.4e38 "unbounded"
         # velocities) is drawn like an infinite one: magnitudes log-uniform up to the largest.
-        low = np.where(low <= -MAX_MAGNITUDE, -np.inf, low)
-        high = np.where(high >= MAX_MAGNITUDE, np.inf, high)
-        float_bits = min(32, 8 * np.dtype(space.dtype).itemsize)
+        # Integers stay within their bounds, and within float32's exact integers.
+        low = np.where(integral, np.maximum(low, -INTEGER_LIMIT),
+                       np.where(low <= -MAX_MAGNITUDE, -np.inf, low))
+        high = np.where(integral, np.minimum(high, INTEGER_LIMIT),
+                        np.where(high >= MAX_MAGNITUDE, np.inf, high))
+        shape = {"float_bits": layout.float_bits(),
+                 "integral": integral if integral.any() else None,
+                 "one_hot": layout.discrete_groups(),
+                 "images": tuple((e.start, e.shape, e.channel_axis) for e in layout.images)}
         if normalization is None or not normalization.norm_obs:
-            return cls(low, high, float_bits=float_bits)
-        return cls(low, high, normalization.mean.reshape(-1), normalization.std.reshape(-1),
-                   normalization.clip_obs, float_bits)
+            return cls(low, high, **shape)
+        return cls(low, high, normalization.mean, normalization.std, normalization.clip_obs,
+                   **shape)
 
     @classmethod
     def unbounded(cls, dim: int) -> ObservationDomain:
@@ -137,8 +153,37 @@ class ObservationDomain:
                        np.where(~up & np.isneginf(self.low), -magnitude, rows))
         return self.finish(np.where(rng.random(shape) < 0.5, far, rows))
 
+    def structured(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Inside rows whose images are drawn as pictures: noise, a flat frame, all black, all
+        white, or the previous row's frame with one channel or one pixel changed."""
+        rows = self.inside(rng, n).astype(np.float64)
+        for start, shape, channel_axis in self.images:
+            frames = rows[:, start:start + math.prod(shape)].reshape(n, *shape)
+            channels = shape[channel_axis]
+            for i in range(n):
+                pattern = rng.choice(PIXEL_PATTERNS) if i else rng.choice(PIXEL_PATTERNS[:4])
+                if pattern == "flat":
+                    frames[i] = rng.integers(0, 256)
+                elif pattern == "black":
+                    frames[i] = 0
+                elif pattern == "white":
+                    frames[i] = 255
+                elif pattern == "one channel":
+                    frames[i] = frames[i - 1]
+                    np.moveaxis(frames[i], channel_axis, 0)[rng.integers(channels)] = \
+                        rng.integers(0, 256)
+                elif pattern == "one pixel":
+                    frames[i] = frames[i - 1]
+                    pixel = np.moveaxis(frames[i], channel_axis, -1)
+                    y, x = (rng.integers(d) for d in pixel.shape[:2])
+                    pixel[y, x] = rng.integers(0, 256, channels)
+            rows[:, start:start + frames[0].size] = frames.reshape(n, -1)
+        return self.finish(rows)
+
     def sample(self, regime: str, rng: np.random.Generator, n: int,
                seeds: np.ndarray | None = None) -> np.ndarray:
+        if regime == "structured":
+            return self.structured(rng, n)
         if regime == "far":
             return self.far(rng, n)
         if regime in NORMALIZED_REGIMES:
@@ -171,6 +216,13 @@ class ObservationDomain:
         rows = np.clip(rows, -limit, limit)
         if self.float_bits < 32:
             rows = rows.astype(np.float16)
+        rows = rows.astype(np.float32)
+        if self.integral is not None:
+            rows = np.where(self.integral, np.clip(np.round(rows), self.low, self.high), rows)
+        for start, stop in self.one_hot:
+            hot = np.argmax(rows[:, start:stop], axis=1)
+            rows[:, start:stop] = 0.0
+            rows[np.arange(len(rows)), start + hot] = 1.0
         return rows.astype(np.float32)
 
     def _floats(self, low: float, high: float, limit: float = MAX_MAGNITUDE

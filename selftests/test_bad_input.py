@@ -106,7 +106,7 @@ MODEL_CASES = {
                          ["no 'data' entry, so it is not an SB3 model"]),
     "unsupported policy": (lambda p: _dict_observation_zip(p / "dict.zip"),
                            ["policy class MultiInputActorCriticPolicy is not supported yet",
-                            "supported: MlpPolicy of PPO, A2C, TRPO"]),
+                            "supported: the Mlp, Cnn and MultiInput policies of PPO, A2C, TRPO"]),
     "unsupported action space": (lambda p: _discrete_ppo_zip(p / "discrete.zip"),
                                  ["action space Discrete(3, start=1) is not supported yet"]),
     "truncated weights": (lambda p: _edited_real_zip(p / "m.zip", _truncate_weights),
@@ -265,9 +265,9 @@ STATISTICS_CASES = {  # the real model has 4-element observations
     "a model zip": (lambda p: REAL_MODEL, ["unreadable", STATISTICS_FIX]),
     "another model's statistics": (
         lambda p: _statistics_of(p / "v.pkl", obs_rms=_rms((17,))),
-        ["statistics of shape (17,), but the model's observations have shape (4,)"]),
+        ["statistics of shape (17,) for the observation, which is Box(", "in the model"]),
     "no obs_rms": (lambda p: _statistics_of(p / "v.pkl"),
-                   ["not VecNormalize statistics (no obs_rms with mean and var)"]),
+                   ["not VecNormalize statistics (no obs_rms with mean and var for the observation)"]),
     "code in the pickle": (
         lambda p: _statistics_of(p / "v.pkl", obs_rms=_rms((4,)), extra=_RunsCode(p / "ran")),
         ["refused to unpickle posix.system", "could run code"]),

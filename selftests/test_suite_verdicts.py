@@ -11,6 +11,7 @@ from fixtures.models import FIXTURES
 from policy_onnx import spec
 from policy_onnx.export import export
 from policy_onnx.load import STRUCTURES, load_model
+from policy_onnx.observations import ObservationLayout
 
 from .conftest import CONFORMANCE, REAL_MODEL, REAL_ONNX, sha256, unclamped
 
@@ -21,16 +22,21 @@ STRUCTURE = {f.name: STRUCTURES.get(f.algorithm, "plain") for f in FIXTURES}
 # Models whose mean is never clipped: PAR-02 is reported as not applicable, with this reason.
 NO_CLIPPING = {f.name: f.no_clipping for f in FIXTURES if f.no_clipping}
 NORMALIZED = {f.name for f in FIXTURES if f.normalization}
+FEATURES = {f.name: ObservationLayout(f.observation_space).features for f in FIXTURES}
+# The options a fixture is exported with: its image layout when it is not the default.
+OPTIONS = {f.name: ("--image-layout", f.image_layout) if f.image_layout != "HWC" else ()
+           for f in FIXTURES}
 
 
-def not_applicable(kind: str, structure: str = "plain", normalized: bool = False
-                   ) -> dict[str, str]:
-    return {c.id: "not applicable" for c in spec.CLAUSES if not c.applies(kind, structure)
+def not_applicable(kind: str, structure: str = "plain", normalized: bool = False,
+                   features: frozenset[str] = frozenset()) -> dict[str, str]:
+    return {c.id: "not applicable" for c in spec.CLAUSES
+            if not c.applies(kind, structure, features)
             or (c.needs_normalization and not normalized)}
 
 
 def expected_skips(name: str) -> dict[str, str]:
-    skips = not_applicable(KIND[name], STRUCTURE[name], name in NORMALIZED)
+    skips = not_applicable(KIND[name], STRUCTURE[name], name in NORMALIZED, FEATURES[name])
     if name in NO_CLIPPING and "PAR-02" not in skips:
         skips["PAR-02"] = NO_CLIPPING[name]
     return skips
@@ -47,7 +53,7 @@ def assert_all_pass(run, skipped: dict[str, str], status: int = 0) -> None:
 
 @pytest.mark.parametrize("name", [f.name for f in FIXTURES])
 def test_own_export_of_every_fixture_model_conforms(conformance, fixture_models, name):
-    run = conformance.run("--model", str(fixture_models[name]))
+    run = conformance.run("--model", str(fixture_models[name]), *OPTIONS[name])
     assert_all_pass(run, expected_skips(name))
     if name not in NO_CLIPPING:
         assert "with the mean outside the action bounds" in run.stdout
