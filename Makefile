@@ -31,7 +31,7 @@ conformance: $(INSTALLED) $(if $(filter $(FIXTURES_DIR)/%,$(MODEL)),$(FIXTURES))
 		--hypothesis-profile $(PROFILE)
 
 test: $(INSTALLED)
-	$(PY) -m pytest selftests --hypothesis-profile $(PROFILE)
+	$(PY) -m pytest selftests -n 2 --hypothesis-profile $(PROFILE)
 
 # The mutant self-tests alone, with their report (they are part of `make test` too).
 mutation: $(INSTALLED)

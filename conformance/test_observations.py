@@ -39,6 +39,10 @@ def test_observation_space_matches_model(clause, artifact, reference):
 
 @clause_test("OBS-03")
 def test_observation_parity(clause, policy, reference, artifact):
+    # Pictures, and observations near those the searches found: each discrete choice, or a
+    # mean beyond the action bounds.
+    seeds = policy.clip_seeds if reference.kind == "Box" else policy.action_seeds
+    regimes = ("structured", "toward_clip" if reference.kind == "Box" else "each_action")
     mask_width = reference.head.mask_width if reference.masked else None
-    strategy = batches(reference.domain, ("structured",), mask_width=mask_width)
+    strategy = batches(reference.domain, regimes, seeds, mask_width=mask_width)
     check_parity(clause, reference, artifact, strategy, policy)

@@ -157,8 +157,8 @@ class Reference:
     def rounding_noise(self, obs: np.ndarray, samples: int = 4, **forward) -> np.ndarray:
         """The oracle's own float32 rounding error per element, estimated two ways, the larger
         kept: the measured |float32 - float64| of the computation, and stochastic arithmetic:
-        `samples` float64 forwards in which every Linear output is perturbed by a simulated
-        float32 accumulation error u * sqrt(n_in) * (|x| |W|^T + |b|) * N(0, 1), and the
+        `samples` float64 forwards in which every Linear (and Conv2d) output is perturbed by a
+        simulated float32 accumulation error u * sqrt(n_in) * (|x| |W|^T + |b|) * N(0, 1), and the
         observation normalization (if any) by the error of normalizing in float32 with float32
         statistics, u * ((|x| + 2 |mean|) / std + 2 |out|) * N(0, 1) (seeded, so the same
         observations give the same estimate). One batched pass holds the exact rows and the

@@ -286,7 +286,9 @@ CLAUSES: tuple[Clause, ...] = (
            "images to channel-first, divide them by 255 when the policy normalizes images, "
            "split the entries. For observations drawn from each entry's own space — images as "
            "noise, flat frames, all black, all white, and frames that differ from the previous "
-           "one in one channel or one pixel — the final action MUST match "
+           "one in one channel or one pixel — and near those where the suite's searches find "
+           "`predict()` making each of its discrete choices or leaving the action bounds, the "
+           "final action MUST match "
            "`model.predict(observation, deterministic=True)` as in PAR-01 (Box actions) or "
            "DISC-05 (discrete actions).", needs_model=True, structures=("plain", "masked"),
            observations=("image", "dict")),

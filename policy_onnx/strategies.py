@@ -14,10 +14,15 @@ Regimes (stated in the spec, section "Observations"):
   bounds (see `Reference.find_out_of_bounds`);
 - each_action: observations near those where the search found predict() making each of its
   discrete choices (see `Reference.find_each_action`), so that rare actions are drawn too;
+- structured (image and dict observations): images drawn as pictures (noise, a flat frame, all
+  black, all white, the previous row's frame with one channel or one pixel changed), the other
+  entries inside;
 - normalized_range, normalized_clip (models trained under VecNormalize): raw observations
   mean + z * sqrt(var + epsilon) with z across (-clip_obs, clip_obs), or with components at and
   up to three times beyond +-clip_obs, where VecNormalize clips.
-All components are float32, and |x| <= MAX_MAGNITUDE but in the far regime.
+All components are float32, and |x| <= MAX_MAGNITUDE but in the far regime. Integer elements
+(pixels, integer Boxes, binary entries) are rounded into their bounds and one-hot groups hold one
+1 (`ObservationDomain.finish`), whatever the regime.
 """
 
 from __future__ import annotations

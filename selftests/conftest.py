@@ -129,6 +129,25 @@ def _pipeline_imported(fixture_models, tmp_path_factory):
         Artifact(path).run(np.zeros((1, 4), dtype=np.float32))
 
 
+def pytest_configure(config):
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker (make test runs two)
+        from policy_onnx.plugin import _one_thread_per_worker
+
+        _one_thread_per_worker()
+
+
+def pytest_runtest_logreport(report):
+    """The mutant tests' outcomes, gathered where the run is summed up (the pytest-xdist
+    controller sees only reports)."""
+    from .mutants import BY_NAME, REPORT
+
+    if report.when == "call":
+        for name, value in report.user_properties:
+            if name == "mutant":
+                mutant, failed = value
+                REPORT.record(BY_NAME[mutant], None if failed is None else set(failed))
+
+
 def pytest_terminal_summary(terminalreporter):
     from policy_onnx import spec
 

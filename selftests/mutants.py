@@ -650,6 +650,141 @@ NORMALIZATION_MUTANTS = (
            model="dqn_vecnormalize_hub", prepare=_statistics(lambda n: None)),
 )
 
+# --- image and dict observations: faults in how the graph reads the flat observation ------------
+def _fed_entries(p) -> list[tuple[str | None, dict, int, int]]:
+    """(key, space, start, size) of each entry of the artifact's declared observation_space."""
+    from policy_onnx import metadata
+
+    declared = json.loads(meta(p, "observation_space"))
+    entries = declared["spaces"] if declared["type"] == "Dict" else [{"key": None,
+                                                                      "space": declared}]
+    found, start = [], 0
+    for entry in entries:
+        size = metadata.observation_size(entry["space"])
+        found.append((entry["key"], entry["space"], start, size))
+        start += size
+    return found
+
+
+def _reads(indices: np.ndarray):
+    """The graph reads obs[:, indices] where the observation is obs."""
+    def mutate(p):
+        return prepend_before_input(p, lambda src, dst: [
+            helper.make_node("Gather", [src, "fed_indices"], [dst], axis=1)],
+            [const("fed_indices", indices, np.int64)])
+    return mutate
+
+
+def _pixels_rearranged(rearrange):
+    """The graph reads the first image's pixels rearranged ([H, W, C] indices -> the same)."""
+    def mutate(p):
+        _, space, start, size = next(e for e in _fed_entries(p) if "layout" in e[1])
+        indices = np.arange(sum(e[3] for e in _fed_entries(p)))
+        block = indices[start:start + size].reshape(space["shape"])
+        indices[start:start + size] = rearrange(block).reshape(-1)
+        return _reads(indices)(p)
+    return mutate
+
+
+def _images_scaled(factor: float):
+    """Every pixel multiplied by `factor` on the way in (255: the graph's /255 undone)."""
+    def mutate(p):
+        entries = _fed_entries(p)
+        scale = np.ones(sum(e[3] for e in entries), dtype=np.float32)
+        for _, space, start, size in entries:
+            if "layout" in space:
+                scale[start:start + size] = factor
+        return prepend_before_input(p, lambda src, dst: [
+            helper.make_node("Mul", [src, "pixel_scale"], [dst])], [const("pixel_scale", scale)])
+    return mutate
+
+
+def _entries_reversed(p):
+    """The graph expects the Dict's entries concatenated in the reverse key order."""
+    entries = _fed_entries(p)
+    starts, offset = {}, 0
+    for key, _, _, size in reversed(entries):
+        starts[key] = offset
+        offset += size
+    return _reads(np.concatenate([starts[key] + np.arange(size)
+                                  for key, _, _, size in entries]))(p)
+
+
+def _discrete_as_index(p):
+    """The Discrete entry fed as its index (one number) instead of one-hot."""
+    entries = _fed_entries(p)
+    _, space, start, n = next(e for e in entries if e[1]["type"] == "Discrete")
+    width = sum(e[3] for e in entries) - n + 1
+    set_dim(p.graph.input[0], 1, width)
+    return prepend_before_input(p, lambda src, dst: [
+        helper.make_node("Slice", [src, "i_zero", "i_start", "i_axis"], ["i_before"]),
+        helper.make_node("Slice", [src, "i_start", "i_next", "i_axis"], ["i_index"]),
+        helper.make_node("Slice", [src, "i_next", "i_width", "i_axis"], ["i_after"]),
+        helper.make_node("Equal", ["i_index", "i_values"], ["i_equal"]),
+        helper.make_node("Cast", ["i_equal"], ["i_hot"], to=TensorProto.FLOAT),
+        helper.make_node("Concat", ["i_before", "i_hot", "i_after"], [dst], axis=1)],
+        [const("i_zero", [0], np.int64), const("i_start", [start], np.int64),
+         const("i_next", [start + 1], np.int64), const("i_width", [width], np.int64),
+         const("i_axis", [1], np.int64), const("i_values", np.arange(n))])
+
+
+def _edit_observation_space(change):
+    def mutate(p):
+        return set_meta(p, "observation_space", json.dumps(change(json.loads(
+            meta(p, "observation_space")))))
+    return mutate
+
+
+def _without_layout(space):
+    del space["layout"]
+    return space
+
+
+def _declared_channel_first(space):
+    """CHW declared (a layout the spec allows) over a graph that reads HWC."""
+    height, width, channels = space["shape"]
+    return {**space, "shape": [channels, height, width], "layout": "CHW"}
+
+
+def _image_layout(layout: str):
+    def prepare(loaded):
+        loaded.image_layout = layout
+    return prepare
+
+
+OBSERVATION = frozenset({"OBS-03"})
+IMAGE_MUTANTS = (
+    Mutant("frames_reversed", "the frame stack read newest-first", _pixels_rearranged(
+        lambda block: block[:, :, ::-1]), OBSERVATION | PARITY, model="ppo_cnn"),
+    Mutant("height_width_transposed", "pixels read with height and width swapped",
+           _pixels_rearranged(lambda block: block.transpose(1, 0, 2)), OBSERVATION | PARITY,
+           model="ppo_cnn"),
+    Mutant("no_divide_by_255", "pixels not divided by 255", _images_scaled(255.0),
+           OBSERVATION | PARITY, model="ppo_cnn"),
+    Mutant("divided_by_255_twice", "pixels divided by 255 twice", _images_scaled(1 / 255),
+           OBSERVATION | PARITY, model="ppo_cnn"),
+    Mutant("rgb_as_bgr", "DQN: the color channels read in the other order (BGR)",
+           _pixels_rearranged(lambda block: block[:, :, ::-1]), OBSERVATION | {"DISC-05"},
+           model="dqn_cnn"),
+    Mutant("dict_entries_reordered", "Dict entries concatenated in another order",
+           _entries_reversed, OBSERVATION | PARITY, model="ppo_multiinput"),
+    Mutant("discrete_entry_as_index", "a Discrete entry fed as its index, not one-hot",
+           _discrete_as_index, frozenset({"GRAPH-11", "OBS-01"}) | OBSERVATION | RUNNING,
+           model="ppo_multiinput"),
+    Mutant("observation_space_missing", "no observation_space entry", lambda p: set_meta(
+        p, "observation_space", None), frozenset({"OBS-01", "OBS-02"}), model="ppo_cnn"),
+    Mutant("image_layout_missing", "an image declared without its layout",
+           _edit_observation_space(_without_layout), frozenset({"OBS-01", "OBS-02"}),
+           model="ppo_cnn"),
+    Mutant("observation_keys_misdeclared", "observation_space lists the Dict's keys in "
+           "another order than the graph reads them", _edit_observation_space(
+               lambda space: {**space, "spaces": space["spaces"][::-1]}),
+           frozenset({"OBS-02"}), model="ppo_multiinput"),
+    Mutant("channel_first_declared_over_channel_last", "CHW declared, HWC read",
+           _edit_observation_space(_declared_channel_first), OBSERVATION | PARITY,
+           model="ppo_cnn"),
+)
+
 MUTANTS: tuple[Mutant, ...] = (
     # graph
     Mutant("input_renamed", "the input is named 'observation'", _rename_input,
@@ -803,6 +938,8 @@ MUTANTS: tuple[Mutant, ...] = (
            model="crossq", prepare=_fresh_batch_statistics),
     # observation normalization
     *NORMALIZATION_MUTANTS,
+    # image and dict observations
+    *IMAGE_MUTANTS,
 )
 
 CONFORMING: tuple[Mutant, ...] = (
@@ -842,4 +979,12 @@ CONFORMING: tuple[Mutant, ...] = (
            lambda p: p, frozenset(), model="ppo_vecnormalize"),
     Mutant("vecnormalize_as_scale", "VecNormalize as a multiplication by 1/std in float32",
            _normalization_as_scale, frozenset(), model="ppo_vecnormalize"),
+    Mutant("images_channel_first", "images taken channel-first (CHW), as declared",
+           lambda p: p, frozenset(), model="ppo_cnn", prepare=_image_layout("CHW")),
+    Mutant("observation_bounds_as_lists", "observation_space bounds as one number per element",
+           _edit_observation_space(lambda space: {**space, "low": [0] * 5184,
+                                                  "high": [255] * 5184}), frozenset(),
+           model="ppo_cnn"),
 )
+
+BY_NAME = {m.name: m for m in MUTANTS}

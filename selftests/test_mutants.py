@@ -11,7 +11,7 @@ from policy_onnx.export import export
 from policy_onnx.load import load_model
 from policy_onnx.normalization import attach
 
-from .mutants import CONFORMING, MUTANTS, REPORT, USAGE_ERROR, Mutant
+from .mutants import CONFORMING, MUTANTS, USAGE_ERROR, Mutant
 
 # Clauses no artifact can violate on its own, with the reason (none so far).
 UNKILLABLE: dict[str, str] = {}
@@ -52,17 +52,17 @@ def materialize(mutant: Mutant, base_exports, directory) -> str:
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name)
 def test_mutant_fails_exactly_its_clauses(conformance, fixture_models, base_exports, tmp_path,
-                                          mutant):
+                                          record_property, mutant):
     run = conformance.run("--model", str(fixture_models[mutant.model]),
                           "--onnx", materialize(mutant, base_exports, tmp_path),
                           profile="mutation")
-    if mutant.kills == USAGE_ERROR:
-        REPORT.record(mutant, None if run.ret == 4 else set(run.verdicts))
+    if mutant.kills == USAGE_ERROR:  # for the mutation report (conftest.py)
+        record_property("mutant", (mutant.name, None if run.ret == 4 else sorted(run.verdicts)))
         assert run.ret == 4 and "pass the .onnx file written by the exporter" in run.stderr, \
             run.stdout + run.stderr
         return
     failed = run.with_outcome("failed") | run.with_outcome("error")
-    REPORT.record(mutant, failed)
+    record_property("mutant", (mutant.name, sorted(failed)))
     unexpected = {cid: run.messages.get(cid, "")[:400] for cid in failed - mutant.kills}
     assert failed == mutant.kills, (
         f"survived: {sorted(mutant.kills - failed)}; killed undeclared: {unexpected}")

@@ -1,6 +1,7 @@
 """The real agents vendored in fixtures/real_models/rl-zoo (RL Zoo agents saved by SB3 1.x under
-gym, and one by SB3 2.4): they load without gym, export, conform, and their observation
-normalization is checked."""
+gym, and one by SB3 2.4): they load without gym (the HER agent without an environment), export,
+conform, and their observation normalization (per dict key for the goal-dict agent) is
+checked."""
 
 from __future__ import annotations
 
@@ -18,9 +19,7 @@ from policy_onnx.normalization import attach, find_statistics
 
 from .conftest import ZOO, sha256
 
-# The goal-dict TQC agent waits for dict observations; every other agent must conform.
-DICT_AGENTS = {"tqc"}
-AGENTS = sorted(p for p in ZOO.glob("*/*/*.zip") if p.parts[-3] not in DICT_AGENTS)
+AGENTS = sorted(ZOO.glob("*/*/*.zip"))
 NORMALIZED = [p for p in AGENTS if find_statistics(p)]
 
 
@@ -29,8 +28,8 @@ def _name(path) -> str:
 
 
 def test_the_zoo_sample_is_what_the_tests_expect():
-    assert len(AGENTS) == 6 and {_name(p) for p in NORMALIZED} == {
-        "ppo-HalfCheetah-v3", "ars-Pendulum-v1"}
+    assert len(AGENTS) == 7 and {_name(p) for p in NORMALIZED} == {
+        "ppo-HalfCheetah-v3", "ars-Pendulum-v1", "tqc-FetchReach-v1"}
 
 
 def test_zoo_agents_load_without_gym():
@@ -58,6 +57,9 @@ def test_zoo_agent_conforms_through_our_export(conformance, agent, tmp_path):
         assert run.verdicts["NORM-01"] == run.verdicts["NORM-02"] == "passed"
     else:
         assert described is None and "not applicable" in run.messages["NORM-01"]
+    if agent.parts[-3] == "tqc":  # the HER agent's goal dict, normalized per key
+        assert {run.verdicts[c] for c in ("OBS-01", "OBS-02", "OBS-03")} == {"passed"}
+        assert described["keys"] == ["achieved_goal", "desired_goal", "observation"]
 
 
 def test_without_its_statistics_a_normalized_agent_is_checked_raw(conformance):
