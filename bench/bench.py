@@ -10,7 +10,10 @@ alternating, on this (shared, noisy) machine. Medians, and ratios of medians.
    within 1.3x, checking at least 10,000 observations.
 3. A zoo of fixture models: `pytest conformance --model zoo/ -n 2` against the same run
    serially. Target: at most 0.6x of the serial wall time on 2 cores.
-4. Peak memory (RSS) of each command, as the kernel reports it for the process and its children.
+4. Images: `pytest conformance --model cnn.zip`, a PPO NatureCNN policy on 84x84x4 uint8 frames
+   through the suite's own export, against the real cartpole pair's run (1.). Target: within 3x,
+   checking at least 2,000 observations in each parity clause.
+5. Peak memory (RSS) of each command, as the kernel reports it for the process and its children.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL = ROOT / "fixtures" / "real_models" / "clankers-cartpole"
-TARGETS = {"onnx": 1.6, "export": 1.3, "zoo": 0.6}
+TARGETS = {"onnx": 1.6, "export": 1.3, "zoo": 0.6, "image": 3.0}
 TARGET_OBSERVATIONS = 10_000
+TARGET_IMAGE_OBSERVATIONS = 2_000  # in each parity clause
 ZOO_SIZE = 14
 
 LOAD_AND_CHECK = """
@@ -95,9 +99,14 @@ def measured(command: list[str]) -> tuple[float, float, str]:
     return elapsed, peak, done.stdout
 
 
+def parity_counts(out: str) -> dict[str, int]:
+    """Observations each parity clause (PAR, OBS) checked against predict(), from the summary."""
+    return {clause: int(n.replace(",", "")) for clause, n in
+            re.findall(r"^((?:PAR|OBS)-\d+): ([\d,]+) observations", out, re.MULTILINE)}
+
+
 def observations(out: str) -> int:
-    return sum(int(n.replace(",", "")) for n in
-               re.findall(r"^PAR-\d+: ([\d,]+) observations", out, re.MULTILINE))
+    return sum(n for clause, n in parity_counts(out).items() if clause.startswith("PAR"))
 
 
 def suite(*args: str) -> list[str]:
@@ -116,7 +125,25 @@ def compare(name: str, baseline: list[str], mine: list[str], rounds: int) -> dic
         checked = observations(out)
         peak = max(peak, peak_now)
     return {"name": name, "baseline": base, "suite": ours, "observations": checked,
+            "per_clause": parity_counts(out),
             "ratio": statistics.median(ours) / statistics.median(base), "peak": peak}
+
+
+def build_image_model(folder: Path) -> Path:
+    """PPO CnnPolicy (SB3's NatureCNN, as built) on 84x84x4 uint8 frames, channel-last."""
+    import gymnasium as gym
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from fixtures.models import SpacesEnv, box, image
+    from stable_baselines3 import PPO
+
+    env = SpacesEnv(image(84, 84, 4), box(-1.0, 1.0, (2,)))
+    path = folder / "ppo_naturecnn_84x84x4.zip"
+    PPO("CnnPolicy", env, seed=0, device="cpu").save(path)
+    assert isinstance(env.observation_space, gym.spaces.Box) and np.prod(
+        env.observation_space.shape) == 28_224
+    return path
 
 
 def build_zoo(folder: Path) -> Path:
@@ -143,6 +170,12 @@ def report(result: dict, target: float, unit: str) -> bool:
         met = met and result["observations"] >= TARGET_OBSERVATIONS
         extra = (f"; observations checked against predict(): {result['observations']:,} "
                  f"(target >= {TARGET_OBSERVATIONS:,})")
+    elif unit == "image observations":
+        counts = result["per_clause"]
+        met = met and bool(counts) and min(counts.values()) >= TARGET_IMAGE_OBSERVATIONS
+        extra = (f"; observations per parity clause: "
+                 f"{', '.join(f'{c} {n:,}' for c, n in sorted(counts.items()))} (target >= "
+                 f"{TARGET_IMAGE_OBSERVATIONS:,} each)")
     print(f"  ratio {result['ratio']:.2f}x (target <= {target}x){extra}; peak RSS "
           f"{result['peak']:.0f} MiB -> {'met' if met else 'MISSED'}")
     return met
@@ -157,11 +190,18 @@ def main() -> int:
     parser.add_argument("--skip-zoo", action="store_true", help="leave out the zoo (slow)")
     args = parser.parse_args()
     model, onnx = str(args.model), str(args.onnx)
+    with tempfile.TemporaryDirectory() as tmp:
+        image_model = str(build_image_model(Path(tmp)))
+        image = compare("images: PPO NatureCNN 84x84x4 (pytest conformance --model cnn.zip) "
+                        "against the real cartpole pair's --onnx run",
+                        suite("--model", model, "--onnx", onnx), suite("--model", image_model),
+                        args.rounds)
     results = [
         (compare("--onnx path (pytest conformance --model M --onnx O)",
                  [sys.executable, "-c", LOAD_AND_CHECK, model, onnx],
                  suite("--model", model, "--onnx", onnx), args.rounds),
          TARGETS["onnx"], "observations"),
+        (image, TARGETS["image"], "image observations"),
         (compare("export path (pytest conformance --model M)",
                  [sys.executable, "-c", LOAD_EXPORT_AND_CHECK, model],
                  suite("--model", model), args.rounds), TARGETS["export"], "observations"),

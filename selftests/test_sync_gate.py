@@ -70,7 +70,7 @@ def test_gate_fails_on_duplicate_ids_and_a_stale_document(monkeypatch):
 
 def test_the_published_metadata_schema_is_the_one_applied(tmp_path):
     """POLICY_ONNX_METADATA.schema.json is a valid JSON Schema, names the nine keys, and the
-    suite's own export satisfies it, contents included."""
+    suite's own exports (a vector and a goal-dict policy) satisfy it, contents included."""
     import json
 
     import jsonschema
@@ -80,16 +80,18 @@ def test_the_published_metadata_schema_is_the_one_applied(tmp_path):
     from policy_onnx.export import export
     from policy_onnx.load import load_model
 
-    from .conftest import REAL_MODEL, ROOT
+    from .conftest import REAL_MODEL, ROOT, ZOO
 
     schema = json.loads((ROOT / "POLICY_ONNX_METADATA.schema.json").read_text())
     assert metadata.SCHEMA_PATH.read_text() == (ROOT / "POLICY_ONNX_METADATA.schema.json").read_text()
     jsonschema.Draft202012Validator.check_schema(schema)
     assert tuple(schema["required"]) == metadata.KEYS
-    entries = {k: v[0] for k, v in
-               Artifact(export(load_model(REAL_MODEL), tmp_path / "m.onnx")).metadata.items()}
-    jsonschema.validate(entries, schema)
-    for key, rule in schema["properties"].items():
-        if "contentSchema" in rule:
-            content = {"$defs": schema["$defs"], **rule["contentSchema"]}
-            jsonschema.validate(json.loads(entries[key]), content)
+    for model in (REAL_MODEL, ZOO / "tqc" / "FetchReach-v1_1" / "FetchReach-v1.zip"):
+        entries = {k: v[0] for k, v in
+                   Artifact(export(load_model(model), tmp_path / "m.onnx")).metadata.items()}
+        jsonschema.validate(entries, schema)
+        for key, rule in schema["properties"].items():
+            if "contentSchema" in rule and key in entries:
+                content = {"$defs": schema["$defs"], **rule["contentSchema"]}
+                jsonschema.validate(json.loads(entries[key]), content)
+    assert metadata.OBSERVATION_KEY in entries
