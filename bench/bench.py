@@ -11,8 +11,10 @@ alternating, on this (shared, noisy) machine. Medians, and ratios of medians.
 3. A zoo of fixture models: `pytest conformance --model zoo/ -n 2` against the same run
    serially. Target: at most 0.6x of the serial wall time on 2 cores.
 4. Images: `pytest conformance --model cnn.zip`, a PPO NatureCNN policy on 84x84x4 uint8 frames
-   through the suite's own export, against the real cartpole pair's run (1.). Target: within 3x,
-   checking at least 2,000 observations in each parity clause.
+   through the suite's own export, against the real cartpole pair's run (`--model M --onnx O`)
+   and, as a second view, against the cartpole model through the same export path
+   (`--model M`). Target: within 3x of the pair's run, checking at least 2,000 observations in
+   each parity clause.
 5. Peak memory (RSS) of each command, as the kernel reports it for the process and its children.
 """
 
@@ -193,15 +195,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         image_model = str(build_image_model(Path(tmp)))
         image = compare("images: PPO NatureCNN 84x84x4 (pytest conformance --model cnn.zip) "
-                        "against the real cartpole pair's --onnx run",
+                        "against the real cartpole pair's run (--model M --onnx O)",
                         suite("--model", model, "--onnx", onnx), suite("--model", image_model),
                         args.rounds)
+        image_export = compare("images, second view: the same against the cartpole model "
+                               "through the same export path (--model M)",
+                               suite("--model", model), suite("--model", image_model),
+                               args.rounds)
     results = [
         (compare("--onnx path (pytest conformance --model M --onnx O)",
                  [sys.executable, "-c", LOAD_AND_CHECK, model, onnx],
                  suite("--model", model, "--onnx", onnx), args.rounds),
          TARGETS["onnx"], "observations"),
         (image, TARGETS["image"], "image observations"),
+        (image_export, TARGETS["image"], "image observations"),
         (compare("export path (pytest conformance --model M)",
                  [sys.executable, "-c", LOAD_EXPORT_AND_CHECK, model],
                  suite("--model", model), args.rounds), TARGETS["export"], "observations"),

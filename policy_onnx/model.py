@@ -15,7 +15,7 @@ import torch
 
 from .heads import ObservationNormalizer, action_kind, head_for
 from .load import LoadedModel
-from .strategies import MAX_MAGNITUDE, ObservationDomain, rows_for
+from .strategies import MAX_MAGNITUDE, ObservationDomain, example_rows, rows_for
 from .tolerance import action_unit, tolerance
 
 FLOAT32_UNIT = 2.0 ** -24  # unit roundoff of float32
@@ -218,7 +218,7 @@ class Reference:
 
     def tolerance(self, obs: np.ndarray) -> np.ndarray:
         """Per action element; discrete actions are compared exactly."""
-        if self.kind != "Box":
+        if self.kind != "Box" or not len(obs):
             return np.zeros((len(obs), self.act_dim))
         if self.structure == "recurrent":  # its noise is measured step by step in REC-02
             return np.broadcast_to(self.fixed_tolerance, (len(obs), self.act_dim))
@@ -315,7 +315,7 @@ class Reference:
                         None, MAX_MAGNITUDE)
         lo = torch.as_tensor(lower, dtype=torch.float32)
         hi = torch.as_tensor(upper, dtype=torch.float32)
-        starts = max(1, rows_for(self.obs_dim, starts * len(objectives)) // len(objectives))
+        starts = max(1, example_rows(self.obs_dim, starts * len(objectives)) // len(objectives))
         x = torch.as_tensor(self.domain.beyond(rng, len(objectives) * starts),
                             dtype=torch.float32)
         x.requires_grad_(True)
