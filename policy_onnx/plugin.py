@@ -106,6 +106,12 @@ class Policy:
     trust_code: bool = False
     vecnormalize: str | None = None  # --vecnormalize as given for this model (None: by layout)
     open_failure: str | None = None  # why the model or artifact cannot be opened (then unchecked)
+    image_layout: str = "HWC"  # --image-layout, for the suite's own export
+    # A model of a zoo is opened where its tests run (each pytest-xdist worker opens only its
+    # own): until then `loaded` is None, and the controller learns what it needs from the
+    # reports (`facts`).
+    deferred: bool = False
+    facts: dict = field(default_factory=dict)
     stats: ParityStats = field(default_factory=ParityStats)  # filled where the tests run
     verdicts: Verdicts = field(default_factory=Verdicts)  # filled from the test reports
     exported_path: Path | None = None
@@ -113,29 +119,55 @@ class Policy:
     counterexample_dir: Path | None = None  # set by the `policy` fixture
     suite_command: tuple[str, ...] = ("pytest", "--pyargs", "policy_onnx.conformance")
 
+    def ensure_open(self) -> None:
+        """Open a deferred model (and check the transform fits it), once; a failure is kept
+        in `open_failure`."""
+        if not self.deferred:
+            return
+        self.deferred = False
+        try:
+            self.loaded, self.given_artifact = _opened(
+                self.model_path, self.onnx_path, self.vecnormalize, self.transform,
+                self.trust_code, self.image_layout)
+        except (ModelLoadError, ArtifactError, ValueError) as exc:
+            self.open_failure = str(exc)
+
+    def current_facts(self) -> dict:
+        """What the pytest-xdist controller needs to sum up a policy it never opened."""
+        normalization = self.normalization
+        return {"algorithm": self.loaded.algorithm if self.loaded else None,
+                "action_kind": self.action_kind, "structure": self.structure,
+                "normalization": normalization.describe() if normalization else None}
+
     @property
     def normalization(self):
         return self.loaded.normalization if self.loaded else None
 
-    @cached_property
+    @property
     def action_kind(self) -> str:
         """The model's action space type, or else the one the artifact declares."""
         if self.loaded:
             return type(self.loaded.sb3.action_space).__name__
-        return self.given_artifact.declared_kind
+        if "action_kind" in self.facts:
+            return self.facts["action_kind"]
+        return self.given_artifact.declared_kind if self.given_artifact else "Box"
 
-    @cached_property
+    @property
     def observation_features(self) -> frozenset[str]:
         """"image", "dict": what the observation holds beyond a vector (the model's, else the
         artifact's declared observation space)."""
         if self.loaded:
             return self.loaded.layout.features
-        return self.given_artifact.observation_features
+        return self.given_artifact.observation_features if self.given_artifact else frozenset()
 
-    @cached_property
+    @property
     def structure(self) -> str:
         """plain, masked (action masks) or recurrent: the model's, else the artifact's."""
-        return self.loaded.structure if self.loaded else self.given_artifact.structure
+        if self.loaded:
+            return self.loaded.structure
+        if "structure" in self.facts:
+            return self.facts["structure"]
+        return self.given_artifact.structure if self.given_artifact else "plain"
 
     @cached_property
     def reference(self):
@@ -233,8 +265,10 @@ class Policy:
         return {
             "name": self.key,
             "model": {"path": str(self.model_path), "sha256": self.model_sha256,
-                      "algorithm": self.loaded.algorithm} if self.loaded else None,
-            "normalization": normalization.describe() if normalization else None,
+                      "algorithm": self.loaded.algorithm if self.loaded
+                      else self.facts.get("algorithm")} if self.model_path else None,
+            "normalization": normalization.describe() if normalization
+            else self.facts.get("normalization"),
             "artifact": {"path": str(artifact), "sha256": self.artifact_sha256,
                          "exported_by_suite": self.onnx_path is None} if artifact else None,
             "action_space": self.action_kind,
@@ -261,6 +295,10 @@ class Run:
             return
         policy = next(p for p in self.policies if p.key == properties["policy"])
         policy.verdicts.record(report)
+        if "policy_facts" in properties and policy.loaded is None:
+            policy.facts = properties["policy_facts"]
+        if "open_failure" in properties:  # a worker could not open it
+            policy.open_failure = properties["open_failure"]
         if "exported_artifact" in properties and policy.exported_path is None:
             # The pytest-xdist controller: a worker exported this model.
             policy.exported_path = Path(properties["exported_artifact"])
@@ -402,10 +440,11 @@ def _statistics(config: pytest.Config, pairs) -> list[str | None]:
     return given
 
 
-def _open(key: str, model_path: Path | None, onnx_path: Path | None, vecnormalize: str | None,
-          transform: str, trust_code: bool, image_layout: str) -> Policy:
-    """A policy under test, opened (safely); ModelLoadError, ArtifactError or ValueError (a
-    transform that does not fit) when it cannot be."""
+def _opened(model_path: Path | None, onnx_path: Path | None, vecnormalize: str | None,
+            transform: str, trust_code: bool, image_layout: str
+            ) -> tuple[LoadedModel | None, Artifact | None]:
+    """The model and the artifact of a policy, opened (safely); ModelLoadError, ArtifactError or
+    ValueError (a transform that does not fit) when they cannot be."""
     from .normalization import attach
 
     given_artifact = Artifact(onnx_path) if onnx_path else None
@@ -422,8 +461,18 @@ def _open(key: str, model_path: Path | None, onnx_path: Path | None, vecnormaliz
             head_for(loaded, transform)
         except ValueError as exc:
             raise ValueError(f"--action-transform {transform}: {exc}") from None
-    return Policy(key, model_path, onnx_path, transform, loaded, given_artifact,
-                  trust_code=trust_code, vecnormalize=vecnormalize)
+    return loaded, given_artifact
+
+
+def _deferred(key: str, model_path: Path, onnx_path: Path | None, **options) -> Policy:
+    """A model of a zoo: its files checked now (cheaply: no torch, no SB3), opened where its
+    tests run."""
+    from .load import read_zip
+
+    read_zip(model_path)
+    given_artifact = Artifact(onnx_path) if onnx_path else None
+    return Policy(key, model_path, onnx_path, loaded=None, given_artifact=given_artifact,
+                  deferred=True, **options)
 
 
 def _keys(pairs) -> list[str]:
@@ -466,18 +515,25 @@ def pytest_configure(config: pytest.Config) -> None:
     trust_code = config.getoption("trust_model_code")
     pairs = _pairs(config)
     policies = []
+    image_layout = config.getoption("image_layout")
     for key, (model_path, onnx_path), vecnormalize in zip(_keys(pairs), pairs,
                                                           _statistics(config, pairs)):
+        options = {"transform": transform, "trust_code": trust_code,
+                   "vecnormalize": vecnormalize, "image_layout": image_layout}
         try:
-            policies.append(_open(key, model_path, onnx_path, vecnormalize, transform,
-                                  trust_code, config.getoption("image_layout")))
+            if len(pairs) > 1 and model_path:
+                policies.append(_deferred(key, model_path, onnx_path, **options))
+            else:
+                loaded, given_artifact = _opened(model_path, onnx_path, vecnormalize, transform,
+                                                 trust_code, image_layout)
+                policies.append(Policy(key, model_path, onnx_path, loaded=loaded,
+                                       given_artifact=given_artifact, **options))
         except (ModelLoadError, ArtifactError, ValueError) as exc:
             if len(pairs) == 1:  # the one thing to check cannot be: a usage error
                 raise pytest.UsageError(str(exc)) from None
             # One of a zoo: its failing verdict; the others are still checked.
-            policies.append(Policy(key, model_path, onnx_path, transform, None, None,
-                                   trust_code=trust_code, vecnormalize=vecnormalize,
-                                   open_failure=str(exc)))
+            policies.append(Policy(key, model_path, onnx_path, loaded=None,
+                                   given_artifact=None, open_failure=str(exc), **options))
     report = config.getoption("report")
     run = Run(policies, spec.Level[config.getoption("level").upper()],
               Path(report).expanduser() if report else None,
@@ -525,11 +581,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         return
     clause = spec.clause(marker.args[0])
     policy = _policy_of(item)
+    policy.ensure_open()
     # The reports carry these, to the JSON report, to the pytest-xdist controller and, as
     # testcase properties, to JUnit XML (pytest.ini sets junit_family = xunit1, the family whose
     # schema has them).
     item.user_properties += [("clause", clause.id), ("level", clause.level.label),
                              ("policy", policy.key)]
+    if policy.open_failure:  # a model of a zoo that could not be opened where its tests run
+        item.user_properties.append(("open_failure", policy.open_failure))
+        pytest.skip(f"NOT CHECKED: {policy.open_failure}")
     if clause.needs_model and not policy.loaded:
         pytest.skip(f"{clause.id} compares the artifact with the trained model: "
                     "it needs --model m.zip")
@@ -564,6 +624,8 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         found = policy.stats.for_clause(marker.args[0])
         if policy.exported_path:
             found.append(("exported_artifact", str(policy.exported_path)))
+        if _worker(item.config) and policy.loaded:  # for a controller that never opened it
+            found.append(("policy_facts", policy.current_facts()))
         report.user_properties += found
         item.user_properties += found  # JUnit XML takes the properties of the teardown report
     return report
@@ -591,6 +653,9 @@ def _header_lines(policy: Policy) -> list[str]:
     if policy.open_failure:
         return [f"NOT CHECKED: {policy.open_failure}"]
     lines = []
+    if policy.deferred:
+        lines.append(f"model: {policy.model_path} (sha256 {policy.model_sha256}; opened where "
+                     "its tests run)")
     if policy.loaded:
         lines.append(f"model: {policy.model_path} ({policy.loaded.algorithm}, "
                      f"sha256 {policy.model_sha256})")

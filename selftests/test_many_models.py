@@ -128,3 +128,27 @@ def test_a_zoo_run_survives_a_model_it_cannot_open(conformance, fixture_models, 
     assert conformance.run("--model", str(zoo)).ret == 1
     # One model that cannot be opened stays a usage error.
     assert conformance.run("--model", str(zoo / "broken.zip")).ret == 4
+
+
+def test_a_zoo_model_refused_where_its_tests_run_is_not_checked(conformance, fixture_models,
+                                                                 tmp_path):
+    """A zoo's models are opened where their tests run (each pytest-xdist worker its own): one
+    whose zip reads but whose classes are refused is that model's NOT CHECKED verdict there,
+    serially and on workers alike."""
+    from .test_bad_input import _custom_class_zip
+
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    shutil.copy(fixture_models["dqn"], zoo)
+    _custom_class_zip(zoo / "custom.zip")
+    for args in ((), ("-n", "2")):
+        report = tmp_path / "report.json"
+        run = conformance.run("--model", str(zoo), "--report", str(report), *args)
+        assert run.ret == 1, run.stdout + run.stderr
+        assert re.search(r"NOT CHECKED: --model \S+custom\.zip: refused to unpickle", run.stdout)
+        assert "1 of 2 policies meet the requested level Standard; NOT MET: custom" in run.stdout
+        document = json.loads(report.read_text())
+        custom = next(p for p in document["policies"] if p["name"] == "custom")
+        assert "refused to unpickle" in custom["open_failure"] and not custom["level_met"]
+        dqn = next(p for p in document["policies"] if p["name"] == "dqn")
+        assert dqn["level_met"] and dqn["model"]["algorithm"] == "DQN"
