@@ -23,6 +23,9 @@ from .observations import IMAGE_LAYOUTS
 
 TRUST_HELP = ("let SB3 unpickle everything in the zip, running any code it holds (default: off, "
               "only allow-listed classes)")
+IMAGE_LAYOUT_HELP = ("the layout images are taken in: HWC (height, width, channels, as "
+                     "environments usually return them) or CHW (for environments that return "
+                     "channels first)")
 VECNORMALIZE_HELP = ("the VecNormalize statistics (.pkl) the model was trained behind, or 'none' "
                      "(default: found beside the model, in the RL Zoo's <dir>/<name>/"
                      "vecnormalize.pkl or the Hub's vec_normalize.pkl)")
@@ -71,6 +74,8 @@ def _check(args: argparse.Namespace) -> int:
         command += ["--report", str(args.report)]
     if args.vecnormalize:
         command += ["--vecnormalize", args.vecnormalize]
+    if args.image_layout:
+        command += ["--image-layout", args.image_layout]
     if args.trust_model_code:
         command.append("--trust-model-code")
     return int(pytest.main(command + args.pytest_args))
@@ -172,9 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(unsquashed policies) and 'tanh' (squash_output) leave it to the "
                              "runtime (default: none)")
     export.add_argument("--image-layout", choices=IMAGE_LAYOUTS, default=IMAGE_LAYOUTS[0],
-                        help="the layout the artifact takes images in: HWC (height, width, "
-                             "channels, as environments usually return them) or CHW (for "
-                             "environments that return channels first) (default: HWC)")
+                        help=IMAGE_LAYOUT_HELP + " (default: HWC)")
     export.add_argument("--trust-model-code", action="store_true",
                         help=TRUST_HELP)
     export.add_argument("--vecnormalize", metavar="PKL",
@@ -195,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--level", choices=("basic", "standard", "extended"), default="standard",
                        help="the level to reach (default: standard)")
     check.add_argument("--report", type=Path, help="write the JSON report here")
+    check.add_argument("--image-layout", choices=IMAGE_LAYOUTS,
+                       help=IMAGE_LAYOUT_HELP + ", for the suite's own export (default: HWC; "
+                            "with an artifact, its observation_space says)")
     check.add_argument("--trust-model-code", action="store_true",
                         help=TRUST_HELP)
     check.add_argument("--vecnormalize", metavar="PKL",

@@ -28,6 +28,20 @@ def test_export_writes_a_complete_artifact(tmp_path):
     assert not list(tmp_path.glob("*.partial"))
 
 
+def test_export_takes_images_in_the_layout_asked_for(fixture_models, tmp_path):
+    import json
+
+    model = fixture_models["ppo_cnn"]  # 36x36x4 frames, saved channel-first by SB3
+    for layout, shape in (("HWC", [36, 36, 4]), ("CHW", [4, 36, 36])):
+        out = tmp_path / f"{layout}.onnx"
+        done = cli("export", str(model), "-o", str(out), "--image-layout", layout)
+        assert done.returncode == 0, done.stderr
+        declared = json.loads(Artifact(out).metadata["observation_space"][0])
+        assert (declared["layout"], declared["shape"]) == (layout, shape)
+    wrong = cli("export", str(model), "--image-layout", "WHC")
+    assert wrong.returncode == 2 and "invalid choice: 'WHC'" in wrong.stderr
+
+
 def test_export_bakes_in_the_statistics_found_beside_the_model(tmp_path):
     agent = ZOO / "ars" / "Pendulum-v1_1" / "Pendulum-v1.zip"
     statistics = agent.parent / "Pendulum-v1" / "vecnormalize.pkl"
