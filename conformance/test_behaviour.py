@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from policy_onnx.check import clause_test, fail, require, running
+from policy_onnx.check import clause_test, fail, require, row, running
 from policy_onnx.strategies import BATCH_SIZES, rows_for
 
 
@@ -29,7 +29,7 @@ def test_rows_independent(clause, artifact, probe_observations, action_tolerance
     obs = probe_observations[:64]
     with running(clause):
         batched = artifact.run(obs).reshape(len(obs), -1)
-        alone = np.vstack([artifact.run(row[None]).reshape(1, -1) for row in obs])
+        alone = np.vstack([artifact.run(one[None]).reshape(1, -1) for one in obs])
     both_nan = np.isnan(batched) & np.isnan(alone)
     bad = ~((batched == alone) | both_nan)
     rows = np.flatnonzero(bad.any(axis=1))  # the tolerance only where the rows differ at all
@@ -40,7 +40,7 @@ def test_rows_independent(clause, artifact, probe_observations, action_tolerance
     if bad.any():
         i = int(np.argmax(bad.any(axis=1)))
         fail(clause, f"row {i} of a batch of {len(obs)} gives {batched[i].tolist()}, alone it "
-                     f"gives {alone[i].tolist()} (obs={obs[i].tolist()}); {int(bad.any(axis=1).sum())}"
+                     f"gives {alone[i].tolist()} (obs={row(obs[i])}); {int(bad.any(axis=1).sum())}"
                      " rows differ: the graph mixes rows of the batch")
 
 
@@ -63,7 +63,7 @@ def test_finite(clause, artifact, probe_observations):
     if bad.any():
         i = int(np.argmax(bad))
         fail(clause, f"{int(bad.sum())} of {len(final)} finite observations give non-finite "
-                     f"actions, e.g. obs={probe_observations[i].tolist()} -> {final[i].tolist()}")
+                     f"actions, e.g. obs={row(probe_observations[i])} -> {final[i].tolist()}")
 
 
 @clause_test("BEH-05")
@@ -86,5 +86,5 @@ def test_within_bounds(clause, artifact, probe_observations, action_tolerance):
         i = int(np.argmax(outside.any(axis=1)))
         fail(clause, f"{int(outside.any(axis=1).sum())} of {len(final)} final actions leave "
                      f"[low, high] = [{box.low.tolist()}, {box.high.tolist()}], e.g. "
-                     f"obs={probe_observations[i].tolist()} -> {final[i].tolist()} "
+                     f"obs={row(probe_observations[i])} -> {final[i].tolist()} "
                      f"(action_transform={artifact.transform})")

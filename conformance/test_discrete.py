@@ -3,7 +3,7 @@
 import numpy as np
 
 from policy_onnx import metadata
-from policy_onnx.check import clause_test, fail, require, running
+from policy_onnx.check import clause_test, fail, require, row, running
 from policy_onnx.parity import check_parity
 from policy_onnx.strategies import EVERYWHERE, batches
 
@@ -92,7 +92,7 @@ def test_discrete_valid_actions(clause, policy, artifact, probe_observations):
     if not valid.all():
         i = int(np.argmax(~valid.all(axis=1)))
         fail(clause, f"{int((~valid.all(axis=1)).sum())} of {len(actions)} actions are not in "
-                     f"{space}, e.g. obs={probe_observations[i].tolist()} -> {actions[i].tolist()}")
+                     f"{space}, e.g. obs={row(probe_observations[i])} -> {actions[i].tolist()}")
 
 
 @clause_test("DISC-05")

@@ -34,3 +34,13 @@ def running(clause: spec.Clause):
         yield
     except ArtifactError as exc:
         fail(clause, str(exc))
+
+
+ROW_SHOWN = 24  # elements of a row a message shows (an image's are in the counterexample file)
+
+
+def row(values) -> str:
+    """A row of numbers for a message: the first ROW_SHOWN, then how many more."""
+    shown = ", ".join(repr(float(v)) for v in list(values)[:ROW_SHOWN])
+    more = len(values) - ROW_SHOWN
+    return f"[{shown}{f', ... {more:,} more' if more > 0 else ''}]"

@@ -306,13 +306,14 @@ class Reference:
                 steps: int = 60) -> np.ndarray:
         """Projected sign-gradient ascent of each objective (rows -> a value per row), from
         `starts` rows each, within the bounds widened by ten widths (+-MAX_MAGNITUDE where
-        unbounded)."""
-        lower = np.clip(np.where(np.isfinite(self.domain.low),
-                                 self.domain.low - 10 * self.domain.width, -MAX_MAGNITUDE),
-                        -MAX_MAGNITUDE, None)
-        upper = np.clip(np.where(np.isfinite(self.domain.high),
-                                 self.domain.high + 10 * self.domain.width, MAX_MAGNITUDE),
-                        None, MAX_MAGNITUDE)
+        unbounded; integers such as pixels within their own bounds)."""
+        widening = 10 * self.domain.width
+        if self.domain.integral is not None:
+            widening = np.where(self.domain.integral, 0.0, widening)
+        lower = np.clip(np.where(np.isfinite(self.domain.low), self.domain.low - widening,
+                                 -MAX_MAGNITUDE), -MAX_MAGNITUDE, None)
+        upper = np.clip(np.where(np.isfinite(self.domain.high), self.domain.high + widening,
+                                 MAX_MAGNITUDE), None, MAX_MAGNITUDE)
         lo = torch.as_tensor(lower, dtype=torch.float32)
         hi = torch.as_tensor(upper, dtype=torch.float32)
         starts = max(1, example_rows(self.obs_dim, starts * len(objectives)) // len(objectives))

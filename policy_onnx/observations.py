@@ -24,8 +24,6 @@ import numpy as np
 
 CHANNELS_LAST, CHANNELS_FIRST = "HWC", "CHW"
 IMAGE_LAYOUTS = (CHANNELS_LAST, CHANNELS_FIRST)
-# Sub-spaces a Dict observation may hold (SB3's CombinedExtractor takes these).
-ENTRY_KINDS = ("Box", "Discrete", "MultiDiscrete", "MultiBinary")
 
 
 def is_image(space) -> bool:
@@ -140,8 +138,8 @@ class ObservationLayout:
     @property
     def features(self) -> frozenset[str]:
         """What the observation holds beyond a vector: "image", "dict" (empty for a vector)."""
-        return frozenset({"dict"} if self.is_dict else set()) | frozenset(
-            {"image"} if any(e.image for e in self.entries) else set())
+        return frozenset([*(["dict"] if self.is_dict else []),
+                          *(["image"] if self.images else [])])
 
     @property
     def images(self) -> tuple[Entry, ...]:

@@ -10,6 +10,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings, target
 
 from . import check, spec
+from .check import row
 from .artifact import Artifact, ArtifactError
 from .strategies import Batch, rows_for
 from .tolerance import RULE, tolerance
@@ -72,8 +73,6 @@ class Mismatch(AssertionError):
         self.replay = replay
 
 
-def _row(values: np.ndarray) -> str:
-    return "[" + ", ".join(repr(float(v)) for v in values) + "]"
 
 
 def _worst(diff: np.ndarray) -> float:
@@ -105,13 +104,13 @@ def compare(reference: Reference, artifact: Artifact, obs: np.ndarray,
         f"max |final - predict| = {_worst(diff[worst]):.3g} at row {worst} ({int(bad.any(axis=1).sum())} of {len(obs)} rows differ), "
         f"but must be <= tolerance {tolerance[worst].max():.3g} "
         f"(action_transform={artifact.transform})",
-        f"  obs       = {_row(obs[worst])}",
-        f"  predict   = {_row(expected[worst])}",
-        f"  final     = {_row(obtained[worst])}",
-        f"  |diff|    = {_row(diff[worst])}",
-        f"  tolerance = {_row(tolerance[worst])}  ({RULE})",
-        f"  pre-clip mean = {_row(mean)}  (action bounds low={_row(reference.low)}, "
-        f"high={_row(reference.high)})",
+        f"  obs       = {row(obs[worst])}",
+        f"  predict   = {row(expected[worst])}",
+        f"  final     = {row(obtained[worst])}",
+        f"  |diff|    = {row(diff[worst])}",
+        f"  tolerance = {row(tolerance[worst])}  ({RULE})",
+        f"  pre-clip mean = {row(mean)}  (action bounds low={row(reference.low)}, "
+        f"high={row(reference.high)})",
     ])
 
 
@@ -177,12 +176,12 @@ def compare_discrete(reference: Reference, artifact: Artifact, obs: np.ndarray,
     return "\n".join([
         f"the action differs from predict() at row {i} ({int(real.any(axis=1).sum())} of "
         f"{len(obs)} rows differ beyond a rounding tie)",
-        f"  obs     = {_row(obs[i])}",
+        f"  obs     = {row(obs[i])}",
         f"  predict = {expected[i].tolist()}",
         f"  action  = {obtained[i].tolist()}",
         *([f"  mask    = {masks[i].astype(int).tolist()}"] if masks is not None else []),
-        f"  model scores = {_row(scores[worst])}",
-        f"  score gap = {_row(gaps[worst])}, a tie only within {_row(allowed[worst])}",
+        f"  model scores = {row(scores[worst])}",
+        f"  score gap = {row(gaps[worst])}, a tie only within {row(allowed[worst])}",
     ])
 
 
@@ -350,10 +349,10 @@ def _step_problem(reference, obs, expected, obtained, f32, f64, stats, clause_id
     return "\n".join([
         f"the artifact {how}: environment {i} ({int(bad.any(axis=1).sum())} of {len(obs)} "
         "differ)",
-        f"  obs     = {_row(obs[i])}",
-        f"  predict = {_row(expected[i])}",
-        f"  action  = {_row(obtained[i])}",
-        f"  allowed = {_row(allowed[i] if allowed.ndim == 2 else allowed)}"])
+        f"  obs     = {row(obs[i])}",
+        f"  predict = {row(expected[i])}",
+        f"  action  = {row(obtained[i])}",
+        f"  allowed = {row(allowed[i] if allowed.ndim == 2 else allowed)}"])
 
 
 def _state_problem(expected, obtained, f32, f64) -> str | None:

@@ -63,6 +63,10 @@ def test_mutant_fails_exactly_its_clauses(conformance, fixture_models, base_expo
         return
     failed = run.with_outcome("failed") | run.with_outcome("error")
     record_property("mutant", (mutant.name, sorted(failed)))
+    # A failure reads in lines: an image's 28,224 pixels are in the counterexample file.
+    longest = max((len(line) for cid in failed for line in run.messages[cid].splitlines()),
+                  default=0)
+    assert longest < 2000, f"a failure message has a line of {longest:,} characters"
     unexpected = {cid: run.messages.get(cid, "")[:400] for cid in failed - mutant.kills}
     assert failed == mutant.kills, (
         f"survived: {sorted(mutant.kills - failed)}; killed undeclared: {unexpected}")
