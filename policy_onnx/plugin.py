@@ -354,6 +354,19 @@ def _keep_hypothesis_storage_out_of_the_project() -> None:
         os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = str(cache / "policy-onnx" / "hypothesis")
 
 
+def _seed_hypothesis_while_the_heap_is_small() -> None:
+    """Hypothesis registers its own PRNG at its first test, and checks the registration with a
+    full gc.collect(): after torch and its exporter are loaded that takes about 0.3 s (a
+    twentieth of a check). Registered here, before the models are opened, it takes
+    milliseconds."""
+    try:
+        from hypothesis.internal.entropy import deterministic_PRNG
+    except ImportError:  # another hypothesis than the pinned one: skip the shortcut
+        return
+    with deterministic_PRNG():
+        pass
+
+
 def _one_thread_per_worker() -> None:
     """pytest-xdist starts a worker per core: torch and ONNX Runtime each using every core in
     every worker made a zoo slower in parallel than serially."""
@@ -500,6 +513,7 @@ def pytest_configure(config: pytest.Config) -> None:
                             "worker (the suite groups each policy's tests)")
     if config.getoption("model") or config.getoption("onnx"):
         _keep_hypothesis_storage_out_of_the_project()
+        _seed_hypothesis_while_the_heap_is_small()
     if _worker(config):
         _one_thread_per_worker()
     profile = config.getoption("hypothesis_profile", None)
