@@ -196,3 +196,45 @@ def _flat_size(space) -> int:
     if kind == "MultiDiscrete":
         return int(np.sum(space.nvec))
     return math.prod(space.shape)
+
+
+def declared_layout(declared: dict) -> ObservationLayout:
+    """The layout of an artifact's declared `observation_space` (metadata.parse_observation_space
+    output), as if the space were the model's: images channel-first, fed in the declared layout.
+    For an artifact checked without its model."""
+    from collections import OrderedDict
+
+    import gymnasium
+
+    spaces = gymnasium.spaces
+
+    def space_of(entry: dict):
+        kind = entry["type"]
+        if kind == "Discrete":
+            return spaces.Discrete(entry["n"], start=entry["start"])
+        if kind == "MultiDiscrete":
+            return spaces.MultiDiscrete(entry["nvec"])
+        if kind == "MultiBinary":
+            return spaces.MultiBinary(entry["n"])
+        shape = tuple(entry["shape"])
+        low, high = (np.broadcast_to(np.asarray(
+            [default if v is None else v for v in (bound if isinstance(bound, list) else [bound])],
+            dtype=np.float64), (math.prod(shape),)).reshape(shape)
+            for bound, default in ((entry["low"], -np.inf), (entry["high"], np.inf)))
+        if entry.get("layout") == CHANNELS_LAST:  # SB3 keeps images channel-first
+            shape = (shape[2], shape[0], shape[1])
+            low, high = low.transpose(2, 0, 1), high.transpose(2, 0, 1)
+        dtype = np.dtype(entry["dtype"])
+        if dtype.kind in "iu":  # an unbounded integer side: the dtype's own limit
+            info = np.iinfo(dtype)
+            low, high = np.clip(low, info.min, info.max), np.clip(high, info.min, info.max)
+        return spaces.Box(low.astype(dtype), high.astype(dtype), shape, dtype)
+
+    if declared["type"] == "Dict":  # an OrderedDict keeps the declared order (no sorting)
+        space = spaces.Dict(OrderedDict((e["key"], space_of(e["space"]))
+                                        for e in declared["spaces"]))
+    else:
+        space = space_of(declared)
+    image_layouts = [e.get("layout") for e in (
+        [x["space"] for x in declared["spaces"]] if declared["type"] == "Dict" else [declared])]
+    return ObservationLayout(space, next((l for l in image_layouts if l), CHANNELS_LAST))

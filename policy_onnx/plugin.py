@@ -784,7 +784,10 @@ def artifact(policy: Policy, tmp_path_factory: pytest.TempPathFactory,
 @pytest.fixture(scope="session")
 def probe_observations(policy: Policy, artifact: Artifact):
     """A fixed mix of observations for the behaviour clauses: from the model's observation space
-    with --model, else unbounded rows of the artifact's obs_dim."""
+    with --model, else from the observation space the artifact declares (image and dict
+    policies), else unbounded rows of the artifact's obs_dim."""
+    from .metadata import observation_size
+    from .observations import declared_layout
     from .strategies import ObservationDomain
 
     if policy.reference is not None:
@@ -792,6 +795,9 @@ def probe_observations(policy: Policy, artifact: Artifact):
     if artifact.obs_dim is None:
         pytest.fail("cannot make observations: obs has no static obs_dim (see GRAPH-07)",
                     pytrace=False)
+    declared = artifact.declared_observation()
+    if declared is not None and observation_size(declared) == artifact.obs_dim:
+        return ObservationDomain.of_layout(declared_layout(declared)).probe()
     return ObservationDomain.unbounded(artifact.obs_dim).probe()
 
 

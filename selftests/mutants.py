@@ -981,6 +981,8 @@ CONFORMING: tuple[Mutant, ...] = (
            _normalization_as_scale, frozenset(), model="ppo_vecnormalize"),
     Mutant("images_channel_first", "images taken channel-first (CHW), as declared",
            lambda p: p, frozenset(), model="ppo_cnn", prepare=_image_layout("CHW")),
+    Mutant("image_nan_past_pixel_range", "an image policy giving NaN wherever some input is "
+           "over 1e3, which no pixel is", _nan_far_outside, frozenset(), model="ppo_cnn"),
     Mutant("observation_bounds_as_lists", "observation_space bounds as one number per element",
            _edit_observation_space(lambda space: {**space, "low": [0] * 5184,
                                                   "high": [255] * 5184}), frozenset(),

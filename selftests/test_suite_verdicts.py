@@ -77,6 +77,23 @@ def test_onnx_alone_skips_exactly_the_clauses_that_need_the_model(conformance):
                     status=1)
 
 
+def test_image_artifact_alone_is_probed_with_pixels(conformance, fixture_models, tmp_path):
+    """Without the model, the behaviour clauses draw from the observation space an image
+    artifact declares: an artifact that gives NaN only past the pixel range (as
+    image_nan_past_pixel_range, a conforming twin) passes them, as it does with the model."""
+    from .mutants import CONFORMING
+
+    twin = next(m for m in CONFORMING if m.name == "image_nan_past_pixel_range")
+    path = tmp_path / "image.onnx"
+    base = export(load_model(fixture_models[twin.model]), tmp_path / "base.onnx")
+    onnx.save(twin.mutate(onnx.load(str(base))), str(path))
+    run = conformance.run("--onnx", str(path))
+    skipped = {**not_applicable("Box", features=frozenset({"image"})),
+               **{cid: "needs --model" for cid in NEEDS_MODEL}}
+    assert_all_pass(run, skipped, status=1)  # no level without the model
+    assert run.verdicts["BEH-04"] == run.verdicts["OBS-01"] == "passed"
+
+
 @pytest.mark.parametrize("transform, name", [("clip", "ppo_asymmetric_relu"),
                                              ("tanh", "ppo_gsde_squash"), ("tanh", "sac"),
                                              ("tanh", "td3_large_obs")])
