@@ -271,8 +271,7 @@ def estimated_parameters(policy_kwargs: dict, observation_space: Any, action_spa
     """About how many parameters the network described by `policy_kwargs` and the spaces has
     (an upper estimate: every network SB3 may build twice over, targets included)."""
     def number(key: str, default: int) -> int:
-        value = policy_kwargs.get(key, default)
-        return value if isinstance(value, int) and not isinstance(value, bool) else default
+        return _integer(policy_kwargs.get(key, default), default)
 
     obs = _elements(observation_space)
     extractor = policy_kwargs.get("features_extractor_kwargs")
@@ -292,17 +291,19 @@ def estimated_parameters(policy_kwargs: dict, observation_space: Any, action_spa
     return copies * total + (features * obs if features != obs else 0)
 
 
+def _integer(value: Any, default: int) -> int:
+    """`value` if it is an integer (a bool is not), else `default`."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
 def _extracted(space: Any, extractor: dict) -> int:
     """The features SB3's default extractor makes of an observation: NatureCNN's features_dim
     for an image, cnn_output_dim per image of a Dict plus its other entries flattened, else the
     observation flattened."""
     from .observations import is_image
 
-    def size(value: Any, default: int) -> int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else default
-
     if hasattr(space, "spaces") and isinstance(space.spaces, dict):
-        return sum(size(extractor.get("cnn_output_dim"), 256) if is_image(sub)
+        return sum(_integer(extractor.get("cnn_output_dim"), 256) if is_image(sub)
                    else _elements(sub) for sub in space.spaces.values())
     return 512 if is_image(space) else _elements(space)
 

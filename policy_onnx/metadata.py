@@ -166,9 +166,11 @@ def _entries(space: dict) -> list[tuple[str | None, dict]]:
     return [(None, space)]
 
 
-def _bounds(value, size: int) -> np.ndarray:
+def declared_bounds(value, size: int, unbounded: float = np.nan) -> np.ndarray:
+    """The `low` or `high` of a declared observation Box, one float64 per element: a single
+    number stands for every element; null (unbounded) becomes `unbounded`."""
     values = value if isinstance(value, list) else [value] * size
-    return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+    return np.asarray([unbounded if v is None else v for v in values], dtype=np.float64)
 
 
 def parse_observation_space(value: str) -> dict:
@@ -186,7 +188,7 @@ def parse_observation_space(value: str) -> dict:
         if entry["type"] != "Box":
             continue
         size = math.prod(entry["shape"])
-        low, high = (_bounds(entry[name], size) for name in ("low", "high"))
+        low, high = (declared_bounds(entry[name], size) for name in ("low", "high"))
         for name, bound in (("low", low), ("high", high)):
             if bound.size != size:
                 raise ValueError(f"{where}{name} has {bound.size} numbers for shape "
@@ -235,8 +237,9 @@ def observation_differences(declared: dict, expected: dict) -> list[str]:
                     problems.append(f"{where}{name} is {got.get(name)!r}, the model's "
                                     f"{want.get(name)!r}")
             for name in ("low", "high") if not problems else ():
-                if not np.array_equal(np.float32(_bounds(got[name], size)),
-                                      np.float32(_bounds(want[name], size)), equal_nan=True):
+                if not np.array_equal(np.float32(declared_bounds(got[name], size)),
+                                      np.float32(declared_bounds(want[name], size)),
+                                      equal_nan=True):
                     problems.append(f"{where}{name} is {got[name]}, the model's {want[name]}")
         elif {k: got.get(k) for k in want} != want:
             problems.append(f"{where}declares {got}, the model's is {want}")

@@ -94,8 +94,8 @@ class Reference:
     @cached_property
     def _recurrent_head64(self):
         # nn.LSTM keeps its own references to its weights, so swapping them (_in_float64) does
-        # not reach its computation: a float64 copy it is (recurrent policies have no gSDE tensors to trip
-        # deepcopy).
+        # not reach its computation: a float64 copy it is (recurrent policies have no gSDE
+        # tensors to trip deepcopy).
         return copy.deepcopy(self.head).double()
 
     def step_outputs(self, obs, state, episode_start, double=False, scores=False):

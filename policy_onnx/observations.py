@@ -206,6 +206,8 @@ def declared_layout(declared: dict) -> ObservationLayout:
 
     import gymnasium
 
+    from .metadata import declared_bounds, image_layout
+
     spaces = gymnasium.spaces
 
     def space_of(entry: dict):
@@ -217,10 +219,8 @@ def declared_layout(declared: dict) -> ObservationLayout:
         if kind == "MultiBinary":
             return spaces.MultiBinary(entry["n"])
         shape = tuple(entry["shape"])
-        low, high = (np.broadcast_to(np.asarray(
-            [default if v is None else v for v in (bound if isinstance(bound, list) else [bound])],
-            dtype=np.float64), (math.prod(shape),)).reshape(shape)
-            for bound, default in ((entry["low"], -np.inf), (entry["high"], np.inf)))
+        low, high = (declared_bounds(entry[name], math.prod(shape), unbounded).reshape(shape)
+                     for name, unbounded in (("low", -np.inf), ("high", np.inf)))
         if entry.get("layout") == CHANNELS_LAST:  # SB3 keeps images channel-first
             shape = (shape[2], shape[0], shape[1])
             low, high = low.transpose(2, 0, 1), high.transpose(2, 0, 1)
@@ -235,6 +235,4 @@ def declared_layout(declared: dict) -> ObservationLayout:
                                         for e in declared["spaces"]))
     else:
         space = space_of(declared)
-    image_layouts = [e.get("layout") for e in (
-        [x["space"] for x in declared["spaces"]] if declared["type"] == "Dict" else [declared])]
-    return ObservationLayout(space, next((l for l in image_layouts if l), CHANNELS_LAST))
+    return ObservationLayout(space, image_layout(declared) or CHANNELS_LAST)

@@ -125,11 +125,10 @@ class Policy:
         if not self.deferred:
             return
         self.deferred = False
-        try:
-            self.loaded, self.given_artifact = _opened(
-                self.model_path, self.onnx_path, self.vecnormalize, self.transform,
-                self.trust_code, self.image_layout)
-        except (ModelLoadError, ArtifactError, ValueError) as exc:
+        try:  # its artifact (if given) was opened with the run
+            self.loaded = _loaded(self.model_path, self.given_artifact, self.vecnormalize,
+                                  self.transform, self.trust_code, self.image_layout)
+        except (ModelLoadError, ValueError) as exc:
             self.open_failure = str(exc)
 
     def current_facts(self) -> dict:
@@ -453,28 +452,27 @@ def _statistics(config: pytest.Config, pairs) -> list[str | None]:
     return given
 
 
-def _opened(model_path: Path | None, onnx_path: Path | None, vecnormalize: str | None,
-            transform: str, trust_code: bool, image_layout: str
-            ) -> tuple[LoadedModel | None, Artifact | None]:
-    """The model and the artifact of a policy, opened (safely); ModelLoadError, ArtifactError or
-    ValueError (a transform that does not fit) when they cannot be."""
+def _loaded(model_path: Path | None, given_artifact: Artifact | None, vecnormalize: str | None,
+            transform: str, trust_code: bool, image_layout: str) -> LoadedModel | None:
+    """The model of a policy, opened (safely) to be checked against `given_artifact` (or its
+    own export); ModelLoadError or ValueError (a transform that does not fit) when it cannot
+    be."""
     from .normalization import attach
 
-    given_artifact = Artifact(onnx_path) if onnx_path else None
     loaded = load_model(model_path, trust_code=trust_code) if model_path else None
     if loaded:
         loaded.image_layout = image_layout
         if given_artifact:
             given_artifact.adopt_layout(loaded)
         attach(loaded, vecnormalize)
-    if loaded and not onnx_path:
+    if loaded and not given_artifact:
         from .heads import head_for
 
         try:
             head_for(loaded, transform)
         except ValueError as exc:
             raise ValueError(f"--action-transform {transform}: {exc}") from None
-    return loaded, given_artifact
+    return loaded
 
 
 def _deferred(key: str, model_path: Path, onnx_path: Path | None, **options) -> Policy:
@@ -538,8 +536,9 @@ def pytest_configure(config: pytest.Config) -> None:
             if len(pairs) > 1 and model_path:
                 policies.append(_deferred(key, model_path, onnx_path, **options))
             else:
-                loaded, given_artifact = _opened(model_path, onnx_path, vecnormalize, transform,
-                                                 trust_code, image_layout)
+                given_artifact = Artifact(onnx_path) if onnx_path else None
+                loaded = _loaded(model_path, given_artifact, vecnormalize, transform,
+                                 trust_code, image_layout)
                 policies.append(Policy(key, model_path, onnx_path, loaded=loaded,
                                        given_artifact=given_artifact, **options))
         except (ModelLoadError, ArtifactError, ValueError) as exc:

@@ -209,7 +209,8 @@ class ObservationDomain:
         white, or the previous row's frame with one channel or one pixel changed."""
         rows = self.inside(rng, n).astype(np.float64)
         for start, shape, channel_axis in self.images:
-            frames = rows[:, start:start + math.prod(shape)].reshape(n, *shape)
+            stop = start + math.prod(shape)
+            frames = rows[:, start:stop].reshape(n, *shape)
             channels = shape[channel_axis]
             for i in range(n):
                 pattern = rng.choice(PIXEL_PATTERNS) if i else rng.choice(PIXEL_PATTERNS[:4])
@@ -228,7 +229,7 @@ class ObservationDomain:
                     pixel = np.moveaxis(frames[i], channel_axis, -1)
                     y, x = (rng.integers(d) for d in pixel.shape[:2])
                     pixel[y, x] = rng.integers(0, 256, channels)
-            rows[:, start:start + frames[0].size] = frames.reshape(n, -1)
+            rows[:, start:stop] = frames.reshape(n, -1)
         return self.finish(rows)
 
     def sample(self, regime: str, rng: np.random.Generator, n: int,
