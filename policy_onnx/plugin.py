@@ -9,6 +9,8 @@ is done once per model (and once per worker under pytest-xdist).
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import os
 import shlex
@@ -331,6 +333,7 @@ class Run:
 
 
 RUN = pytest.StashKey[Run]()
+BY_POLICY = pytest.StashKey[bool]()  # pytest-xdist: one worker per policy
 
 
 def command_for(tool: str, module: str) -> list[str]:
@@ -364,6 +367,16 @@ def _seed_hypothesis_while_the_heap_is_small() -> None:
         return
     with deterministic_PRNG():
         pass
+
+
+def _skip_the_last_collections_at_exit() -> None:
+    """At exit the interpreter's last full collections walk the whole heap of torch, SB3 and
+    the dynamo exporter (about a second, a sixth of a run) to free memory the finished process
+    gives back anyway. Frozen at exit, they are skipped; atexit handlers still run and the
+    standard streams are still flushed. Only at exit: a caller running pytest in-process keeps a
+    collector that collects."""
+    atexit.unregister(gc.freeze)  # once, however many sessions a process runs
+    atexit.register(gc.freeze)
 
 
 def _one_thread_per_worker() -> None:
@@ -493,25 +506,33 @@ def _keys(pairs) -> list[str]:
             for i, stem in enumerate(stems)]
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist picks its distribution mode
-def pytest_cmdline_main(config: pytest.Config) -> None:
-    """With -n and no --dist, each policy's tests go to one worker (grouped at collection), so
-    that a zoo of N models costs about N / workers exports instead of every worker exporting
+@pytest.hookimpl(wrapper=True)  # around pytest-xdist's, which turns "no" into "load"
+def pytest_cmdline_main(config: pytest.Config):
+    """With -n and no --dist, each policy's tests go to one worker (see pytest_xdist_make_scheduler),
+    so that a zoo of N models costs about N / workers exports instead of every worker exporting
     and preparing every model."""
     workers = getattr(config.option, "numprocesses", None)
-    if workers and getattr(config.option, "dist", "no") == "no" and (
-            config.getoption("model") or config.getoption("onnx")):
-        config.option.dist = "loadgroup"
+    config.stash[BY_POLICY] = bool(workers) and getattr(config.option, "dist", "no") == "no" and bool(
+        config.getoption("model") or config.getoption("onnx"))
+    return (yield)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    if not config.stash.get(BY_POLICY, False):
+        return None
+    from .scheduling import LoadPolicyScheduling
+
+    return LoadPolicyScheduling(config, log, [p.key for p in config.stash[RUN].policies])
 
 
 @pytest.hookimpl(tryfirst=True)  # before hypothesis's plugin loads the profile
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "clause(id): the POLICY_ONNX_SPEC clause the test checks")
-    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist runs a group on one "
-                            "worker (the suite groups each policy's tests)")
     if config.getoption("model") or config.getoption("onnx"):
         _keep_hypothesis_storage_out_of_the_project()
         _seed_hypothesis_while_the_heap_is_small()
+        _skip_the_last_collections_at_exit()
     if _worker(config):
         _one_thread_per_worker()
     profile = config.getoption("hypothesis_profile", None)
@@ -563,13 +584,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                              indirect=True, scope="session")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     run = config.stash[RUN]
     run.suite_command = _suite_command(config, items)
-    for item in items if run.openable else ():
-        if item.get_closest_marker("clause"):
-            item.add_marker(pytest.mark.xdist_group(_policy_of(item).key))
     if run.policies and not run.openable:  # a zoo none of whose models opens: nothing to run
         config.hook.pytest_deselected(items=list(items))
         items.clear()

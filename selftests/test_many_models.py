@@ -95,8 +95,15 @@ def test_xdist_workers_give_the_serial_verdicts(unclamped_real, tmp_path):
         return done, json.loads((tmp_path / report).read_text())
 
     serial, serial_document = run("serial.json", "-p", "no:xdist")
-    parallel, parallel_document = run("parallel.json", "-n", "2")
+    parallel, parallel_document = run("parallel.json", "-n", "2", "-v")
     assert "created: 2/2 workers" in parallel.stdout  # it really ran on workers
+    # Each policy's tests ran on one worker (which alone opened and prepared it).
+    workers = {}
+    for worker, policy in re.findall(r"^\[(gw\d)\] .*::\w+\[(\S+)-[A-Z]+-\d\d-\w+\]",
+                                     parallel.stdout, re.MULTILINE):
+        workers.setdefault(policy, set()).add(worker)
+    assert sorted(workers) == [f"{REAL_MODEL.stem}-1", f"{REAL_MODEL.stem}-2"], parallel.stdout
+    assert all(len(ran_on) == 1 for ran_on in workers.values()), workers
     assert (parallel.returncode, serial.returncode) == (1, 1)
     assert _verdicts(parallel_document) == _verdicts(serial_document)
     assert parallel_document["policies"][1]["level_reached"] == "Basic"
@@ -152,3 +159,16 @@ def test_a_zoo_model_refused_where_its_tests_run_is_not_checked(conformance, fix
         assert "refused to unpickle" in custom["open_failure"] and not custom["level_met"]
         dqn = next(p for p in document["policies"] if p["name"] == "dqn")
         assert dqn["level_met"] and dqn["model"]["algorithm"] == "DQN"
+
+
+def test_pytest_xdist_scope_of_a_test_is_its_policy():
+    from policy_onnx.scheduling import policy_scope
+
+    clause = "conformance/test_parity.py::test_parity"
+    assert policy_scope(f"{clause}[PAR-01-parity]", ["m"]) == "m"  # one policy: no key in the id
+    keys = ["walker-v2", "walker-v2-2", "walker"]
+    assert policy_scope(f"{clause}[walker-v2-2-PAR-01-parity]", keys) == "walker-v2-2"
+    assert policy_scope(f"{clause}[walker-PAR-01-parity]", keys) == "walker"
+    # Anything else (a user's own tests in the same run) is spread test by test.
+    for other in ("tests/test_mine.py::test_x[walker-PAR-01]", "tests/test_mine.py::test_y"):
+        assert policy_scope(other, keys) == other
