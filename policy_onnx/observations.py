@@ -114,8 +114,13 @@ class Entry:
 
 def _bound_values(values: np.ndarray):
     """One number when every element has it, else a flat list; an infinite bound is null."""
-    listed = [None if not np.isfinite(v) else (int(v) if float(v).is_integer() and abs(v) < 2**53
-                                               else float(v)) for v in values]
+    def number(v):
+        return None if not np.isfinite(v) else (
+            int(v) if float(v).is_integer() and abs(v) < 2**53 else float(v))
+
+    if len(values) and (values == values[0]).all():  # an image's: one number, found at once
+        return number(values[0])
+    listed = [number(v) for v in values]
     return listed[0] if len(set(map(repr, listed))) == 1 else listed
 
 

@@ -138,6 +138,14 @@ class ObservationDomain:
         return columns, ObservationDomain(self.low[columns], self.high[columns],
                                           float_bits=self.float_bits)
 
+    @cached_property
+    def _integer_part(self) -> tuple[np.ndarray | slice, np.ndarray, np.ndarray]:
+        """The integer columns (a slice when they are all of them: an image alone) and their
+        bounds."""
+        integers = np.flatnonzero(self.integral)
+        low, high = self.low[integers], self.high[integers]
+        return (slice(None) if len(integers) == self.dim else integers), low, high
+
     def _with_integers(self, regime: str, rng: np.random.Generator, n: int,
                        at_bounds: float = 0.0) -> np.ndarray:
         """Rows whose float columns are drawn by `regime` and whose integers are uniform within
@@ -145,12 +153,15 @@ class ObservationDomain:
         columns, floats = self._float_part
         rows = np.empty((n, self.dim))
         rows[:, columns] = getattr(floats, regime)(rng, n)
-        integers = np.flatnonzero(self.integral)
-        low, high = self.low[integers], self.high[integers]
-        values = np.floor(low + rng.random((n, len(integers))) * (high - low + 1))
+        integers, low, high = self._integer_part
+        # floor(low + u * (high - low + 1)), in place: an image's rows are millions of elements
+        values = rng.random((n, len(low)))
+        values *= high - low + 1
+        values += low
+        np.floor(values, out=values)
         if at_bounds:
             bound = np.where(rng.random(values.shape) < 0.5, low, high)
-            values = np.where(rng.random(values.shape) < at_bounds, bound, values)
+            np.copyto(values, bound, where=rng.random(values.shape) < at_bounds)
         rows[:, integers] = values
         return self.finish(rows)
 
@@ -270,7 +281,9 @@ class ObservationDomain:
             rows = rows.astype(np.float16)
         rows = rows.astype(np.float32)
         if self.integral is not None:
-            rows = np.where(self.integral, np.clip(np.round(rows), self.low, self.high), rows)
+            integers, low, high = self._integer_part
+            rows[:, integers] = np.clip(np.round(rows[:, integers]), low.astype(np.float32),
+                                        high.astype(np.float32))
         for start, stop in self.one_hot:
             hot = np.argmax(rows[:, start:stop], axis=1)
             rows[:, start:stop] = 0.0
