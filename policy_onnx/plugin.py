@@ -379,15 +379,17 @@ def _skip_the_last_collections_at_exit() -> None:
     atexit.register(gc.freeze)
 
 
-def _one_thread_per_worker() -> None:
+def _share_the_cores(busy_workers: int) -> None:
     """pytest-xdist starts a worker per core: torch and ONNX Runtime each using every core in
-    every worker made a zoo slower in parallel than serially."""
+    every worker made a zoo slower in parallel than serially. Each worker that has a policy to
+    check gets its share of the cores (all of them when there is one policy: one worker works)."""
     import torch
 
     from . import artifact
 
-    torch.set_num_threads(1)
-    artifact.SESSION_THREADS = 1
+    threads = max(1, (os.cpu_count() or 1) // max(busy_workers, 1))
+    torch.set_num_threads(threads)
+    artifact.SESSION_THREADS = threads
 
 
 def _suite_command(config: pytest.Config, items: list[pytest.Item]) -> tuple[str, ...]:
@@ -508,12 +510,12 @@ def _keys(pairs) -> list[str]:
 
 @pytest.hookimpl(wrapper=True)  # around pytest-xdist's, which turns "no" into "load"
 def pytest_cmdline_main(config: pytest.Config):
-    """With -n and no --dist, each policy's tests go to one worker (see pytest_xdist_make_scheduler),
+    """With -n and no --dist, each policy's tests go to one worker (pytest_xdist_make_scheduler),
     so that a zoo of N models costs about N / workers exports instead of every worker exporting
     and preparing every model."""
     workers = getattr(config.option, "numprocesses", None)
-    config.stash[BY_POLICY] = bool(workers) and getattr(config.option, "dist", "no") == "no" and bool(
-        config.getoption("model") or config.getoption("onnx"))
+    checking = bool(config.getoption("model") or config.getoption("onnx"))
+    config.stash[BY_POLICY] = bool(workers) and config.option.dist == "no" and checking
     return (yield)
 
 
@@ -533,8 +535,6 @@ def pytest_configure(config: pytest.Config) -> None:
         _keep_hypothesis_storage_out_of_the_project()
         _seed_hypothesis_while_the_heap_is_small()
         _skip_the_last_collections_at_exit()
-    if _worker(config):
-        _one_thread_per_worker()
     profile = config.getoption("hypothesis_profile", None)
     if profile:
         try:
@@ -547,6 +547,8 @@ def pytest_configure(config: pytest.Config) -> None:
     transform = config.getoption("action_transform")
     trust_code = config.getoption("trust_model_code")
     pairs = _pairs(config)
+    if _worker(config):
+        _share_the_cores(min(config.workerinput["workercount"], len(pairs)))
     policies = []
     image_layout = config.getoption("image_layout")
     for key, (model_path, onnx_path), vecnormalize in zip(_keys(pairs), pairs,

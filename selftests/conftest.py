@@ -131,9 +131,9 @@ def _pipeline_imported(fixture_models, tmp_path_factory):
 
 def pytest_configure(config):
     if hasattr(config, "workerinput"):  # a pytest-xdist worker (make test runs two)
-        from policy_onnx.plugin import _one_thread_per_worker
+        from policy_onnx.plugin import _share_the_cores
 
-        _one_thread_per_worker()
+        _share_the_cores(config.workerinput["workercount"])
 
 
 def pytest_runtest_logreport(report):
