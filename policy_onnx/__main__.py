@@ -63,6 +63,9 @@ def _export(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     import pytest
 
+    # pytest imports the conftest.py files of the folder it runs in: no __pycache__ of theirs
+    # (or of anything else imported) is left in the user's folder.
+    sys.dont_write_bytecode = True
     # The console script imported policy_onnx before pytest could register it for assertion
     # rewriting: pytest's warning about that says nothing to a user.
     command = ["--pyargs", "policy_onnx.conformance", "-p", "no:cacheprovider",

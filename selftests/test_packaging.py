@@ -16,7 +16,10 @@ from .conftest import REAL_MODEL, REAL_ONNX, ROOT
 
 
 def _run(*command, cwd, timeout=600):
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_ADDOPTS")}
+    """As in a user's shell: no paths or options of ours, and bytecode caching on (as Python's
+    default; this sandbox turns it off)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTEST_ADDOPTS", "PYTHONDONTWRITEBYTECODE")}
     return subprocess.run([str(c) for c in command], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
