@@ -114,6 +114,7 @@ class Policy:
     # reports (`facts`).
     deferred: bool = False
     facts: dict = field(default_factory=dict)
+    facts_reported: bool = False  # a pytest-xdist worker tells its controller once
     stats: ParityStats = field(default_factory=ParityStats)  # filled where the tests run
     verdicts: Verdicts = field(default_factory=Verdicts)  # filled from the test reports
     exported_path: Path | None = None
@@ -656,8 +657,9 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         found = policy.stats.for_clause(marker.args[0])
         if policy.exported_path:
             found.append(("exported_artifact", str(policy.exported_path)))
-        if _worker(item.config) and policy.loaded:  # for a controller that never opened it
-            found.append(("policy_facts", policy.current_facts()))
+        if _worker(item.config) and policy.loaded and not policy.facts_reported:
+            found.append(("policy_facts", policy.current_facts()))  # for a controller that
+            policy.facts_reported = True  # never opened it
         report.user_properties += found
         item.user_properties += found  # JUnit XML takes the properties of the teardown report
     return report
