@@ -279,7 +279,7 @@ class ObservationDomain:
         rows = np.clip(rows, -limit, limit)
         if self.float_bits < 32:
             rows = rows.astype(np.float16)
-        rows = rows.astype(np.float32)
+        rows = rows.astype(np.float32, copy=False)  # a copy of the caller's rows already
         if self.integral is not None:
             integers, low, high = self._integer_part
             rows[:, integers] = np.clip(np.round(rows[:, integers]), low.astype(np.float32),
@@ -288,7 +288,7 @@ class ObservationDomain:
             hot = np.argmax(rows[:, start:stop], axis=1)
             rows[:, start:stop] = 0.0
             rows[np.arange(len(rows)), start + hot] = 1.0
-        return rows.astype(np.float32)
+        return rows
 
     def _floats(self, low: float, high: float, limit: float = MAX_MAGNITUDE
                 ) -> st.SearchStrategy[float]:
