@@ -76,7 +76,7 @@ class Preprocessor(nn.Module):
 class ObservationInput(nn.Module):
     """Turns the flat raw observation rows a runtime feeds into what the policy's extractor
     takes: normalized (if the model was trained under VecNormalize), then preprocessed as SB3
-    does (observations.Preprocessor: reshaped, images transposed and scaled, dict entries split).
+    does (Preprocessor: reshaped, images transposed and scaled, dict entries split).
     Both are set by head_for."""
 
     def _observations(self, obs: torch.Tensor):

@@ -73,8 +73,6 @@ class Mismatch(AssertionError):
         self.replay = replay
 
 
-
-
 def _worst(diff: np.ndarray) -> float:
     return float("nan") if np.isnan(diff).any() else float(diff.max())
 

@@ -62,8 +62,8 @@ class Verdicts:
         """The highest level reached, and what stops the next one (empty at Extended).
 
         A policy checked for parity by Extended clauses (discrete, masked, recurrent, normalized,
-        image or dict observations) needs those clauses from Standard on: Standard means "acts like predict()"
-        for every policy.
+        image or dict observations) needs those clauses from Standard on: Standard means "acts
+        like predict()" for every policy.
         """
         # Clauses for what the model was trained on (normalized, image or dict observations)
         # that applied to it.
