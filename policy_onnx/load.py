@@ -137,6 +137,9 @@ class LoadedModel:
     sb3: Any  # the stable_baselines3 BaseAlgorithm
     normalization: Any = None  # the VecNormalize statistics it was trained behind (normalization.py)
     image_layout: str = "HWC"  # the layout a runtime feeds images in (observations.py)
+    # An SB3 1.0-era HER agent (the `HER` class, before HerReplayBuffer): its Box observation is
+    # ObsDictWrapper's flattening of the goal dict, these keys concatenated; None otherwise.
+    goal_keys: tuple[str, ...] | None = None
 
     @property
     def structure(self) -> str:
@@ -494,7 +497,18 @@ def load_model(path: str | Path, *, trust_code: bool = False) -> LoadedModel:
             f"--model {path}: Stable-Baselines3 could not load it as {algorithm} "
             f"({type(exc).__name__}: {_one_line(exc)}); re-save the model with model.save()"
         ) from None
-    return LoadedModel(path=path, algorithm=algorithm, sb3=sb3)
+    return LoadedModel(path=path, algorithm=algorithm, sb3=sb3, goal_keys=_goal_keys(data))
+
+
+# SB3 1.0's ObsDictWrapper.convert_dict: the observation, then the desired goal.
+FLATTENED_GOAL_KEYS = ("observation", "desired_goal")
+
+
+def _goal_keys(data: dict) -> tuple[str, ...] | None:
+    """The keys an SB3 1.0-era HER agent's observation concatenates: its `HER` class saved the
+    wrapped model's class and the goal sampling options beside its parameters."""
+    return FLATTENED_GOAL_KEYS if {"model_class", "goal_selection_strategy"} <= set(data) \
+        else None
 
 
 def _one_line(exc: Exception) -> str:

@@ -20,22 +20,10 @@ import numpy as np
 
 from .artifact import sha256
 from .files import check_given_file
+from .layouts import find_statistics, statistics_candidates, trained_normalized
 from .load import AllowListUnpickler, ModelLoadError, RefusedGlobal
 
-# Where people keep the statistics beside a model: the RL Zoo's `<dir>/<name>/vecnormalize.pkl`
-# for `<dir>/<name>.zip`, and a Hub repository's `vec_normalize.pkl` beside the zip.
-ZOO_NAME = "vecnormalize.pkl"
-HUB_NAME = "vec_normalize.pkl"
 MAX_STATISTICS_BYTES = 64 * 2**20
-
-
-def find_statistics(model_path: Path) -> Path | None:
-    """The statistics file of a model in the RL Zoo's or the Hub's layout, if there is one."""
-    for candidate in (model_path.parent / model_path.stem / ZOO_NAME,
-                      model_path.parent / HUB_NAME):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 class _Stored:
@@ -110,76 +98,112 @@ class Normalization:
                 "clip_obs": self.clip_obs, "epsilon": self.epsilon, **keys}
 
 
-def load_statistics(path: Path, layout) -> Normalization:
+def load_statistics(path: Path, layout, given: bool = True,
+                    goal_keys: tuple[str, ...] | None = None) -> Normalization:
     """Read a VecNormalize pickle safely and check it against the model's observation
-    `layout` (observations.ObservationLayout)."""
-    fix = ("pass the vecnormalize.pkl saved with this model (VecNormalize.save), or "
-           "--vecnormalize none to check without normalization")
-    check_given_file(path, "--vecnormalize", MAX_STATISTICS_BYTES, fix, ModelLoadError)
+    `layout` (observations.ObservationLayout). `given`: named by --vecnormalize (else found
+    beside the model by layout); `goal_keys`: the dict keys an SB3 1.0-era HER agent's Box
+    observation concatenates (LoadedModel.goal_keys), normalized per key."""
+    named = f"--vecnormalize {path}" if given else \
+        f"{path} (VecNormalize statistics found beside the model)"
+    fix = ("pass the vecnormalize.pkl saved with this model (VecNormalize.save)" if given else
+           "if it is not this model's, pass the statistics it was trained with: "
+           "--vecnormalize PKL")
+    check_given_file(path, named, MAX_STATISTICS_BYTES, fix, ModelLoadError)
     try:
         stored = _StatisticsUnpickler(io.BytesIO(path.read_bytes())).load()
     except RefusedGlobal as refused:
         raise ModelLoadError(
-            f"--vecnormalize {path}: refused to unpickle {refused.qualified_name}: it is not "
-            f"part of VecNormalize statistics, and loading it could run code; {fix}") from None
+            f"{named}: refused to unpickle {refused.qualified_name}: it is not part of "
+            f"VecNormalize statistics, and loading it could run code; {fix}") from None
     except Exception as exc:  # corrupt pickles: truncated, not a pickle, bad reconstruction
-        raise ModelLoadError(f"--vecnormalize {path}: unreadable ({type(exc).__name__}: {exc}); "
-                             f"{fix}") from None
+        raise ModelLoadError(f"{named}: unreadable ({type(exc).__name__}: {exc}); {fix}") from None
     state = getattr(stored, "state", None)
     rms = state.get("obs_rms") if isinstance(state, dict) else None
-    if isinstance(rms, dict) != layout.is_dict:
-        raise ModelLoadError(
-            f"--vecnormalize {path}: statistics {'per dict key' if isinstance(rms, dict) else 'of one array'}"
-            f", but the model's observations are {'a Dict' if layout.is_dict else 'one array'}: "
-            f"they belong to another model; {fix}")
+    if rms is None:
+        raise ModelLoadError(f"{named}: not VecNormalize statistics (no obs_rms); {fix}")
     per_key = rms if isinstance(rms, dict) else {None: rms}
+    if isinstance(rms, dict) and not layout.is_dict and goal_keys:
+        # ObsDictWrapper flattened the goal dict after VecNormalize had normalized it per key.
+        parts = [(key, per_key.get(key)) for key in goal_keys]
+    elif isinstance(rms, dict) == layout.is_dict:
+        parts = [(entry.key, entry) for entry in layout.entries]
+    else:
+        kept = f"per dict key ({', '.join(map(str, rms))})" if isinstance(rms, dict) \
+            else "of one array"
+        raise ModelLoadError(
+            f"{named}: statistics {kept}, but the model's observation is "
+            f"{'a Dict' if layout.is_dict else f'one {layout.space}'}: they do not fit its "
+            f"observation; {fix}")
     keys = None
-    if layout.is_dict:  # SB3 2.x names them norm_obs_keys, 1.x obs_keys
-        named = state.get("norm_obs_keys", state.get("obs_keys", per_key.keys()))
-        keys = tuple(e.key for e in layout.entries if e.key in set(named))
+    if isinstance(rms, dict):  # SB3 2.x names them norm_obs_keys, 1.x obs_keys
+        named_keys = set(state.get("norm_obs_keys", state.get("obs_keys", per_key.keys())))
+        keys = tuple(key for key, _ in parts if key in named_keys)
     means, variances, normalized = [], [], []
-    for entry in layout.entries:
-        if keys is not None and entry.key not in keys:
-            means.append(np.zeros(entry.size))
-            variances.append(np.ones(entry.size))
-            normalized.append(np.zeros(entry.size, dtype=bool))
+    for key, part in parts:
+        where = f"'{key}'" if key is not None else "the observation"
+        rms_state = getattr(per_key.get(key), "state", None)
+        entry = part if hasattr(part, "image") else None  # else a HER key's statistics
+        readable = isinstance(rms_state, dict) and {"mean", "var"} <= set(rms_state)
+        if keys is not None and key not in keys and (entry or readable):
+            size = entry.size if entry else np.size(rms_state["mean"])
+            means.append(np.zeros(size))
+            variances.append(np.ones(size))
+            normalized.append(np.zeros(size, dtype=bool))
             continue
-        where = f"'{entry.key}'" if entry.key is not None else "the observation"
-        rms_state = getattr(per_key.get(entry.key), "state", None)
-        if not isinstance(rms_state, dict) or not {"mean", "var"} <= set(rms_state):
-            raise ModelLoadError(f"--vecnormalize {path}: not VecNormalize statistics (no "
-                                 f"obs_rms with mean and var for {where}); {fix}")
-        if entry.image:
-            raise ModelLoadError(f"--vecnormalize {path}: statistics over the image {where} "
-                                 "are not supported (SB3 scales images by 1/255 instead)")
+        if not readable:
+            raise ModelLoadError(f"{named}: not VecNormalize statistics (no obs_rms with mean "
+                                 f"and var for {where}); {fix}")
+        if entry is not None and entry.image:
+            raise ModelLoadError(f"{named}: statistics over the image {where} are not supported "
+                                 "(SB3 scales images by 1/255 instead)")
         mean = np.asarray(rms_state["mean"], dtype=np.float64)
         var = np.asarray(rms_state["var"], dtype=np.float64)
-        shape = tuple(entry.shape)
-        if entry.kind != "Box" or mean.shape != shape or var.shape != shape:
+        shape = tuple(entry.shape) if entry else (mean.size,)
+        if (entry is not None and entry.kind != "Box") or mean.shape != shape \
+                or var.shape != shape:
             raise ModelLoadError(
-                f"--vecnormalize {path}: statistics of shape {mean.shape} for {where}, which "
-                f"is {entry.space} in the model: they belong to another model; {fix}")
+                f"{named}: statistics of shape {mean.shape} for {where}, which is "
+                f"{entry.space if entry else 'a vector'} in the model: they do not fit its "
+                f"observation; {fix}")
         means.append(mean.reshape(-1))
         variances.append(var.reshape(-1))
-        normalized.append(np.ones(entry.size, dtype=bool))
+        normalized.append(np.ones(mean.size, dtype=bool))
     mean, var = np.concatenate(means), np.concatenate(variances)
+    if mean.size != layout.flatdim:
+        raise ModelLoadError(
+            f"{named}: the statistics of {', '.join(map(str, goal_keys or ()))} hold "
+            f"{mean.size} elements, but the model's observation {layout.space} has "
+            f"{layout.flatdim}: they do not fit its observation; {fix}")
     epsilon = float(state.get("epsilon", 1e-8))
     clip_obs = float(state.get("clip_obs", 10.0))
     usable = (np.isfinite(mean).all() and np.isfinite(var).all() and (var >= 0).all()
               and math.isfinite(epsilon) and epsilon >= 0 and clip_obs > 0)
     if not usable or not (var + epsilon > 0).all():
-        raise ModelLoadError(f"--vecnormalize {path}: the statistics are not usable (non-finite "
-                             "or negative variance, or clip_obs <= 0); " + fix)
+        raise ModelLoadError(f"{named}: the statistics are not usable (non-finite or negative "
+                             f"variance, or clip_obs <= 0); {fix}")
+    everything = all(n.all() for n in normalized)
     return Normalization(path=path, sha256=sha256(path), norm_obs=bool(state.get("norm_obs", True)),
                          mean=mean, var=var, epsilon=epsilon, clip_obs=clip_obs, keys=keys,
-                         normalized=None if keys is None else np.concatenate(normalized))
+                         normalized=None if everything else np.concatenate(normalized))
 
 
 def attach(loaded, vecnormalize: str | None) -> None:
     """Give a loaded model its statistics: `vecnormalize` is a file, "none" (check without), or
-    None (look for them in the RL Zoo's and the Hub's layouts)."""
+    None (look for them in the RL Zoo's and the Hub's layouts; a model whose configuration
+    there says it was trained normalized, without statistics beside it, is refused: checked
+    without them, it would get a verdict on observations it never saw)."""
     if vecnormalize == "none":
         return
     path = Path(vecnormalize) if vecnormalize else find_statistics(loaded.path)
     if path is not None:
-        loaded.normalization = load_statistics(path, loaded.layout)
+        loaded.normalization = load_statistics(path, loaded.layout, given=bool(vecnormalize),
+                                               goal_keys=loaded.goal_keys)
+        return
+    config = trained_normalized(loaded.path)
+    if config is not None:
+        raise ModelLoadError(
+            f"--model {loaded.path}: trained with its observations normalized by VecNormalize "
+            f"({config} says normalize), but no statistics were found beside it (looked for "
+            f"{', '.join(map(str, statistics_candidates(loaded.path)))}); pass them with "
+            "--vecnormalize PKL (the vecnormalize.pkl saved with the model)")
