@@ -6,6 +6,11 @@ from policy_onnx.check import clause_test, fail, require, row, running
 from policy_onnx.strategies import BATCH_SIZES, rows_for
 
 
+def _sizes(probe_observations) -> list[int]:
+    """The batch sizes the suite uses, capped by the memory budget for a large observation."""
+    return sorted({rows_for(probe_observations.shape[1], n) for n in BATCH_SIZES})
+
+
 @clause_test("BEH-01")
 def test_batch_sizes(clause, artifact, probe_observations):
     if artifact.action is None:
@@ -13,35 +18,48 @@ def test_batch_sizes(clause, artifact, probe_observations):
     row_shape = artifact.action.dims[1:]
     problems = []
     with running(clause):
-        for n in BATCH_SIZES:  # capped by the memory budget for a large observation
-            n = rows_for(probe_observations.shape[1], n)
+        for n in _sizes(probe_observations):
             obs = np.resize(probe_observations, (n, probe_observations.shape[1]))
             shape = artifact.run(obs, one_row_each=False).shape
             static = all(isinstance(d, int) for d in row_shape)
             if shape[0] != n or (static and shape[1:] != row_shape):
                 problems.append(f"batch of {n} gives shape {shape}, must be "
                                 f"({n}, {', '.join(map(str, row_shape))})")
-    require(clause, problems)
+    require(clause, problems[:5] + ([f"... {len(problems) - 5} more sizes"]
+                                    if len(problems) > 5 else []))
 
 
 @clause_test("BEH-02")
 def test_rows_independent(clause, artifact, probe_observations, action_tolerance):
+    """Every batch size the suite uses, its rows the probe's first 64 repeated: each row as
+    the same row fed alone (a batch without one row per observation is BEH-01's concern)."""
     obs = probe_observations[:64]
     with running(clause):
-        batched = artifact.run(obs).reshape(len(obs), -1)
         alone = np.vstack([artifact.run(one[None]).reshape(1, -1) for one in obs])
+        for size in _sizes(probe_observations):
+            origin = np.arange(size) % len(obs)
+            batched = artifact.run(obs[origin], one_row_each=False)
+            if batched.shape[:1] == (size,):
+                _require_as_alone(clause, obs, origin, batched.reshape(size, -1), alone[origin],
+                                  action_tolerance)
+
+
+def _require_as_alone(clause, obs, origin, batched, alone, action_tolerance) -> None:
     both_nan = np.isnan(batched) & np.isnan(alone)
     bad = ~((batched == alone) | both_nan)
     rows = np.flatnonzero(bad.any(axis=1))  # the tolerance only where the rows differ at all
-    tolerance = action_tolerance(obs[rows])
+    if not len(rows):
+        return
+    tolerance = action_tolerance(obs[origin[rows]])
     if tolerance.shape != batched[rows].shape:  # an output of another width: BEH-01's concern
         tolerance = tolerance.max(axis=1, keepdims=True)
     bad[rows] = ~((np.abs(batched[rows] - alone[rows]) <= tolerance) | both_nan[rows])
     if bad.any():
         i = int(np.argmax(bad.any(axis=1)))
-        fail(clause, f"row {i} of a batch of {len(obs)} gives {batched[i].tolist()}, alone it "
-                     f"gives {alone[i].tolist()} (obs={row(obs[i])}); {int(bad.any(axis=1).sum())}"
-                     " rows differ: the graph mixes rows of the batch")
+        fail(clause, f"row {i} of a batch of {len(batched)} gives {batched[i].tolist()}, alone "
+                     f"it gives {alone[i].tolist()} (obs={row(obs[origin[i]])}); "
+                     f"{int(bad.any(axis=1).sum())} rows differ: the graph mixes rows of the "
+                     "batch, or acts on the batch size")
 
 
 @clause_test("BEH-03")

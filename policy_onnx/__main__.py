@@ -130,12 +130,21 @@ def _replay(args: argparse.Namespace) -> int:
             checked = f"{len(observations)} observations"
             masks = None if saved.get("masks") is None else np.asarray(saved["masks"], bool)
             problem = compare_any(reference, artifact, observations, ParityStats(),
-                                  saved["clause"], masks, saved.get("batch_size"))
+                                  saved["clause"], masks, _batch_sizes(saved, len(observations)))
     except (ModelLoadError, ArtifactError) as exc:
         return _error(str(exc))
     print(f"[{saved['clause']}] {problem}" if problem else
           f"[{saved['clause']}] the {checked} now agree")
     return 1 if problem else 0
+
+
+def _batch_sizes(saved: dict, rows: int) -> tuple[int, ...] | None:
+    """The batches the failing run used: `batch_sizes`, or (files written before batches were
+    drawn as a schedule) one `batch_size` for every batch."""
+    if saved.get("batch_sizes"):
+        return tuple(int(n) for n in saved["batch_sizes"])
+    size = saved.get("batch_size")
+    return tuple(min(size, rows - i) for i in range(0, rows, size)) if size else None
 
 
 def _error(message: str) -> int:

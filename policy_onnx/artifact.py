@@ -72,7 +72,7 @@ def sha256(path: Path) -> str:
 def read_proto(path: Path) -> onnx.ModelProto:
     """The parsed ONNX model; ArtifactError naming the problem otherwise."""
     fix = "pass the .onnx file written by the exporter"
-    check_given_file(path, "--onnx", MAX_ARTIFACT_BYTES, fix, ArtifactError, SIZE_FIX)
+    check_given_file(path, f"--onnx {path}", MAX_ARTIFACT_BYTES, fix, ArtifactError, SIZE_FIX)
     try:
         proto = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends
@@ -332,12 +332,12 @@ class Artifact:
         return raw
 
     def final_action(self, obs: np.ndarray, masks: np.ndarray | None = None,
-                     batch_size: int | None = None) -> np.ndarray:
-        """The final action for the rows of `obs`, run as one batch or, with `batch_size`, in
-        consecutive batches of that many rows (the last one may be smaller)."""
-        if batch_size is None or batch_size >= len(obs):
+                     batch_sizes: tuple[int, ...] | None = None) -> np.ndarray:
+        """The final action for the rows of `obs`, run as one batch or, with `batch_sizes`, in
+        consecutive batches of those sizes (they add up to the number of rows)."""
+        if batch_sizes is None or len(batch_sizes) == 1:
             return self.to_final(self.run(obs, masks))
+        edges = np.concatenate([[0], np.cumsum(batch_sizes)])
         return np.concatenate([
-            self.to_final(self.run(obs[i:i + batch_size],
-                                   None if masks is None else masks[i:i + batch_size]))
-            for i in range(0, len(obs), batch_size)])
+            self.to_final(self.run(obs[a:b], None if masks is None else masks[a:b]))
+            for a, b in zip(edges[:-1], edges[1:])])

@@ -36,6 +36,24 @@ def running(clause: spec.Clause):
         fail(clause, str(exc))
 
 
+# What pytest raises to end a test with a verdict (fail, skip, xfail, exit); anything else that
+# escapes a clause test is the suite's own defect or limitation.
+VERDICTS = (pytest.fail.Exception, pytest.skip.Exception, pytest.xfail.Exception,
+            pytest.exit.Exception)
+
+
+def suite_limitation(clause: spec.Clause, excinfo: pytest.ExceptionInfo) -> str:
+    """The verdict text of a clause the suite could not check (an exception of its own, such as
+    a hypothesis health check): it says so, and where, instead of blaming the artifact."""
+    exc = excinfo.value
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 300 else text[:297] + "..."
+    frame = excinfo.traceback[-1]
+    return (f"[{clause.id}] NOT CHECKED: the suite could not check this clause ({type(exc).__name__}: "
+            f"{text}, at {frame.path}:{frame.lineno + 1}). This is a limitation or defect of "
+            "the suite, not a verdict on the artifact; please report it with this text.")
+
+
 ROW_SHOWN = 24  # elements of a row a message shows (an image's are in the counterexample file)
 
 

@@ -15,10 +15,25 @@ import torch
 
 from .heads import ObservationNormalizer, action_kind, head_for
 from .load import LoadedModel
-from .strategies import MAX_MAGNITUDE, ObservationDomain, example_rows, rows_for
-from .tolerance import action_unit, tolerance
+from .strategies import FLOAT32_MAX, MAX_MAGNITUDE, ObservationDomain, example_rows, rows_for
+from .tolerance import NOISE_FACTOR, action_unit, tolerance
 
 FLOAT32_UNIT = 2.0 ** -24  # unit roundoff of float32
+# Rows whose network meets magnitudes at or past this are not compared (Reference.decidable):
+# float32's largest value, with a margin for the reductions a graph may fuse or reorder (sums of
+# up to 1,024 such values, e.g. QR-DQN's mean over its quantiles) and for rounding.
+SAFE_MAGNITUDE = FLOAT32_MAX * 2.0 ** -10
+
+
+def _terms(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """|x| |W|^T + |b| of a linear layer (|x| * |W| + |b| of a convolution): the sum of the
+    magnitudes of the terms each output adds up."""
+    if isinstance(module, torch.nn.Conv2d):
+        return torch.nn.functional.conv2d(
+            x.abs(), module.weight.abs(), None if module.bias is None else module.bias.abs(),
+            module.stride, module.padding, module.dilation, module.groups)
+    magnitude = x.abs() @ module.weight.abs().T
+    return magnitude if module.bias is None else magnitude + module.bias.abs()
 
 
 
@@ -53,17 +68,72 @@ class Reference:
             rows = self.normalization.apply(rows)
         return self.layout.predict_input(rows)
 
-    def comparable(self, obs: np.ndarray) -> np.ndarray:
-        """Per row: is predict()'s own computation finite there? Past +-MAX_MAGNITUDE a float32
-        network can overflow (inf - inf is NaN): predict() then has no action to compare with."""
-        finite = np.ones(len(obs), dtype=bool)
-        extreme = np.flatnonzero(np.abs(obs).max(axis=1) > MAX_MAGNITUDE)
-        if len(extreme) and self.structure != "recurrent":
+    def examine(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One float32 pass of the network over flat raw rows: its raw output (the pre-clip,
+        pre-squash mean of a Box policy; the scores of a discrete one) as float64, and per row
+        whether predict() can decide there (`decidable`)."""
+        raw, largest = self._raw_and_magnitudes(obs)
+        return raw, largest < SAFE_MAGNITUDE
+
+    def magnitudes(self, obs: np.ndarray) -> np.ndarray:
+        """Per row, the bound on the largest magnitude predict()'s network meets there (see
+        `_raw_and_magnitudes`)."""
+        return self._raw_and_magnitudes(obs)[1]
+
+    def decidable(self, obs: np.ndarray) -> np.ndarray:
+        """Per row: can predict()'s float32 network be trusted to compute an answer there? Not
+        where its sums can overflow: once the terms of a layer's sum reach float32's largest
+        value, one order of adding them overflows and another does not (torch and ONNX Runtime
+        add in different orders, and differently for a row alone and inside a batch), so there
+        is no one action to compare with. Recurrent policies: always (REC-02 draws inside and
+        beyond the bounds only)."""
+        if self.structure == "recurrent":
+            return np.ones(len(obs), dtype=bool)
+        return self.examine(obs)[1]
+
+    def _raw(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's raw output: a Box policy's mean, a discrete policy's scores."""
+        return self.head.mean(x) if self.kind == "Box" else self.head(x, scores=True)
+
+    def _raw_and_magnitudes(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The raw output, and per row a bound on the largest magnitude predict()'s float32
+        network meets: at every linear layer (and convolution), max|x| times its largest row
+        sum of |W|, plus max|b|, which bounds each of its partial sums whatever order they are
+        added in (and, through its input, what the layers before it made); then the output
+        itself. In float32, whose products and sums of magnitudes only round (an overflow to inf
+        is past any limit anyway)."""
+        n = len(obs)
+        largest = torch.zeros(n, dtype=torch.float32)
+
+        def record(values: torch.Tensor) -> None:
+            per_row = values.abs().reshape(n, -1).amax(dim=1)
+            torch.fmax(largest, torch.nan_to_num(per_row, nan=math.inf), out=largest)
+
+        def hook(module, inputs, output):
+            gain, bias = self._gains[module]
+            record(inputs[0].abs().reshape(n, -1).amax(dim=1) * gain + bias)
+
+        hooks = [module.register_forward_hook(hook) for module in self._gains]
+        try:
             with torch.no_grad():
-                raw = self.head.mean(torch.as_tensor(obs[extreme])) if self.kind == "Box" \
-                    else self.head(torch.as_tensor(obs[extreme]), scores=True)
-            finite[extreme] = np.isfinite(raw.numpy()).all(axis=1)
-        return finite
+                raw = self._raw(torch.as_tensor(obs, dtype=torch.float32))
+        finally:
+            for handle in hooks:
+                handle.remove()
+        if n:
+            record(raw)
+        return raw.double().numpy(), largest.double().numpy()
+
+    @cached_property
+    def _gains(self) -> dict[torch.nn.Module, tuple[float, float]]:
+        """Per linear layer and convolution: its largest sum of |W| over one output, and max|b|."""
+        gains = {}
+        for module in self.head.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                weight = module.weight.detach().abs().double()
+                bias = 0.0 if module.bias is None else float(module.bias.detach().abs().max())
+                gains[module] = (float(weight.reshape(len(weight), -1).sum(dim=1).max()), bias)
+        return gains
 
     def at_clip(self, obs: np.ndarray) -> np.ndarray:
         """Per raw row: does its normalized observation reach +-clip_obs somewhere?"""
@@ -154,9 +224,11 @@ class Reference:
             return self.head(torch.as_tensor(obs, dtype=torch.float32), scores=True,
                              **extra).double().numpy()
 
-    def rounding_noise(self, obs: np.ndarray, samples: int = 4, **forward) -> np.ndarray:
-        """The oracle's own float32 rounding error per element, estimated two ways, the larger
-        kept: the measured |float32 - float64| of the computation, and stochastic arithmetic:
+    def rounding_noise(self, obs: np.ndarray, samples: int = 4, raw: bool = False
+                       ) -> np.ndarray:
+        """The oracle's own float32 rounding error per element of the action (with `raw`, of
+        the network's raw output: a Box policy's mean, a discrete one's scores), estimated two
+        ways, the larger kept: the measured |float32 - float64| of the computation, and stochastic arithmetic:
         `samples` float64 forwards in which every Linear (and Conv2d) output is perturbed by a
         simulated float32 accumulation error u * sqrt(n_in) * (|x| |W|^T + |b|) * N(0, 1), and the
         observation normalization (if any) by the error of normalizing in float32 with float32
@@ -167,18 +239,9 @@ class Reference:
         rng = np.random.default_rng(0)
 
         def linear_error(module, x, output):
-            if isinstance(module, torch.nn.Conv2d):
-                magnitude = torch.nn.functional.conv2d(
-                    x.abs(), module.weight.abs(), None if module.bias is None
-                    else module.bias.abs(), module.stride, module.padding, module.dilation,
-                    module.groups)
-                terms = module.weight[0].numel()
-            else:
-                magnitude = x.abs() @ module.weight.abs().T
-                if module.bias is not None:
-                    magnitude = magnitude + module.bias.abs()
-                terms = x.shape[-1]
-            return FLOAT32_UNIT * math.sqrt(terms) * magnitude
+            terms = module.weight[0].numel() if isinstance(module, torch.nn.Conv2d) \
+                else x.shape[-1]
+            return FLOAT32_UNIT * math.sqrt(terms) * _terms(module, x)
 
         def normalization_error(module, x, output):
             mean, std = module.exact
@@ -196,18 +259,19 @@ class Reference:
                  if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
         hooks += [m.register_forward_hook(perturb(normalization_error))
                   for m in self.head.modules() if isinstance(m, ObservationNormalizer)]
+        compute = self._raw if raw else self.head
         rows = torch.as_tensor(np.tile(obs, (samples + 1, 1)), dtype=torch.float64)
         try:
             with torch.no_grad():
                 with self._in_float64():
-                    out = self.head(rows, **forward)
+                    out = compute(rows)
         finally:
             for hook in hooks:
                 hook.remove()
         exact = out[:n]
         simulated = (out[n:].reshape(samples, n, -1) - exact).abs().amax(dim=0)
         with torch.no_grad():
-            f32 = self.head(torch.as_tensor(obs, dtype=torch.float32), **forward).double()
+            f32 = compute(torch.as_tensor(obs, dtype=torch.float32)).double()
             measured = (f32 - exact).abs()
         return torch.maximum(measured, simulated).numpy()
 
@@ -224,11 +288,27 @@ class Reference:
             return np.broadcast_to(self.fixed_tolerance, (len(obs), self.act_dim))
         return tolerance(self.low, self.high, self.rounding_noise(obs))
 
-    def overshoot(self, obs: np.ndarray) -> np.ndarray:
-        """Per row, how far (in action units) the pre-clip mean lies outside the bounds; <= 0 inside."""
+    def within_rounding(self, obs: np.ndarray, final: np.ndarray) -> np.ndarray:
+        """Per element of a Box action: is `final` an action predict()'s own float32 rounding
+        could give? predict() post-processes (clips, or squashes and unscales) a mean it knows
+        only within its rounding noise; the post-processing of every mean within 8 times that
+        noise (plus the tolerance's fixed term) is as good an answer. Where tanh saturates and
+        the noise reaches past 0, that is either bound: the sign of the mean is a rounding
+        tie."""
+        mean = torch.as_tensor(self.mean(obs))
+        reach = NOISE_FACTOR * torch.as_tensor(self.rounding_noise(obs, raw=True))
+        with torch.no_grad():
+            lowest = self.head.post(mean - reach).double().numpy()
+            highest = self.head.post(mean + reach).double().numpy()
+        slack = self.fixed_tolerance
+        return (final >= lowest - slack) & (final <= highest + slack)
+
+    def overshoot(self, obs: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
+        """Per row, how far (in action units) the pre-clip mean (computed here unless given)
+        lies outside the bounds; <= 0 inside."""
         if not self.clips:
             return np.full(len(obs), -np.inf)
-        mean = self.mean(obs)
+        mean = self.mean(obs) if mean is None else mean
         past = np.maximum(mean - self.high, self.low - mean) / action_unit(self.low, self.high)
         return past.max(axis=1)
 
@@ -296,11 +376,11 @@ class Reference:
     # --- search helpers ---------------------------------------------------------------------
     def _pool(self, rng: np.random.Generator, size: int) -> np.ndarray:
         """Random rows over the domain (half inside, a quarter beyond, a quarter far) where
-        predict() is finite."""
+        predict() can decide."""
         size = rows_for(self.obs_dim, size)
         rows = np.vstack([self.domain.inside(rng, size - 2 * (size // 4)),
                           self.domain.beyond(rng, size // 4), self.domain.far(rng, size // 4)])
-        return rows[self.comparable(rows)]
+        return rows[self.decidable(rows)]
 
     def _ascend(self, rng: np.random.Generator, objectives, starts: int = 16,
                 steps: int = 60) -> np.ndarray:

@@ -6,13 +6,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import math
+
 import numpy as np
 from hypothesis import HealthCheck, given, settings, target
 
 from . import check, spec
 from .check import row
 from .artifact import Artifact, ArtifactError
-from .strategies import Batch, rows_for
+from .strategies import FLOAT32_MAX, Batch, rows_for
 from .tolerance import RULE, tolerance
 
 if TYPE_CHECKING:
@@ -65,11 +67,22 @@ class ParityStats:
         self.possible[clause_id] = possible
 
 
+@dataclass(frozen=True)
+class Problem:
+    """A disagreement with predict(): what it is, and what usually causes such a one."""
+    text: str
+    causes: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
 class Mismatch(AssertionError):
     """A disagreement, with the arrays that replay it (see `policy-onnx replay`)."""
 
-    def __init__(self, text: str, replay: dict[str, np.ndarray | None]):
-        super().__init__(text)
+    def __init__(self, problem: Problem, drawn: str, replay: dict[str, np.ndarray | None]):
+        super().__init__(f"{problem.text}\n  drawn as {drawn}")
+        self.causes = problem.causes
         self.replay = replay
 
 
@@ -77,15 +90,38 @@ def _worst(diff: np.ndarray) -> float:
     return float("nan") if np.isnan(diff).any() else float(diff.max())
 
 
-def compare(reference: Reference, artifact: Artifact, obs: np.ndarray,
-            batch_size: int | None = None) -> str | None:
-    """None when every row matches; else a description of the worst row."""
+def _run_scheduled(artifact: Artifact, obs: np.ndarray, masks: np.ndarray | None,
+                  batch_sizes: tuple[int, ...] | None):
+    """The artifact's final actions for the rows of `obs` run in consecutive batches of
+    `batch_sizes` (one batch: None), the rows repeated where the sizes add up to more:
+    (actions per row run, the row of `obs` each one is, the size of the batch it ran in)."""
+    total = sum(batch_sizes) if batch_sizes else len(obs)
+    origin = np.arange(total) % len(obs)
+    obtained = artifact.final_action(obs[origin], None if masks is None else masks[origin],
+                                     batch_sizes)
+    ran_in = np.repeat(batch_sizes, batch_sizes) if batch_sizes else np.full(total, total)
+    return obtained, origin, ran_in
+
+
+def _worst_copies(origin: np.ndarray, badness: np.ndarray) -> np.ndarray:
+    """For each row of the example (0, 1, ...), the run of it with the largest `badness`."""
+    order = np.lexsort((-badness, origin))
+    return order[np.r_[True, origin[order][1:] != origin[order][:-1]]]
+
+
+def compare(reference: Reference, artifact: Artifact, obs: np.ndarray, stats: ParityStats,
+            clause_id: str, batch_sizes: tuple[int, ...] | None = None) -> Problem | None:
+    """None when every row matches in every batch it ran in, or differs only where
+    predict()'s own rounding could have given the artifact's action (a rounding tie,
+    counted); else the worst row."""
     expected = reference.predict(obs)
-    obtained = artifact.final_action(obs, batch_size=batch_size)
-    if obtained.shape != expected.shape:
-        return (f"the final action has shape {obtained.shape}, but predict() returns "
-                f"{expected.shape} for {len(obs)} observations")
-    diff = np.abs(obtained - expected)
+    obtained, origin, ran_in = _run_scheduled(artifact, obs, None, batch_sizes)
+    if obtained.shape[1:] != expected.shape[1:]:
+        return Problem(f"the final action has shape {obtained.shape[1:]} per row, but predict() "
+                       f"returns {expected.shape[1:]}", LIKELY_CAUSES)
+    diff = np.abs(obtained - expected[origin])
+    copies = _worst_copies(origin, np.where(np.isnan(diff), np.inf, diff).max(axis=1))
+    obtained, diff, ran_in = obtained[copies], diff[copies], ran_in[copies]
     # The noise term of the tolerance is costly: measure it only for rows the fixed term rejects.
     # NaN in either side must fail: compare with "not <=".
     tolerance = np.broadcast_to(reference.fixed_tolerance, diff.shape).copy()
@@ -93,13 +129,22 @@ def compare(reference: Reference, artifact: Artifact, obs: np.ndarray,
     if suspects.any():
         tolerance[suspects] = reference.tolerance(obs[suspects])
     bad = ~(diff <= tolerance)
+    rows = np.flatnonzero(bad.any(axis=1))
+    if len(rows):
+        ties = reference.within_rounding(obs[rows], obtained[rows])
+        stats.near_ties[clause_id] += int((bad[rows] & ties).any(axis=1).sum())
+        bad[rows] &= ~ties
     if not bad.any():
         return None
     excess = np.where(np.isnan(diff), np.inf, diff / tolerance)
-    worst = int(np.argmax(excess.max(axis=1)))
+    rows = np.flatnonzero(bad.any(axis=1))
+    extreme = _extreme(reference, obs[rows], obtained[rows])
+    worst = _first_ordinary(rows, extreme, excess[rows].max(axis=1, where=bad[rows],
+                                                            initial=-np.inf))
     mean = reference.mean(obs[worst:worst + 1])[0]
-    return "\n".join([
-        f"max |final - predict| = {_worst(diff[worst]):.3g} at row {worst} ({int(bad.any(axis=1).sum())} of {len(obs)} rows differ), "
+    text = "\n".join([
+        f"max |final - predict| = {_worst(diff[worst]):.3g} at row {worst}, run in a batch of "
+        f"{ran_in[worst]} ({len(rows)} of {len(obs)} rows differ), "
         f"but must be <= tolerance {tolerance[worst].max():.3g} "
         f"(action_transform={artifact.transform})",
         f"  obs       = {row(obs[worst])}",
@@ -110,6 +155,35 @@ def compare(reference: Reference, artifact: Artifact, obs: np.ndarray,
         f"  pre-clip mean = {row(mean)}  (action bounds low={row(reference.low)}, "
         f"high={row(reference.high)})",
     ])
+    return _with_causes(bool(extreme.all()), text, LIKELY_CAUSES, len(rows))
+
+
+def _extreme(reference: Reference, obs: np.ndarray, obtained: np.ndarray) -> np.ndarray:
+    """Per row: is it near float32's limits? The artifact's action is not finite, the
+    observation holds a magnitude past sqrt(float32's largest) (where a product of two such
+    values overflows), or predict()'s network meets magnitudes past NEAR_OVERFLOW."""
+    return (~np.isfinite(obtained.reshape(len(obs), -1)).all(axis=1)
+            | (np.abs(obs).max(axis=1) >= math.sqrt(FLOAT32_MAX))
+            | (reference.magnitudes(obs) >= NEAR_OVERFLOW))
+
+
+def _first_ordinary(rows: np.ndarray, extreme: np.ndarray, badness: np.ndarray) -> int:
+    """The row to report: the worst of the rows far from float32's limits (a fault there has
+    an ordinary cause), else the worst of all."""
+    ordinary = ~extreme
+    if ordinary.any():
+        return int(rows[ordinary][np.argmax(badness[ordinary])])
+    return int(rows[np.argmax(badness)])
+
+
+def _with_causes(all_extreme: bool, text: str, usual: str, differing: int) -> Problem:
+    """The problem with the causes that fit it: float32 overflow when every differing row is
+    near float32's limits."""
+    if not all_extreme:
+        return Problem(text, usual)
+    return Problem(f"{text}\n  all {differing} differing rows are near float32's limits (an "
+                   "action that is not finite, observations past 1.8e19, or a network meeting "
+                   f"magnitudes past {NEAR_OVERFLOW:g})", OVERFLOW_CAUSES)
 
 
 def _score_gaps(reference: Reference, expected: np.ndarray, obtained: np.ndarray,
@@ -149,31 +223,37 @@ def _beyond_ties(differs, gaps, chosen, noise, stats: ParityStats, clause_id: st
 
 def compare_discrete(reference: Reference, artifact: Artifact, obs: np.ndarray,
                      stats: ParityStats, clause_id: str, masks: np.ndarray | None = None,
-                     batch_size: int | None = None) -> str | None:
-    """None when every action equals predict() or differs only at a rounding tie."""
+                     batch_sizes: tuple[int, ...] | None = None) -> Problem | None:
+    """None when every action, in every batch it ran in, equals predict() or differs only at
+    a rounding tie."""
     if reference.masked and masks is None:
         masks = np.ones((len(obs), reference.head.mask_width), dtype=bool)
     expected = reference.predict(obs, masks)
     stats.record_choices(clause_id, expected, len(reference.choices))
-    obtained = artifact.final_action(obs, masks, batch_size).reshape(len(obs), -1)
-    if obtained.shape != expected.shape:
-        return (f"the action has shape {obtained.shape} per batch, but predict() returns "
-                f"{expected.shape} for {len(obs)} observations")
+    obtained, origin, ran_in = _run_scheduled(artifact, obs, masks, batch_sizes)
+    obtained = obtained.reshape(len(origin), -1)
+    if obtained.shape[1:] != expected.shape[1:]:
+        return Problem(f"the action has {obtained.shape[1]} elements per row, but predict() "
+                       f"returns {expected.shape[1]}", DISCRETE_CAUSES)
+    copies = _worst_copies(origin, (~(obtained == expected[origin])).sum(axis=1))
+    obtained, ran_in = obtained[copies], ran_in[copies]
     differs = ~(obtained == expected)
     if not differs.any():
         return None
     rows = np.flatnonzero(differs.any(axis=1))
     scores = reference.scores(obs[rows], None if masks is None else masks[rows])
     gaps, chosen = _score_gaps(reference, expected[rows], obtained[rows], scores)
-    noise = reference.rounding_noise(obs[rows], scores=True)
+    noise = reference.rounding_noise(obs[rows], raw=True)
     real, allowed = _beyond_ties(differs[rows], gaps, chosen, noise, stats, clause_id)
     if not real.any():
         return None
-    worst = int(np.argmax(real.any(axis=1)))
+    differing = real.any(axis=1)
+    extreme = _extreme(reference, obs[rows[differing]], obtained[rows[differing]])
+    worst = int(np.flatnonzero(differing)[np.argmax(~extreme) if (~extreme).any() else 0])
     i = rows[worst]
-    return "\n".join([
-        f"the action differs from predict() at row {i} ({int(real.any(axis=1).sum())} of "
-        f"{len(obs)} rows differ beyond a rounding tie)",
+    text = "\n".join([
+        f"the action differs from predict() at row {i}, run in a batch of {ran_in[i]} "
+        f"({int(differing.sum())} of {len(obs)} rows differ beyond a rounding tie)",
         f"  obs     = {row(obs[i])}",
         f"  predict = {expected[i].tolist()}",
         f"  action  = {obtained[i].tolist()}",
@@ -181,6 +261,7 @@ def compare_discrete(reference: Reference, artifact: Artifact, obs: np.ndarray,
         f"  model scores = {row(scores[worst])}",
         f"  score gap = {row(gaps[worst])}, a tie only within {row(allowed[worst])}",
     ])
+    return _with_causes(bool(extreme.all()), text, DISCRETE_CAUSES, int(differing.sum()))
 
 
 LIKELY_CAUSES = (
@@ -192,51 +273,69 @@ DISCRETE_CAUSES = (
     "Usual causes: argmax over the wrong axis or the wrong split of the logits; the exported "
     "weights differ from the model's; a threshold other than predict()'s round(sigmoid(logit)); "
     "the graph samples instead of taking the most likely action.")
+# A network meeting magnitudes past this is near float32 overflow (SAFE_MAGNITUDE is where the
+# suite stops comparing): a difference there is told as one.
+NEAR_OVERFLOW = 1e30
+OVERFLOW_CAUSES = (
+    "The artifact differs only near float32's limits, so the usual causes are there, not in "
+    "the post-processing: its arithmetic overflows where predict()'s does not (a product or "
+    "square of observations, normalization or scaling folded into the weights, a reordered "
+    "sum, a cast to a narrower float type), or it limits large observations on the way in (a "
+    "clip, a saturation), which predict() does not.")
 
 
 def compare_any(reference: Reference, artifact: Artifact, obs: np.ndarray,
                 stats: ParityStats, clause_id: str, masks: np.ndarray | None = None,
-                batch_size: int | None = None) -> str | None:
+                batch_sizes: tuple[int, ...] | None = None) -> Problem | None:
     """The comparison of the policy's kind: a tolerance for Box actions, ties for discrete;
-    the artifact runs the rows in batches of `batch_size` (None: one batch)."""
+    the artifact runs the rows in consecutive batches of `batch_sizes` (None: one batch)."""
     if reference.kind == "Box":
-        return compare(reference, artifact, obs, batch_size)
-    return compare_discrete(reference, artifact, obs, stats, clause_id, masks, batch_size)
+        return compare(reference, artifact, obs, stats, clause_id, batch_sizes)
+    return compare_discrete(reference, artifact, obs, stats, clause_id, masks, batch_sizes)
+
+
+def search_settings() -> settings:
+    """The settings of a clause's search: the profile in effect (made when the clause runs, so
+    that --hypothesis-profile applies), with every health check off. Health checks judge the
+    suite's own strategies (an example too large, too slow to draw...), never the artifact:
+    none of them may end a clause."""
+    return settings(suppress_health_check=list(HealthCheck))
 
 
 def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, strategy,
                  policy, steer: bool = False) -> None:
     """Run the hypothesis search; fail the clause with the worst observation of the minimal
     example. With `steer`, hypothesis is also told to maximize the share of rows whose mean leaves
-    the action bounds."""
+    the action bounds. Rows where predict() cannot decide (its float32 network can overflow)
+    are not compared, and counted."""
 
-    @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @search_settings()
     @given(batch=strategy)
     def parity_holds(batch: Batch) -> None:
-        comparable = reference.comparable(batch.observations)
-        obs = batch.observations[comparable]
-        masks = None if batch.masks is None else batch.masks[comparable]
+        raw, decided = reference.examine(batch.observations)
+        obs = batch.observations[decided]
+        masks = None if batch.masks is None else batch.masks[decided]
+        undecided = int((~decided).sum())
         if not len(obs):
-            policy.stats.record(clause.id, 0, 0, 0, len(comparable))
+            policy.stats.record(clause.id, 0, 0, 0, undecided)
             return
-        out_of_bounds = int((reference.overshoot(obs) > 0).sum())
+        out_of_bounds = int((reference.overshoot(obs, raw[decided]) > 0).sum())
         if steer:
             target(out_of_bounds / len(obs), label="share of rows whose mean leaves the bounds")
+        schedule = batch.schedule(len(obs))
         problem = compare_any(reference, artifact, obs, policy.stats, clause.id, masks,
-                              batch.batch_size)
+                              schedule)
         # Counted once both sides have acted on them (an artifact that cannot run raises above).
         policy.stats.record(clause.id, len(obs), out_of_bounds,
-                            int(reference.at_clip(obs).sum()), int((~comparable).sum()))
+                            int(reference.at_clip(obs).sum()), undecided)
         if problem:
-            raise Mismatch(f"{problem}\n  drawn as {batch}",
-                           {"observations": obs, "masks": masks,
-                            "batch_size": batch.batch_size})
+            raise Mismatch(problem, repr(batch), {"observations": obs, "masks": masks,
+                                                  "batch_sizes": schedule})
 
-    _search(clause, parity_holds, policy,
-            LIKELY_CAUSES if reference.kind == "Box" else DISCRETE_CAUSES)
+    _search(clause, parity_holds, policy)
 
 
-def _search(clause: spec.Clause, search, policy, causes: str) -> None:
+def _search(clause: spec.Clause, search, policy) -> None:
     """Run a hypothesis search; a mismatch fails the clause with its counterexample saved and
     the commands that replay it and rerun the search."""
     try:
@@ -246,7 +345,7 @@ def _search(clause: spec.Clause, search, policy, causes: str) -> None:
         saved = policy.save_counterexample(clause.id, mismatch.replay)
         check.fail(clause, "\n".join([
             str(mismatch), f"Counterexample: {saved}; replay it: {policy.replay(saved)}",
-            f"Reproduce the search: {policy.reproduce(clause.id)}", *notes, causes]))
+            f"Reproduce the search: {policy.reproduce(clause.id)}", *notes, mismatch.causes]))
     except ArtifactError as exc:
         check.fail(clause, str(exc))
 
@@ -262,7 +361,7 @@ def check_recurrent_parity(clause: spec.Clause, reference: Reference, artifact: 
                            strategy, policy) -> None:
     """Rollouts of drawn length over the drawn rows, from a zero or a warmed-up state."""
 
-    @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @search_settings()
     @given(batch=strategy)
     def rollouts_agree(batch: Batch) -> None:
         rng = np.random.default_rng(batch.seed)
@@ -281,13 +380,14 @@ def check_recurrent_parity(clause: spec.Clause, reference: Reference, artifact: 
         problem = rollout_problem(reference, artifact, steps, starts, policy.stats, clause.id,
                                   initial, warm_up)
         if problem:
-            raise Mismatch(f"{problem}\n  drawn as {batch}, {length} steps of {envs} "
-                           f"environments after {warm_up} warm-up steps",
+            raise Mismatch(Problem(problem, RECURRENT_CAUSES),
+                           f"{batch}, {length} steps of {envs} environments after {warm_up} "
+                           "warm-up steps",
                            {"observations": steps, "episode_starts": starts,
                             "initial_state_h": initial[0], "initial_state_c": initial[1],
                             "warm_up": warm_up})
 
-    _search(clause, rollouts_agree, policy, RECURRENT_CAUSES)
+    _search(clause, rollouts_agree, policy)
 
 
 def rollout_problem(reference: Reference, artifact: Artifact, steps: np.ndarray,

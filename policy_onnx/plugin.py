@@ -28,11 +28,14 @@ from hypothesis import settings
 
 from . import __version__, spec
 from .artifact import Artifact, ArtifactError, sha256
+from .check import VERDICTS, suite_limitation
+from .layouts import Found, find_models, find_statistics, unique_names
 from .load import LoadedModel, ModelLoadError, load_model
 from .metadata import TRANSFORMS
 from .observations import IMAGE_LAYOUTS
 from .parity import ParityStats
-from .report import Verdicts, all_met, policies_line, report_document, write_json
+from .report import (Verdicts, all_met, normalization_line, policies_line, report_document,
+                     write_json)
 from .tolerance import RULE, tolerance
 
 # No example database: a run writes nothing into the user's folder (failures are saved as
@@ -49,15 +52,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                             f"{spec.SPEC_VERSION})")
     group.addoption(
         "--model", metavar="ZIP", action="append",
-        help="SB3 model .zip to check, or a folder: every .zip in it. Repeat it to gate several "
-             "models in one run, each its own set of clause tests. Without --onnx the suite "
-             "exports each model once with its own exporter and checks that artifact. "
-             "Default: none.")
+        help="SB3 model .zip to check, or a folder: every agent in it and its subfolders (an "
+             "RL Zoo tree ALGO/ENV_N/ENV.zip, Hub repositories; a Zoo run's best_model.zip and "
+             "checkpoints only when given as files). Repeat it to gate several models in one "
+             "run, each its own set of clause tests. Without --onnx the suite exports each "
+             "model once with its own exporter and checks that artifact. Default: none.")
     group.addoption(
         "--onnx", metavar="FILE", action="append",
         help="ONNX artifact exported elsewhere to check. With --model it is checked against that "
              "model (repeat it once per --model, in the same order, or give a folder holding "
-             "<model name>.onnx for each model); alone, the clauses that need the model are "
+             "<model name>.onnx for each model, e.g. ppo/CartPole-v1_1.onnx for a Zoo run); "
+             "alone, the clauses that need the model are "
              "skipped. Default: none.")
     group.addoption(
         "--action-transform", choices=TRANSFORMS, default="none",
@@ -136,14 +141,28 @@ class Policy:
 
     def current_facts(self) -> dict:
         """What the pytest-xdist controller needs to sum up a policy it never opened."""
-        normalization = self.normalization
         return {"algorithm": self.loaded.algorithm if self.loaded else None,
                 "action_kind": self.action_kind, "structure": self.structure,
-                "normalization": normalization.describe() if normalization else None}
+                "normalization": self.normalization_facts}
 
     @property
     def normalization(self):
         return self.loaded.normalization if self.loaded else None
+
+    @property
+    def normalization_facts(self) -> dict | None:
+        """The statistics the model was checked with, as the report describes them (from a
+        pytest-xdist worker's facts when this process never opened the model)."""
+        normalization = self.normalization
+        return normalization.describe() if normalization else self.facts.get("normalization")
+
+    @property
+    def statistics_path(self) -> Path | None:
+        """The statistics file given or found by layout (unread): what a header names before
+        the model is opened."""
+        if self.vecnormalize == "none" or self.model_path is None:
+            return None
+        return Path(self.vecnormalize) if self.vecnormalize else find_statistics(self.model_path)
 
     @property
     def action_kind(self) -> str:
@@ -219,7 +238,8 @@ class Policy:
         """Read when the run is summed up, once the suite's own export (if any) exists."""
         if self.given_artifact:
             return self.given_artifact.sha256
-        return sha256(self.exported_path) if self.exported_path else None
+        path = self.artifact_path
+        return sha256(path) if path and path.is_file() else None
 
     def save_counterexample(self, clause_id: str, arrays: dict) -> Path:
         """The failing input of a parity clause (observations, and masks or episode starts), as
@@ -257,24 +277,24 @@ class Policy:
                            str(counterexample)])
 
     def describe(self) -> dict:
-        """The model and the artifact, as the JSON report names them."""
+        """The model and the artifact, as the JSON report names them: the same fields for
+        every policy, whether its model could be opened or not (then `open_failure` says why,
+        and what only the opened model tells is null)."""
         artifact = self.artifact_path
-        if self.open_failure:
-            return {"name": self.key, "model": str(self.model_path) if self.model_path else None,
-                    "artifact": str(self.onnx_path) if self.onnx_path else None,
-                    "open_failure": self.open_failure}
-        normalization = self.normalization
+        readable = self.model_path is not None and self.model_path.is_file()
+        opened = not self.open_failure
         return {
             "name": self.key,
-            "model": {"path": str(self.model_path), "sha256": self.model_sha256,
+            "model": {"path": str(self.model_path),
+                      "sha256": self.model_sha256 if readable else None,
                       "algorithm": self.loaded.algorithm if self.loaded
                       else self.facts.get("algorithm")} if self.model_path else None,
-            "normalization": normalization.describe() if normalization
-            else self.facts.get("normalization"),
+            "normalization": self.normalization_facts,
             "artifact": {"path": str(artifact), "sha256": self.artifact_sha256,
                          "exported_by_suite": self.onnx_path is None} if artifact else None,
-            "action_space": self.action_kind,
-            "structure": self.structure,
+            "action_space": self.action_kind if opened else None,
+            "structure": self.structure if opened else None,
+            "open_failure": self.open_failure,
         }
 
 
@@ -286,6 +306,8 @@ class Run:
     requested_level: spec.Level
     report_path: Path | None
     announce: Callable[[str], None]  # a line on the terminal, now
+    # Best models and checkpoints of RL Zoo runs in the folders given (not checked: layouts.py).
+    passed_over: list[Path] = field(default_factory=list)
     # How this run's clause tests are run again from where it started (set at collection).
     suite_command: tuple[str, ...] = ("pytest", "--pyargs", "policy_onnx.conformance")
 
@@ -411,32 +433,43 @@ def _paths(values: list[str] | None) -> list[Path]:
     return [Path(v).expanduser() for v in values or []]
 
 
-def _in_folders(paths: list[Path], pattern: str, option: str) -> list[Path]:
-    """Each folder replaced by the files in it that match `pattern`, sorted."""
+def _onnx_in_folders(paths: list[Path]) -> list[Path]:
+    """--onnx alone: each folder replaced by the artifacts in it, sorted."""
     expanded = []
     for path in paths:
-        if not path.is_dir():
-            expanded.append(path)
-            continue
-        found = sorted(path.glob(pattern))
+        found = sorted(path.glob("*.onnx")) if path.is_dir() else [path]
         if not found:
-            raise pytest.UsageError(f"{option} {path}: the folder holds no {pattern} file; give "
-                                    f"a folder of models or the files themselves")
+            raise pytest.UsageError(f"--onnx {path}: the folder holds no *.onnx file; give a "
+                                    "folder of artifacts or the files themselves")
         expanded.extend(found)
     return expanded
 
 
-def _pairs(config: pytest.Config) -> list[tuple[Path | None, Path | None]]:
+def _models(config: pytest.Config) -> Found:
+    """The models of --model: files as given, folders searched through (layouts.find_models)."""
+    given = _paths(config.getoption("model"))
+    found = find_models(given)
+    for folder in (p for p in given if p.is_dir()):
+        if not any(m.is_relative_to(folder) for m in found.models):
+            extras = [m for m in found.passed_over if m.is_relative_to(folder)]
+            raise pytest.UsageError(
+                f"--model {folder}: the folder holds no model .zip (its subfolders searched "
+                "through" + (f"; {len(extras)} best model(s) and checkpoint(s) of RL Zoo runs "
+                             "are checked only when given as files" if extras else "")
+                + "); give a folder of models or the files themselves")
+    return found
+
+
+def _pairs(config: pytest.Config, models: list[Path]) -> list[tuple[Path | None, Path | None]]:
     """(model, artifact) per policy, from the --model and --onnx options."""
     onnx_given = _paths(config.getoption("onnx"))
-    models = _in_folders(_paths(config.getoption("model")), "*.zip", "--model")
     if not models:
-        return [(None, path) for path in _in_folders(onnx_given, "*.onnx", "--onnx")]
+        return [(None, path) for path in _onnx_in_folders(onnx_given)]
     if not onnx_given:
         return [(model, None) for model in models]
     if len(onnx_given) == 1 and onnx_given[0].is_dir():
         folder = onnx_given[0]
-        artifacts = [folder / f"{model.stem}.onnx" for model in models]
+        artifacts = [folder / f"{name}.onnx" for name in unique_names(models)]
         missing = [str(a) for a in artifacts if not a.is_file()]
         if missing:
             raise pytest.UsageError(f"--onnx {folder}: no artifact for "
@@ -503,10 +536,9 @@ def _deferred(key: str, model_path: Path, onnx_path: Path | None, **options) -> 
 
 
 def _keys(pairs) -> list[str]:
-    """Unique readable names: the file's stem, numbered when two stems are the same."""
-    stems = [(model or onnx).stem for model, onnx in pairs]
-    return [stem if stems.count(stem) == 1 else f"{stem}-{stems[:i + 1].count(stem)}"
-            for i, stem in enumerate(stems)]
+    """Unique readable names (layouts.unique_names): a Zoo run's `ppo/CartPole-v1_1`, else
+    the file's stem."""
+    return unique_names([model or onnx for model, onnx in pairs])
 
 
 @pytest.hookimpl(wrapper=True)  # around pytest-xdist's, which turns "no" into "load"
@@ -547,7 +579,8 @@ def pytest_configure(config: pytest.Config) -> None:
             ) from None
     transform = config.getoption("action_transform")
     trust_code = config.getoption("trust_model_code")
-    pairs = _pairs(config)
+    found = _models(config)
+    pairs = _pairs(config, found.models)
     if _worker(config):
         _share_the_cores(min(config.workerinput["workercount"], len(pairs)))
     policies = []
@@ -574,7 +607,7 @@ def pytest_configure(config: pytest.Config) -> None:
     report = config.getoption("report")
     run = Run(policies, spec.Level[config.getoption("level").upper()],
               Path(report).expanduser() if report else None,
-              lambda line: _announce(config, line))
+              lambda line: _announce(config, line), found.passed_over)
     config.stash[RUN] = run
     config.pluginmanager.register(run, "policy-onnx-run")
 
@@ -652,6 +685,10 @@ def pytest_runtest_makereport(item: pytest.Item, call):
     (the pytest-xdist controller sees nothing else)."""
     report = yield
     marker = item.get_closest_marker("clause")
+    if marker is not None and call.excinfo is not None and \
+            not call.excinfo.errisinstance(VERDICTS):
+        report.longrepr = suite_limitation(spec.clause(marker.args[0]), call.excinfo)
+        report.user_properties.append(("suite_error", True))
     if marker is not None and report.when == "call":
         policy = _policy_of(item)
         found = policy.stats.for_clause(marker.args[0])
@@ -675,6 +712,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     lines = [f"policy-onnx {__version__}: POLICY_ONNX_SPEC {spec.SPEC_VERSION}, "
              f"hypothesis profile {settings.get_current_profile_name()!r}",
              f"parity tolerance: {RULE}"]
+    if run.passed_over:
+        lines.append(f"passed over: {len(run.passed_over)} best model(s) and checkpoint(s) of RL "
+                     "Zoo runs, checked only when given as files (e.g. "
+                     f"{run.passed_over[0]})")
     if len(run.policies) > 1:
         lines.append(f"{len(run.policies)} policies, each its own set of clause tests:")
     for policy in run.policies:
@@ -690,18 +731,16 @@ def _header_lines(policy: Policy) -> list[str]:
     if policy.deferred:
         lines.append(f"model: {policy.model_path} (sha256 {policy.model_sha256}; opened where "
                      "its tests run)")
+        statistics = policy.statistics_path
+        if statistics is not None:
+            lines.append(f"observation normalization: {statistics} (sha256 {sha256(statistics)};"
+                         " read where its tests run)")
     if policy.loaded:
         lines.append(f"model: {policy.model_path} ({policy.loaded.algorithm}, "
                      f"sha256 {policy.model_sha256})")
-        normalization = policy.normalization
-        if normalization:
-            lines.append(
-                f"observation normalization: {normalization.path} (sha256 "
-                f"{normalization.sha256}, " + (f"clip_obs {normalization.clip_obs:g}, epsilon "
-                f"{normalization.epsilon:g}" if normalization.norm_obs else "norm_obs false: "
-                "observations pass unchanged") + "); the artifact takes raw observations")
-        elif policy.vecnormalize == "none":
-            lines.append("observation normalization: none (--vecnormalize none)")
+    line = normalization_line(policy.normalization_facts, policy.vecnormalize)
+    if line and not policy.deferred:
+        lines.append(line)
     if policy.onnx_path:
         lines.append(f"artifact: {policy.onnx_path} (sha256 {policy.given_artifact.sha256})")
     else:
@@ -749,6 +788,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         if policy.exported_path:
             write(f"exported artifact: {policy.exported_path} "
                   f"(sha256 {policy.artifact_sha256})")
+        line = normalization_line(policy.normalization_facts, policy.vecnormalize)
+        if line:
+            write(line)
         for line in policy.verdicts.statistics_lines(policy.action_kind):
             write(line)
     if len(run.judged) > 1:

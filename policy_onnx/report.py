@@ -47,8 +47,8 @@ class Verdicts:
         if "observations" in properties:
             self.statistics[clause.id] = {name: properties[name] for name in STATISTICS}
         outcome = report.outcome
-        if report.outcome == "failed" and report.when != "call":
-            outcome = "error"
+        if report.outcome == "failed" and (report.when != "call" or "suite_error" in properties):
+            outcome = "error"  # not the artifact's fault: set-up, or the suite's own limitation
         if report.outcome == "skipped":
             detail = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
             detail = detail.removeprefix("Skipped: ")
@@ -126,6 +126,9 @@ class Verdicts:
             if spec.clause(clause_id).kinds == spec.BOX:
                 detail = (f", {counts['mean_outside_bounds']:,} with the mean outside the "
                           "action bounds")
+                if counts.get("rounding_ties"):
+                    detail += (f", {counts['rounding_ties']:,} differing only at a rounding "
+                               "tie")
             elif kind != "Box":
                 detail = f", {counts['rounding_ties']:,} disagreeing only at a rounding tie"
                 if counts.get("choices_possible"):
@@ -157,6 +160,21 @@ class Verdicts:
                         if c.id in self.by_clause],
             "statistics": dict(sorted(self.statistics.items())),
         }
+
+
+def normalization_line(described: dict | None, option: str | None = None) -> str:
+    """The statistics a policy is checked with, in one line (`described`: as
+    Normalization.describe() gives them; `option`: its --vecnormalize value)."""
+    if described is None:
+        return "observation normalization: none (--vecnormalize none)" if option == "none" else ""
+    if described["norm_obs"]:
+        how = f"clip_obs {described['clip_obs']:g}, epsilon {described['epsilon']:g}"
+        if described.get("keys") is not None:
+            how += f", keys {', '.join(described['keys']) or '(none)'}"
+    else:
+        how = "norm_obs false: observations pass unchanged"
+    return (f"observation normalization: {described['path']} (sha256 {described['sha256']}, "
+            f"{how}); the artifact takes raw observations")
 
 
 # A run's policies: objects with .key, .structure, .action_kind, .verdicts, .open_failure and

@@ -149,11 +149,12 @@ CLAUSES: tuple[Clause, ...] = (
            "symbolic."),
     # --- behaviour -------------------------------------------------------------------------------
     Clause("BEH-01", "batch_sizes", S, "N observations give N actions",
-           "For every batch size N in {1, 2, 7, 64, 1000}, `action` MUST have N rows, each of "
-           "the output's declared static shape."),
+           "For every batch size N from 1 to 64, the powers of two from 128 to 4096 and their "
+           "neighbours, 100 and 1000, `action` MUST have N rows, each of the output's declared "
+           "static shape."),
     Clause("BEH-02", "rows_independent", S, "Each row of a batch is computed on its own",
-           "Row i of the output for a batch MUST equal the output for row i fed alone, within the "
-           "parity tolerance."),
+           "For every batch size of BEH-01, row i of the output for a batch MUST equal the "
+           "output for row i fed alone, within the parity tolerance."),
     Clause("BEH-03", "repeatable", S, "The same input gives the same output",
            "Running the same batch twice MUST give bit-identical outputs."),
     Clause("BEH-04", "finite", S, "A finite observation gives a finite action",

@@ -65,11 +65,43 @@ MIN_EXAMPLE_ROWS = 16
 def example_rows(dim: int, wanted: int = BULK_ROWS) -> int:
     """The numpy rows of one example for observations of `dim` elements."""
     return rows_for(dim, min(wanted, max(MIN_EXAMPLE_ROWS, EXAMPLE_ELEMENTS // max(dim, 1))))
-# The batch sizes the suite runs an artifact with (BEH-01); parity runs each example's rows in
-# batches of one of them (None: all rows in one batch).
-BATCH_SIZES = (1, 2, 7, 64, 1000)
+# The batch sizes the suite runs an artifact with: every size up to 64 (16 or 32 parallel
+# environments...), and large ones, the powers of two up to 4096 with their neighbours (BEH-01
+# and BEH-02 run each of them; parity draws them, see `batch_schedule`).
+SMALL_BATCHES = tuple(range(1, 65))
+LARGE_BATCHES = (100, 127, 128, 129, 255, 256, 257, 511, 512, 513, 1000, 1023, 1024, 1025, 2047,
+                 2048, 2049, 4095, 4096, 4097)
+BATCH_SIZES = SMALL_BATCHES + LARGE_BATCHES
+
+
+def batch_schedule(rng: np.random.Generator, rows: int, large: int) -> tuple[int, ...]:
+    """How the artifact runs an example: its `rows` rows in consecutive batches of the small
+    sizes in a random order (about twenty sizes for 320 rows; the last batch takes what is
+    left), then one batch of `large` rows (the example's rows again, repeated)."""
+    sizes, left = [], rows
+    while left > 0:
+        for size in rng.permutation(SMALL_BATCHES):
+            if left <= 0:
+                break
+            sizes.append(min(int(size), left))
+            left -= sizes[-1]
+    return (*sizes, large) if large else tuple(sizes)
 MAX_EXPLICIT_ROWS = 4  # hypothesis-drawn rows, shrunk on failure
-MAX_EXPLICIT_ELEMENTS = 1024  # larger observations get numpy-drawn rows only
+# Elements hypothesis draws one by one in an example: each costs it about 0.2 ms, and past
+# about a thousand an example no longer fits its buffer at all. Larger observations get
+# numpy-drawn rows only, with the special values hypothesis would have favoured.
+MAX_EXPLICIT_ELEMENTS = 64
+# Numpy-drawn rows of the float regimes: a share of them get special values in a share of their
+# float elements (zeros of both signs, the bounds and the floats next to them, the largest
+# magnitudes), as hypothesis's own float draws favour them.
+SPECIAL_ROWS = 0.25
+SPECIAL_ELEMENTS = 0.2
+
+
+def explicit_rows(dim: int) -> int:
+    """How many rows of `dim` elements hypothesis draws one by one in an example (at most
+    MAX_EXPLICIT_ELEMENTS elements; none for a larger observation)."""
+    return min(MAX_EXPLICIT_ROWS, MAX_EXPLICIT_ELEMENTS // max(dim, 1))
 
 
 NORMALIZED_REGIMES = ("normalized_range", "normalized_clip")
@@ -248,16 +280,49 @@ class ObservationDomain:
         if regime == "structured":
             return self.structured(rng, n)
         if regime == "far":
-            return self.far(rng, n)
+            return self._special(self.far(rng, n), rng, regime)
         if regime in NORMALIZED_REGIMES:
             return self.normalized(rng, n, at_clip=regime == "normalized_clip")
         if regime in SEEDED and seeds is not None and len(seeds):
             picks = seeds[rng.integers(0, len(seeds), n)]
             jitter = rng.normal(0.0, 1.0, picks.shape) * 10.0 ** rng.uniform(-4, -1, (n, 1))
             return self.finish(picks * (1.0 + jitter))
-        if regime == "inside":
-            return self.inside(rng, n)
-        return self.beyond(rng, n)
+        rows = self.inside(rng, n) if regime == "inside" else self.beyond(rng, n)
+        return self._special(rows, rng, regime)
+
+    def special_values(self, regime: str) -> np.ndarray:
+        """[candidates, dim]: the special values of each element in `regime` (NaN where one does
+        not apply): 0 and -0.0, +-1, the float32 bounds and the floats just inside them; beyond,
+        the floats just outside the finite bounds; far, +-float32's largest on unbounded sides."""
+        low = np.where(np.isfinite(self.low), self.low, -MAX_MAGNITUDE).astype(np.float32)
+        high = np.where(np.isfinite(self.high), self.high, MAX_MAGNITUDE).astype(np.float32)
+        inward = [low, high, np.nextafter(low, high), np.nextafter(high, low)]
+        values = [np.full(self.dim, v, np.float32) for v in (0.0, -0.0, 1.0, -1.0)] + inward
+        inside = [np.where((v >= low) & (v <= high), v, np.nan) for v in values]
+        if regime == "beyond":
+            outward = [np.nextafter(low, np.float32(-np.inf)), np.nextafter(high, np.float32(np.inf))]
+            inside += [np.where(np.isfinite(b), v, np.nan)
+                       for b, v in zip((self.low, self.high), outward)]
+        if regime == "far":
+            inside += [np.where(np.isneginf(self.low), -FLOAT32_MAX, np.nan),
+                       np.where(np.isposinf(self.high), FLOAT32_MAX, np.nan)]
+        return np.array(inside, dtype=np.float64)
+
+    def _special(self, rows: np.ndarray, rng: np.random.Generator, regime: str) -> np.ndarray:
+        """A share of `rows` (SPECIAL_ROWS) with a share of their float elements
+        (SPECIAL_ELEMENTS) set to one of their special values."""
+        candidates = self.special_values(regime)
+        chosen = rng.integers(0, len(candidates), rows.shape)
+        values = np.take_along_axis(candidates, chosen, axis=0) if len(rows) else rows
+        where = (rng.random((len(rows), 1)) < SPECIAL_ROWS) & \
+            (rng.random(rows.shape) < SPECIAL_ELEMENTS) & ~np.isnan(values)
+        if self.integral is not None:
+            where &= ~self.integral
+        if not where.any():
+            return rows
+        rows = rows.astype(np.float64)
+        rows[where] = values[where]
+        return self.finish(rows)
 
     def probe(self, seed: int = 0, n: int = 1000) -> np.ndarray:
         """A fixed mix of regimes and corner values for the behaviour clauses (fewer rows for a
@@ -330,12 +395,13 @@ class ObservationDomain:
         return st.one_of(parts)
 
     def rows(self, regime: str) -> st.SearchStrategy[list[list[float]]]:
-        """Rows drawn element by element by hypothesis (none for a large observation, whose
-        element-wise draw would be too large for hypothesis to handle)."""
-        if self.dim > MAX_EXPLICIT_ELEMENTS:
+        """Rows drawn element by element by hypothesis (`explicit_rows`: none for an
+        observation of more than MAX_EXPLICIT_ELEMENTS)."""
+        count = explicit_rows(self.dim)
+        if not count:
             return st.just([])
         row = st.tuples(*(self.element(i, regime) for i in range(self.dim)))
-        return st.lists(row, min_size=1, max_size=MAX_EXPLICIT_ROWS)
+        return st.lists(row, min_size=1, max_size=count)
 
 
 @dataclass(frozen=True)
@@ -345,11 +411,16 @@ class Batch:
     seed: int
     observations: np.ndarray  # float32 [n, obs_dim]
     masks: np.ndarray | None = None  # bool [n, mask_width], for masked policies
-    batch_size: int | None = None  # the artifact runs the rows in batches of this many
+    large_batch: int = 0  # the rows are also run as one batch of this many (repeated)
+
+    def schedule(self, rows: int) -> tuple[int, ...]:
+        """The batches the artifact runs `rows` of this example's rows in (`batch_schedule`,
+        from the example's seed)."""
+        return batch_schedule(np.random.default_rng(self.seed), rows, self.large_batch)
 
     def __repr__(self) -> str:
         return (f"Batch(regime={self.regime!r}, seed={self.seed}, rows={len(self.observations)}, "
-                f"batch_size={self.batch_size})")
+                f"large_batch={self.large_batch})")
 
 
 def batches(domain: ObservationDomain, regimes=REGIMES, seeds: np.ndarray | None = None,
@@ -368,7 +439,7 @@ def batches(domain: ObservationDomain, regimes=REGIMES, seeds: np.ndarray | None
         if regime in SEEDED and seeds is not None and len(seeds):
             index = draw(st.integers(0, len(seeds) - 1))
             explicit = np.vstack([seeds[index:index + 1], explicit])
-        batch_size = draw(st.sampled_from((None, *BATCH_SIZES)))
+        large = draw(st.sampled_from(LARGE_BATCHES))
         seed = draw(st.integers(0, 2**32 - 1))
         rng = np.random.default_rng(seed)
         observations = domain.finish(np.vstack([explicit, domain.sample(regime, rng, rows,
@@ -380,7 +451,10 @@ def batches(domain: ObservationDomain, regimes=REGIMES, seeds: np.ndarray | None
             masks[0] = draw(st.lists(st.booleans(), min_size=mask_width, max_size=mask_width))
             masks[1::7] = True
             masks[2::7] = False
-        return Batch(regime, seed, observations, masks, batch_size)
+        # A large observation's large batch follows the example's element budget (BEH-02 runs
+        # every size on the probe).
+        large = min(large, max(len(observations), EXAMPLE_ELEMENTS // domain.dim))
+        return Batch(regime, seed, observations, masks, large)
 
     return draw_batch()
 

@@ -77,7 +77,8 @@ class Conformance:
             clause = properties["clause"]
             if report.when == "call" or report.outcome != "passed":
                 outcome = report.outcome
-                if report.when != "call" and report.outcome == "failed":
+                if report.outcome == "failed" and (report.when != "call"
+                                                   or "suite_error" in properties):
                     outcome = "error"
                 by_policy.setdefault(properties["policy"], {})[clause] = outcome
                 if report.outcome == "skipped":

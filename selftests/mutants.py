@@ -314,6 +314,16 @@ def _observations_clipped(p):
         [const("obs_min", -1e4), const("obs_max", 1e4)])
 
 
+def _observations_through_their_square(p):
+    """obs as sign(obs) * sqrt(obs * obs): the same numbers, until obs * obs overflows float32
+    (|obs| past 1.8e19)."""
+    return prepend_before_input(p, lambda src, dst: [
+        helper.make_node("Mul", [src, src], ["obs_squared"]),
+        helper.make_node("Sqrt", ["obs_squared"], ["obs_magnitude"]),
+        helper.make_node("Sign", [src], ["obs_sign"]),
+        helper.make_node("Mul", ["obs_sign", "obs_magnitude"], [dst])])
+
+
 def _permuted_observations(p):
     return prepend_before_input(p, lambda src, dst: [
         helper.make_node("Gather", [src, "obs_perm"], [dst], axis=1)],
@@ -851,9 +861,12 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("wrong_at_batch_1", "wrong actions for a batch of one row (a single robot)",
            _wrong_at_batch(1), frozenset({"BEH-02"} | PARITY)),
     Mutant("wrong_at_batch_7", "wrong actions for a batch of exactly 7 rows",
-           _wrong_at_batch(7), frozenset(PARITY)),
+           _wrong_at_batch(7), frozenset({"BEH-02"} | PARITY)),
     Mutant("observations_clipped_at_1e4", "observations clipped to +-1e4 on the way in",
            _observations_clipped, frozenset(PARITY), model="ppo_unbounded_slow"),
+    Mutant("observations_overflow_on_the_way_in", "obs rebuilt as sign(obs) * sqrt(obs * obs), "
+           "which overflows past 1.8e19", _observations_through_their_square,
+           frozenset(PARITY), model="ppo_unbounded_slow"),
     Mutant("nan_far_outside", "NaN wherever some |obs| > 1e3 (beyond the parity draws)",
            _nan_far_outside, frozenset({"BEH-04", "BEH-05"})),
     Mutant("permuted_observations", "obs[0] and obs[1] swapped on the way in",

@@ -110,7 +110,7 @@ def _zip_without_data(path):
 
 MODEL_CASES = {
     "missing": (lambda p: p / "absent.zip", ["no such file"]),
-    "a folder without models": (lambda p: p, ["the folder holds no *.zip file"]),
+    "a folder without models": (lambda p: p, ["the folder holds no model .zip"]),
     "empty file": (lambda p: _file(p / "empty.zip", b""), ["not a zip archive"]),
     "not a zip": (lambda p: _file(p / "m.zip", b"hello"), ["not a zip archive", "model.save()"]),
     "zip without data": (lambda p: _zip_without_data(p / "m.zip"),
@@ -279,7 +279,7 @@ STATISTICS_CASES = {  # the real model has 4-element observations
         lambda p: _statistics_of(p / "v.pkl", obs_rms=_rms((17,))),
         ["statistics of shape (17,) for the observation, which is Box(", "in the model"]),
     "no obs_rms": (lambda p: _statistics_of(p / "v.pkl"),
-                   ["not VecNormalize statistics (no obs_rms with mean and var for the observation)"]),
+                   ["not VecNormalize statistics (no obs_rms)"]),
     "code in the pickle": (
         lambda p: _statistics_of(p / "v.pkl", obs_rms=_rms((4,)), extra=_RunsCode(p / "ran")),
         ["refused to unpickle posix.system", "could run code"]),

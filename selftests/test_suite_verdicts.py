@@ -144,3 +144,22 @@ def test_discrete_tie_is_rounding_not_a_defect(conformance, tmp_path):
     ties = re.search(r"DISC-05: ([\d,]+) observations checked against predict\(\), ([\d,]+) "
                      r"disagreeing only at a rounding tie", run.stdout)
     assert ties and int(ties.group(2).replace(",", "")) > 0, run.stdout
+
+
+def test_a_difference_near_float32_overflow_is_told_as_one(conformance, fixture_models,
+                                                          tmp_path):
+    """An artifact that overflows where predict() does not (observations rebuilt through their
+    square) fails parity with the cause that fits: float32 overflow, not a missing clamp."""
+    from .mutants import BY_NAME
+
+    mutant = BY_NAME["observations_overflow_on_the_way_in"]
+    model = fixture_models[mutant.model]
+    base = export(load_model(model), tmp_path / "base.onnx")
+    path = tmp_path / "overflowing.onnx"
+    onnx.save(mutant.mutate(onnx.load(str(base))), str(path))
+    run = conformance.run("--model", str(model), "--onnx", str(path), profile="mutation")
+    assert run.with_outcome("failed") == {"PAR-01", "PAR-02"}, run.messages
+    message = run.messages["PAR-01"]
+    assert "differing rows are near float32's limits" in message
+    assert "its arithmetic overflows where predict()'s does not" in message
+    assert "the clamp to the action bounds is missing" not in message

@@ -1,0 +1,58 @@
+"""The oracle's judgement of its own answers, on a real SB3 model built to put numbers exactly
+where the rules draw their lines: which rows predict() cannot decide (its float32 sums can
+overflow), and which artifact actions predict()'s own rounding could have given."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import SAC
+
+from fixtures.models import SpacesEnv, box
+from policy_onnx.load import load_model
+from policy_onnx.model import SAFE_MAGNITUDE, Reference
+
+
+@pytest.fixture(scope="module")
+def cancelling(tmp_path_factory) -> Reference:
+    """A SAC whose pre-squash mean is h1 - h2 with two identical hidden units h1 = h2 =
+    max(obs[0], 0): exactly 0 everywhere, but a sum of terms as large as obs[0]."""
+    model = SAC("MlpPolicy", SpacesEnv(box(-np.inf, np.inf, (2,)), box(-2.0, 2.0, (1,))),
+                policy_kwargs={"net_arch": [4, 4]}, buffer_size=10, seed=0, device="cpu")
+    first, _, second, _ = model.actor.latent_pi
+    with torch.no_grad():
+        for layer in (first, second, model.actor.mu):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        first.weight[0, 0] = first.weight[1, 0] = 1.0
+        second.weight[0, 0] = second.weight[1, 1] = 1.0
+        model.actor.mu.weight[0, :2] = torch.tensor([1.0, -1.0])
+    path = tmp_path_factory.mktemp("oracle") / "cancelling.zip"
+    model.save(path)
+    return Reference(load_model(path))
+
+
+def test_a_row_is_undecidable_once_a_sum_can_reach_float32s_largest(cancelling):
+    """The mean layer adds |h1| + |h2| = 2 obs[0]: decidable just below the limit, not just
+    above it, and the same whether the row is alone or in a batch."""
+    limit = SAFE_MAGNITUDE / 2
+    rows = np.array([[0.98 * limit, 0.0], [1.02 * limit, 0.0], [1.0, 0.0], [-1e30, 0.0]],
+                    dtype=np.float32)
+    decided = cancelling.decidable(rows)
+    assert decided.tolist() == [True, False, True, True]
+    assert [bool(cancelling.decidable(r[None])[0]) for r in rows] == decided.tolist()
+
+
+def test_a_sign_decided_by_rounding_is_a_tie_and_nothing_else_is(cancelling):
+    """Where the mean's terms are huge, its sign is rounding: tanh makes either bound an
+    answer predict()'s own float32 could have given. Where they are ordinary, the mean is 0
+    within rounding and the action must be the middle of the bounds."""
+    rows = np.array([[1e30, 0.0], [1.0, 0.0]], dtype=np.float32)
+    middle, low, high = np.array([[0.0]]), np.array([[-2.0]]), np.array([[2.0]])
+    assert cancelling.within_rounding(rows[:1], low).all()
+    assert cancelling.within_rounding(rows[:1], high).all()
+    assert cancelling.within_rounding(rows[1:], middle).all()
+    assert not cancelling.within_rounding(rows[1:], high).any()
+    assert not cancelling.within_rounding(rows[1:], low).any()
