@@ -30,4 +30,5 @@ def test_mask_input(clause, policy, artifact):
 def test_masked_parity(clause, policy, reference, artifact, action_seeds):
     strategy = batches(reference.domain, (*EVERYWHERE, "each_action"), action_seeds,
                        mask_width=reference.head.mask_width)
-    check_parity(clause, reference, artifact, strategy, policy)
+    check_parity(clause, reference, artifact, strategy, policy,
+                 search=reference.choice_search)

@@ -45,4 +45,5 @@ def test_observation_parity(clause, policy, reference, artifact):
     regimes = ("structured", "toward_clip" if reference.kind == "Box" else "each_action")
     mask_width = reference.head.mask_width if reference.masked else None
     strategy = batches(reference.domain, regimes, seeds, mask_width=mask_width)
-    check_parity(clause, reference, artifact, strategy, policy)
+    check_parity(clause, reference, artifact, strategy, policy,
+                 search=reference.choice_search)

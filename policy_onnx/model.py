@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import time
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -23,6 +25,23 @@ FLOAT32_UNIT = 2.0 ** -24  # unit roundoff of float32
 # float32's largest value, with a margin for the reductions a graph may fuse or reorder (sums of
 # up to 1,024 such values, e.g. QR-DQN's mean over its quantiles) and for rounding.
 SAFE_MAGNITUDE = FLOAT32_MAX * 2.0 ** -10
+# Seconds the each-action search (Reference.find_each_action) may take: past them its ascent
+# stops where it is, and the search reports that it stopped (a Discrete(200) policy took over
+# 15 minutes without one).
+SEARCH_BUDGET = 5.0
+# Rows the ascent toward the missing choices moves at once, at most (16 per choice below it).
+ASCENT_ROWS = 256
+
+
+@dataclass(frozen=True)
+class ChoiceSearch:
+    """How far the each-action search got: the choices it found an observation for, of those
+    predict() can make, and whether it stopped at its time budget (seconds) before its ascent
+    ended."""
+    reached: int
+    possible: int
+    stopped: bool
+    budget: float
 
 
 def _terms(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -58,6 +77,7 @@ class Reference:
         self.clips = self.kind == "Box" and not self.head.squash and self.structure == "plain"
         self.normalization = loaded.normalization
         self.domain = ObservationDomain.of_layout(self.layout, self.normalization)
+        self.choice_search: ChoiceSearch | None = None  # once find_each_action has run
 
     def predict_input(self, obs: np.ndarray):
         """What predict() is given for flat float32 raw rows: normalized as VecNormalize does
@@ -319,9 +339,15 @@ class Reference:
         if not self.clips:
             return np.empty((0, self.obs_dim), dtype=np.float32)
         rng = np.random.default_rng(seed)
-        toward_bounds = [lambda x, j=j, sign=sign: sign * self.head.mean(x)[:, j]
-                         for j in range(self.act_dim) for sign in (1.0, -1.0)]
-        rows = np.vstack([self._pool(rng, pool), self._ascend(rng, toward_bounds)])
+        # Objective 2j pushes action element j up, objective 2j + 1 down.
+        columns = torch.arange(self.act_dim).repeat_interleave(2)
+        signs = torch.tensor([1.0, -1.0]).repeat(self.act_dim)
+
+        def toward_bounds(x, owner):
+            return (signs[owner] * self.head.mean(x)[torch.arange(len(x)), columns[owner]]).sum()
+
+        drawn = self._pool(rng, pool)
+        rows = np.vstack([drawn, self._ascend(rng, toward_bounds, 2 * self.act_dim)[0]])
         hits = rows[self.overshoot(rows) > 0]
         return hits[rng.permutation(len(hits))[:keep]]
 
@@ -350,27 +376,45 @@ class Reference:
 
     def _winning_rows(self, obs: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
         """For each choice, the indices of the rows of `obs` where predict() makes it (all
-        actions allowed)."""
+        actions allowed): the head's own selection, every choice from one pass."""
         with torch.no_grad():
-            scores = self.head(torch.as_tensor(obs, dtype=torch.float32), scores=True)
-        margins = {j: self._margins(scores, j).numpy() for j in {j for j, _ in self.choices}}
-        return {(j, v): np.flatnonzero(margins[j][:, v] > 0) for j, v in self.choices}
+            actions = self.head(torch.as_tensor(obs, dtype=torch.float32)).numpy()
+        actions = actions.reshape(len(obs), -1)
+        return {(j, v): np.flatnonzero(actions[:, j] == v) for j, v in self.choices}
 
-    def find_each_action(self, seed: int = 0, pool: int = 4096, keep: int = 16) -> np.ndarray:
+    def find_each_action(self, seed: int = 0, pool: int = 4096, keep: int = 16,
+                         budget: float = SEARCH_BUDGET) -> np.ndarray:
         """Observations where predict() makes each of its choices: random draws over the domain,
-        then gradient ascent on the margin of every choice not found yet. Up to `keep` rows a
-        choice; a choice with none is one the search could not reach."""
+        then gradient ascent on the margin of every choice not found yet, all of them in one
+        batch, until the ascent ends or `budget` seconds have passed since the search began.
+        Up to `keep` rows a choice; a choice with none is one the search could not reach. How
+        far it got is kept in `choice_search`."""
         if self.kind == "Box" or self.structure == "recurrent":
             return np.empty((0, self.obs_dim), dtype=np.float32)
+        deadline = time.monotonic() + budget
         rng = np.random.default_rng(seed)
         rows = self._pool(rng, pool)
         wins = self._winning_rows(rows)
         missing = [choice for choice, found in wins.items() if not len(found)]
+        complete = True
         if missing:
-            margin = [lambda x, j=j, v=v: self._margins(self.head(x, scores=True), j)[:, v]
-                      for j, v in missing]
-            rows = np.vstack([rows, self._ascend(rng, margin)])
+            elements = torch.tensor([j for j, _ in missing])
+            values = torch.tensor([v for _, v in missing])
+
+            def margins(x, owner):  # each row's margin for its own missing choice
+                scores = self.head(x, scores=True)
+                total = 0.0
+                for j in elements.unique().tolist():
+                    mine = elements[owner] == j
+                    total = total + self._margins(scores[mine], j).gather(
+                        1, values[owner][mine][:, None]).sum()
+                return total
+
+            ascended, complete = self._ascend(rng, margins, len(missing), deadline=deadline)
+            rows = np.vstack([rows, ascended])
             wins = self._winning_rows(rows)
+        self.choice_search = ChoiceSearch(sum(1 for found in wins.values() if len(found)),
+                                          len(self.choices), not complete, budget)
         return np.vstack([rows[rng.permutation(wins[choice])[:keep]] for choice in self.choices])
 
     # --- search helpers ---------------------------------------------------------------------
@@ -382,11 +426,15 @@ class Reference:
                           self.domain.beyond(rng, size // 4), self.domain.far(rng, size // 4)])
         return rows[self.decidable(rows)]
 
-    def _ascend(self, rng: np.random.Generator, objectives, starts: int = 16,
-                steps: int = 60) -> np.ndarray:
-        """Projected sign-gradient ascent of each objective (rows -> a value per row), from
-        `starts` rows each, within the bounds widened by ten widths (+-MAX_MAGNITUDE where
-        unbounded; integers such as pixels within their own bounds)."""
+    def _ascend(self, rng: np.random.Generator, objective, count: int, starts: int = 16,
+                steps: int = 60, deadline: float | None = None) -> tuple[np.ndarray, bool]:
+        """Projected sign-gradient ascent of `count` objectives at once, from `starts` rows each
+        (fewer for a large observation, or past ASCENT_ROWS rows in all), within the bounds
+        widened by ten widths (+-MAX_MAGNITUDE where unbounded; integers such as pixels within
+        their own bounds). `objective(rows, owner)` is the sum, over the rows, of each row's
+        objective (`owner`: the index of the objective each row ascends). Stops early at
+        `deadline` (time.monotonic()): the rows as far as they got, and whether every step
+        ran."""
         widening = 10 * self.domain.width
         if self.domain.integral is not None:
             widening = np.where(self.domain.integral, 0.0, widening)
@@ -396,16 +444,17 @@ class Reference:
                                  MAX_MAGNITUDE), None, MAX_MAGNITUDE)
         lo = torch.as_tensor(lower, dtype=torch.float32)
         hi = torch.as_tensor(upper, dtype=torch.float32)
-        starts = max(1, example_rows(self.obs_dim, starts * len(objectives)) // len(objectives))
-        x = torch.as_tensor(self.domain.beyond(rng, len(objectives) * starts),
-                            dtype=torch.float32)
+        starts = max(1, min(starts, ASCENT_ROWS // count,
+                            example_rows(self.obs_dim, starts * count) // count))
+        owner = torch.arange(count).repeat_interleave(starts)
+        x = torch.as_tensor(self.domain.beyond(rng, count * starts), dtype=torch.float32)
         x.requires_grad_(True)
         step = (hi - lo) / steps
         for _ in range(steps):
-            total = sum(objective(x[i * starts:(i + 1) * starts]).sum()
-                        for i, objective in enumerate(objectives))
-            (grad,) = torch.autograd.grad(total, x)
+            if deadline is not None and time.monotonic() >= deadline:
+                return self.domain.finish(x.detach().numpy()), False
+            (grad,) = torch.autograd.grad(objective(x, owner), x)
             with torch.no_grad():
                 x += step * torch.sign(grad)
                 x.copy_(torch.maximum(torch.minimum(x, hi), lo))
-        return self.domain.finish(x.detach().numpy())
+        return self.domain.finish(x.detach().numpy()), True

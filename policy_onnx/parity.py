@@ -25,9 +25,12 @@ if TYPE_CHECKING:
 # discrete disagreements only at a rounding tie, those whose normalized observation reached
 # +-clip_obs (models trained under VecNormalize), those drawn but not compared because
 # predict() itself overflows there, (recurrent rollouts) the most steps since a reset, and
-# (discrete actions) how many of its possible choices predict() made in the draws.
+# (discrete actions) how many of its possible choices predict() made in the draws, and, for a
+# clause drawing near the each-action search's rows, how many choices that search found and
+# the time budget (seconds) it stopped at (0: its ascent ran to the end).
 STATISTICS = ("observations", "mean_outside_bounds", "rounding_ties", "observation_at_clip",
-              "predict_overflows", "rollout_reach", "choices_drawn", "choices_possible")
+              "predict_overflows", "rollout_reach", "choices_drawn", "choices_possible",
+              "choices_searched", "search_stopped")
 
 
 @dataclass
@@ -41,6 +44,8 @@ class ParityStats:
     reach: Counter = field(default_factory=Counter)  # a maximum, not a sum
     choices: dict = field(default_factory=dict)  # clause -> the (element, value) predict() chose
     possible: Counter = field(default_factory=Counter)
+    searched: Counter = field(default_factory=Counter)
+    stopped: Counter = field(default_factory=Counter)
 
     def record(self, clause_id: str, checked: int, out_of_bounds: int, at_clip: int = 0,
                overflows: int = 0, reach: int = 0) -> None:
@@ -56,8 +61,15 @@ class ParityStats:
             return []
         counts = (self.observations, self.out_of_bounds, self.near_ties, self.at_clip,
                   self.overflows, self.reach,
-                  {clause_id: len(self.choices.get(clause_id, ()))}, self.possible)
+                  {clause_id: len(self.choices.get(clause_id, ()))}, self.possible,
+                  self.searched, self.stopped)
         return [(name, count[clause_id]) for name, count in zip(STATISTICS, counts, strict=True)]
+
+    def record_search(self, clause_id: str, search) -> None:
+        """How far the each-action search (model.ChoiceSearch) got, for a clause drawing near
+        the rows it found."""
+        self.searched[clause_id] = search.reached
+        self.stopped[clause_id] = math.ceil(search.budget) if search.stopped else 0
 
     def record_choices(self, clause_id: str, actions: np.ndarray, possible: int) -> None:
         """The discrete actions predict() returned for compared rows ([B, elements])."""
@@ -303,11 +315,14 @@ def search_settings() -> settings:
 
 
 def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, strategy,
-                 policy, steer: bool = False) -> None:
+                 policy, steer: bool = False, search=None) -> None:
     """Run the hypothesis search; fail the clause with the worst observation of the minimal
     example. With `steer`, hypothesis is also told to maximize the share of rows whose mean leaves
     the action bounds. Rows where predict() cannot decide (its float32 network can overflow)
-    are not compared, and counted."""
+    are not compared, and counted. `search` (model.ChoiceSearch, or None): how far the
+    each-action search whose rows the strategy draws near got, reported with the clause."""
+    if search is not None:
+        policy.stats.record_search(clause.id, search)
 
     @search_settings()
     @given(batch=strategy)

@@ -134,6 +134,14 @@ class Verdicts:
                 if counts.get("choices_possible"):
                     detail += (f"; predict() made {counts['choices_drawn']} of its "
                                f"{counts['choices_possible']} possible choices")
+                if counts.get("search_stopped"):
+                    detail += (f"; the search for each choice STOPPED at its time budget of "
+                               f"{counts['search_stopped']} s, having found "
+                               f"{counts['choices_searched']} of them (the others may never "
+                               "have been drawn)")
+                elif counts.get("choices_searched"):
+                    detail += (f" (the search for each choice found "
+                               f"{counts['choices_searched']})")
             else:
                 detail = ""
             if spec.clause(clause_id).needs_normalization:

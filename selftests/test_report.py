@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from functools import partialmethod
 
 import pytest
 
 from policy_onnx import spec
 from policy_onnx.export import export
 from policy_onnx.load import load_model
+from policy_onnx.model import Reference
 from policy_onnx.plugin import command_for
 
 from .conftest import REAL_MODEL, REAL_ONNX, sha256
@@ -199,3 +201,19 @@ def test_statistics_count_only_what_both_sides_acted_on(conformance, tmp_path):
     assert "cannot tell the observation input and action output apart" in run.messages["PAR-01"]
     assert "observations checked" not in run.stdout
     assert json.loads(report.read_text())["policies"][0]["statistics"] == {}
+
+
+def test_a_search_stopped_at_its_time_budget_is_told(conformance, fixture_models, tmp_path,
+                                                    monkeypatch):
+    """The each-action search of a policy with 200 actions stops at its time budget (here a
+    quarter of a second, counted as 1 s): the summary and the report say so."""
+    monkeypatch.setattr(Reference, "find_each_action",
+                        partialmethod(Reference.find_each_action, budget=0.25))
+    report = tmp_path / "report.json"
+    run = conformance.run("--model", str(fixture_models["maskable_wide"]), "-k", "DISC-05",
+                          "--report", str(report))
+    assert "the search for each choice STOPPED at its time budget of 1 s, having found" \
+        in run.stdout
+    [policy] = json.loads(report.read_text())["policies"]
+    counts = policy["statistics"]["DISC-05"]
+    assert counts["search_stopped"] == 1 and 0 < counts["choices_searched"] < 200
