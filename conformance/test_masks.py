@@ -29,6 +29,6 @@ def test_mask_input(clause, policy, artifact):
 @clause_test("MASK-02")
 def test_masked_parity(clause, policy, reference, artifact, action_seeds):
     strategy = batches(reference.domain, (*EVERYWHERE, "each_action"), action_seeds,
-                       mask_width=reference.head.mask_width)
+                       mask_space=reference.mask_space)
     check_parity(clause, reference, artifact, strategy, policy,
                  search=reference.choice_search)

@@ -10,6 +10,5 @@ REGIME = {"NORM-01": "normalized_range", "NORM-02": "normalized_clip"}
 
 @clause_test(*REGIME)
 def test_normalized_parity(clause, policy, reference, artifact):
-    mask_width = reference.head.mask_width if reference.masked else None
-    strategy = batches(reference.domain, (REGIME[clause.id],), mask_width=mask_width)
+    strategy = batches(reference.domain, (REGIME[clause.id],), mask_space=reference.mask_space)
     check_parity(clause, reference, artifact, strategy, policy)

@@ -43,7 +43,6 @@ def test_observation_parity(clause, policy, reference, artifact):
     # mean beyond the action bounds.
     seeds = policy.clip_seeds if reference.kind == "Box" else policy.action_seeds
     regimes = ("structured", "toward_clip" if reference.kind == "Box" else "each_action")
-    mask_width = reference.head.mask_width if reference.masked else None
-    strategy = batches(reference.domain, regimes, seeds, mask_width=mask_width)
+    strategy = batches(reference.domain, regimes, seeds, mask_space=reference.mask_space)
     check_parity(clause, reference, artifact, strategy, policy,
                  search=reference.choice_search)

@@ -17,7 +17,8 @@ import torch
 
 from .heads import ObservationNormalizer, action_kind, head_for
 from .load import LoadedModel
-from .strategies import FLOAT32_MAX, MAX_MAGNITUDE, ObservationDomain, example_rows, rows_for
+from .strategies import (FLOAT32_MAX, MAX_MAGNITUDE, MaskSpace, ObservationDomain, example_rows,
+                         rows_for)
 from .tolerance import NOISE_FACTOR, action_unit, tolerance
 
 FLOAT32_UNIT = 2.0 ** -24  # unit roundoff of float32
@@ -78,6 +79,17 @@ class Reference:
         self.normalization = loaded.normalization
         self.domain = ObservationDomain.of_layout(self.layout, self.normalization)
         self.choice_search: ChoiceSearch | None = None  # once find_each_action has run
+
+    @cached_property
+    def mask_space(self) -> MaskSpace | None:
+        """The action masks the strategies draw for a masked policy (None for the others), with
+        predict()'s choice with every action allowed, for the masks that exclude it."""
+        if not self.masked:
+            return None
+        space = self.action_space
+        groups = tuple(int(n) for n in space.nvec) if self.kind == "MultiDiscrete" \
+            else (int(space.n),)
+        return MaskSpace(groups, lambda obs: self.predict(obs).astype(np.int64))
 
     def predict_input(self, obs: np.ndarray):
         """What predict() is given for flat float32 raw rows: normalized as VecNormalize does

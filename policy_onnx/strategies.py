@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Callable
 
 import numpy as np
 from hypothesis import strategies as st
@@ -404,13 +405,62 @@ class ObservationDomain:
         return st.lists(row, min_size=1, max_size=count)
 
 
+# How a row's action mask is drawn (the rows of an example take them in turn): allowed or not
+# at random with the example's density, all allowed, all masked, one choice allowed or all but
+# one (each choice in turn, over the rows of an example), all but predict()'s own choice with
+# every action allowed. Per group: each element of a MultiDiscrete action.
+MASK_PATTERNS = ("coin flips", "all allowed", "all masked", "one allowed", "all but one",
+                 "all but predict's choice")
+MASK_DENSITIES = (0.0, 0.1, 0.5, 0.9, 1.0)
+
+
+@dataclass(frozen=True)
+class MaskSpace:
+    """The action masks of a masked policy: the sizes of its groups (n for Discrete, each of
+    nvec for MultiDiscrete; a mask is their concatenation) and, for the masks that exclude it,
+    predict()'s choice with every action allowed (flat rows -> [rows, groups] integers)."""
+    groups: tuple[int, ...]
+    unmasked_choice: Callable[[np.ndarray], np.ndarray] | None = None
+
+    @property
+    def width(self) -> int:
+        return sum(self.groups)
+
+    def draw(self, rng: np.random.Generator, observations: np.ndarray,
+             density: float) -> np.ndarray:
+        """bool [rows, width]: a mask for each row of `observations`, by MASK_PATTERNS in turn
+        (the last only with `unmasked_choice`)."""
+        n = len(observations)
+        count = len(MASK_PATTERNS) - (self.unmasked_choice is None)
+        pattern = np.asarray(MASK_PATTERNS)[(rng.integers(count) + np.arange(n)) % count]
+        masks = rng.random((n, self.width)) < density
+        masks[pattern == "all allowed"] = True
+        masks[pattern == "all masked"] = False
+        one = pattern == "one allowed"
+        excluded = pattern == "all but predict's choice"
+        all_but = excluded | (pattern == "all but one")
+        positions = rng.integers(0, max(self.groups)) + np.arange(n) // count  # in turn
+        chosen = self.unmasked_choice(observations[excluded]) if excluded.any() else None
+        start = 0
+        for j, size in enumerate(self.groups):
+            position = positions % size
+            if chosen is not None:
+                position[excluded] = chosen[:, j]
+            only = np.arange(size) == position[:, None]
+            group = masks[:, start:start + size]
+            group[one] = only[one]
+            group[all_but] = ~only[all_but]
+            start += size
+        return masks
+
+
 @dataclass(frozen=True)
 class Batch:
     """One hypothesis example: a few shrinkable rows, then numpy rows from a drawn seed."""
     regime: str
     seed: int
     observations: np.ndarray  # float32 [n, obs_dim]
-    masks: np.ndarray | None = None  # bool [n, mask_width], for masked policies
+    masks: np.ndarray | None = None  # bool [n, MaskSpace.width], for masked policies
     large_batch: int = 0  # the rows are also run as one batch of this many (repeated)
 
     def schedule(self, rows: int) -> tuple[int, ...]:
@@ -424,10 +474,10 @@ class Batch:
 
 
 def batches(domain: ObservationDomain, regimes=REGIMES, seeds: np.ndarray | None = None,
-            bulk_rows: int = BULK_ROWS, mask_width: int | None = None
+            bulk_rows: int = BULK_ROWS, mask_space: MaskSpace | None = None
             ) -> st.SearchStrategy[Batch]:
-    """Batches of observations; with `mask_width`, each row also gets an action mask: rows all
-    allowed, all masked, and masked at random with a drawn density."""
+    """Batches of observations; with `mask_space`, each row also gets an action mask
+    (`MaskSpace.draw`; the first row's drawn by hypothesis)."""
     rows = example_rows(domain.dim, bulk_rows)
 
     @st.composite
@@ -445,12 +495,10 @@ def batches(domain: ObservationDomain, regimes=REGIMES, seeds: np.ndarray | None
         observations = domain.finish(np.vstack([explicit, domain.sample(regime, rng, rows,
                                                                    seeds)]))
         masks = None
-        if mask_width:
-            density = draw(st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.0]))
-            masks = rng.random((len(observations), mask_width)) < density
-            masks[0] = draw(st.lists(st.booleans(), min_size=mask_width, max_size=mask_width))
-            masks[1::7] = True
-            masks[2::7] = False
+        if mask_space is not None:
+            masks = mask_space.draw(rng, observations, draw(st.sampled_from(MASK_DENSITIES)))
+            masks[0] = draw(st.lists(st.booleans(), min_size=mask_space.width,
+                                     max_size=mask_space.width))
         # A large observation's large batch follows the example's element budget (BEH-02 runs
         # every size on the probe).
         large = min(large, max(len(observations), EXAMPLE_ELEMENTS // domain.dim))

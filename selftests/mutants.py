@@ -441,6 +441,24 @@ def _masks_input_dropped(p):
     return p
 
 
+def _mask_ignored_when_one_allowed(p):
+    """The mask ignored where it allows exactly one action (a forced move): the unmasked
+    argmax there."""
+    where = next(n for n in p.graph.node if n.op_type == "Where")
+    mask = where.input[0]
+    at = list(p.graph.node).index(where)
+    for i, node in enumerate([
+            helper.make_node("Cast", [mask], ["fm_allowed"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceSum", ["fm_allowed", "fm_axis"], ["fm_count"], keepdims=1),
+            helper.make_node("Equal", ["fm_count", "fm_one"], ["fm_forced"]),
+            helper.make_node("Or", [mask, "fm_forced"], ["fm_mask"])]):
+        p.graph.node.insert(at + i, node)
+    where.input[0] = "fm_mask"
+    p.graph.initializer.extend([const("fm_axis", [1], np.int64), const("fm_one", 1.0)])
+    del p.graph.value_info[:]
+    return p
+
+
 def _state_not_reset(p):
     """The Mul of the state by (1 - episode_start) replaced by the state itself."""
     for node in p.graph.node:
@@ -921,6 +939,9 @@ MUTANTS: tuple[Mutant, ...] = (
            _masks_input_dropped, frozenset({"MASK-01", "MASK-02"}), model="maskable_ppo"),
     Mutant("multidiscrete_masks_ignored", "MaskablePPO, MultiDiscrete: masks unused",
            _masks_ignored, frozenset({"MASK-02"}), model="maskable_multidiscrete"),
+    Mutant("forced_move_unmasked", "MaskablePPO, 200 actions: the mask ignored where it allows "
+           "exactly one action", _mask_ignored_when_one_allowed, frozenset({"MASK-02"}),
+           model="maskable_wide"),
     # recurrent state
     Mutant("state_not_reset", "RecurrentPPO: the state is not zeroed at episode_start",
            _state_not_reset, frozenset({"REC-02", "REC-03"}), model="recurrent_ppo"),

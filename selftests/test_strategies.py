@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 
 from policy_onnx.parity import search_settings
-from policy_onnx.strategies import (MAX_EXPLICIT_ELEMENTS, REGIMES, ObservationDomain, batches,
-                                    example_rows)
+from policy_onnx.strategies import (MAX_EXPLICIT_ELEMENTS, REGIMES, MaskSpace, ObservationDomain,
+                                    batches, example_rows)
 
 # Around every threshold of the strategies: hypothesis's own limits on an example's size (a
 # Humanoid's 376 elements failed its large_base_example check), the element-by-element limit,
@@ -56,7 +56,7 @@ def test_every_strategy_draws_at_every_size(size):
             @settings(search_settings(), max_examples=EXAMPLES if size <= 4096 else 2,
                       derandomize=True, database=None,
                       deadline=None)
-            @given(batch=batches(domain, (regime,), seeds, mask_width=5))
+            @given(batch=batches(domain, (regime,), seeds, mask_space=MaskSpace((2, 3))))
             def draws(batch):
                 rows = batch.observations
                 assert rows.dtype == np.float32 and rows.shape[1] == size
@@ -66,3 +66,20 @@ def test_every_strategy_draws_at_every_size(size):
 
             draws()  # a health check or an error of a strategy raises here
             assert drawn == [regime] * len(drawn) and drawn, (name, regime)
+
+
+def test_masks_force_each_choice_in_turn_and_exclude_predicts_own():
+    """Masks allowing one choice (each of 200 in turn), all but one, all but predict()'s
+    own choice, all, none; per element of a MultiDiscrete action."""
+    rng = np.random.default_rng(0)
+    observations = np.zeros((320, 4))
+    wide = MaskSpace((200,), lambda obs: np.full((len(obs), 1), 7))
+    masks = np.vstack([wide.draw(rng, observations, density) for density in (0.1, 0.9) * 20])
+    allowed = masks.sum(axis=1)
+    assert set(np.argmax(masks[allowed == 1], axis=1)) == set(range(200))
+    assert set(np.argmin(masks[allowed == 199], axis=1)) == set(range(200))
+    assert (~masks[allowed == 199, 7]).sum() >= 1000  # predict()'s choice excluded
+    assert (allowed == 200).any() and (allowed == 0).any()
+    groups = MaskSpace((3, 4)).draw(rng, observations, 0.5)
+    one_each = (groups[:, :3].sum(axis=1) == 1) & (groups[:, 3:].sum(axis=1) == 1)
+    assert set(np.argmax(groups[one_each, 3:], axis=1)) == set(range(4))
