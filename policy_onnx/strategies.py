@@ -15,8 +15,9 @@ Regimes (stated in the spec, section "Observations"):
 - each_action: observations near those where the search found predict() making each of its
   discrete choices (see `Reference.find_each_action`), so that rare actions are drawn too;
 - structured (image and dict observations): images drawn as pictures (noise, a flat frame, all
-  black, all white, the previous row's frame with one channel or one pixel changed), the other
-  entries inside;
+  black, all white, natural pictures: flat patches, an edge, a gradient, shapes on a background,
+  their stacked frames moving; the previous row's frame with one channel or one pixel changed,
+  or shifted), the other entries inside;
 - normalized_range, normalized_clip (models trained under VecNormalize): raw observations
   mean + z * sqrt(var + epsilon) with z across (-clip_obs, clip_obs), or with components at and
   up to three times beyond +-clip_obs, where VecNormalize clips.
@@ -37,8 +38,14 @@ from hypothesis import strategies as st
 
 MAX_MAGNITUDE = 1e4
 INTEGER_LIMIT = 2.0 ** 24  # integers beyond are not all float32 numbers
-# How the structured regime draws an image (the last two change the previous row's frame).
-PIXEL_PATTERNS = ("noise", "flat", "black", "white", "one channel", "one pixel")
+# How the structured regime draws an image: noise, a flat frame, black, white, natural pictures
+# (`_scene`), or the previous row's frame changed (PREVIOUS_FRAME: one channel, one pixel, or
+# the whole frame shifted by a few pixels).
+PIXEL_PATTERNS = ("noise", "flat", "black", "white", "patches", "edge", "gradient", "shapes",
+                  "one channel", "one pixel", "shifted")
+PREVIOUS_FRAME = 3  # the last patterns
+SCENE_SPEED = 2  # pixels a natural picture moves from one stacked frame to the next, at most
+SHIFT = 3  # pixels a shifted frame moves, at most
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 REGIMES = ("inside", "beyond", "far", "toward_clip")
 EVERYWHERE = REGIMES[:3]  # the regimes that need no search
@@ -249,30 +256,16 @@ class ObservationDomain:
         return self.finish(np.where(rng.random(shape) < 0.5, far, rows))
 
     def structured(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """Inside rows whose images are drawn as pictures: noise, a flat frame, all black, all
-        white, or the previous row's frame with one channel or one pixel changed."""
+        """Inside rows whose images are drawn as pictures (PIXEL_PATTERNS)."""
         rows = self.inside(rng, n).astype(np.float64)
         for start, shape, channel_axis in self.images:
             stop = start + math.prod(shape)
             frames = rows[:, start:stop].reshape(n, *shape)
-            channels = shape[channel_axis]
             for i in range(n):
-                pattern = rng.choice(PIXEL_PATTERNS) if i else rng.choice(PIXEL_PATTERNS[:4])
-                if pattern == "flat":
-                    frames[i] = rng.integers(0, 256)
-                elif pattern == "black":
-                    frames[i] = 0
-                elif pattern == "white":
-                    frames[i] = 255
-                elif pattern == "one channel":
-                    frames[i] = frames[i - 1]
-                    np.moveaxis(frames[i], channel_axis, 0)[rng.integers(channels)] = \
-                        rng.integers(0, 256)
-                elif pattern == "one pixel":
-                    frames[i] = frames[i - 1]
-                    pixel = np.moveaxis(frames[i], channel_axis, -1)
-                    y, x = (rng.integers(d) for d in pixel.shape[:2])
-                    pixel[y, x] = rng.integers(0, 256, channels)
+                patterns = PIXEL_PATTERNS if i else PIXEL_PATTERNS[:-PREVIOUS_FRAME]
+                # [channels, height, width]: a view of the frame, channels first
+                _draw_frame(rng, rng.choice(patterns), np.moveaxis(frames[i], channel_axis, 0),
+                            np.moveaxis(frames[i - 1], channel_axis, 0))
             rows[:, start:stop] = frames.reshape(n, -1)
         return self.finish(rows)
 
@@ -505,6 +498,74 @@ def batches(domain: ObservationDomain, regimes=REGIMES, seeds: np.ndarray | None
         return Batch(regime, seed, observations, masks, large)
 
     return draw_batch()
+
+
+def _draw_frame(rng: np.random.Generator, pattern: str, frame: np.ndarray,
+                previous: np.ndarray) -> None:
+    """Draw one image [channels, height, width] in place by `pattern` (PIXEL_PATTERNS), pixel
+    values 0..255 (integers but for a gradient's, which `finish` rounds); `previous` is the
+    previous row's frame."""
+    channels, height, width = frame.shape
+    if pattern == "flat":
+        frame[...] = rng.integers(0, 256)
+    elif pattern == "black":
+        frame[...] = 0
+    elif pattern == "white":
+        frame[...] = 255
+    elif pattern in ("patches", "edge", "gradient", "shapes"):
+        frame[...] = _scene(rng, pattern, channels, height, width)
+    elif pattern == "one channel":
+        frame[...] = previous
+        frame[rng.integers(channels)] = rng.integers(0, 256)
+    elif pattern == "one pixel":
+        frame[...] = previous
+        frame[:, rng.integers(height), rng.integers(width)] = rng.integers(0, 256, channels)
+    elif pattern == "shifted":  # the edge rows and columns repeated where the frame left them
+        dy, dx = rng.integers(-SHIFT, SHIFT + 1, 2)
+        ys = np.clip(np.arange(height) - dy, 0, height - 1)
+        xs = np.clip(np.arange(width) - dx, 0, width - 1)
+        frame[...] = previous[:, ys[:, None], xs]
+    # "noise": the inside draw, uniform pixels, stays
+
+
+def _scene(rng: np.random.Generator, pattern: str, channels: int, height: int,
+           width: int) -> np.ndarray:
+    """A natural picture [channels, height, width] of grey levels drawn 0..255: a few flat
+    patches, an edge (two levels either side of a line), a gradient (a linear ramp between two
+    levels) or shapes (rectangles and discs of one level on a background of another). Its
+    channels are consecutive frames of the same scene moving by up to SCENE_SPEED pixels a
+    frame (a frame stack; standing still in a quarter of the pictures)."""
+    speed = rng.integers(-SCENE_SPEED, SCENE_SPEED + 1, 2) * (rng.random() < 0.75)
+    margin = SCENE_SPEED * (channels - 1)
+    size_y, size_x = height + 2 * margin, width + 2 * margin
+    y, x = np.ogrid[:size_y, :size_x]
+    levels = rng.integers(0, 256, 4).astype(np.float64)
+    if pattern == "patches":  # a grid of random cuts, each cell one of 2 to 4 levels
+        cut_y = np.sort(rng.integers(0, size_y, rng.integers(1, 4)))
+        cut_x = np.sort(rng.integers(0, size_x, rng.integers(1, 4)))
+        cells = np.searchsorted(cut_y, y, "right") * (len(cut_x) + 1) + \
+            np.searchsorted(cut_x, x, "right")
+        picture = levels[rng.integers(0, rng.integers(2, 5), cells.max() + 1)][cells]
+    elif pattern in ("edge", "gradient"):  # along a direction, from a point in the frame
+        angle = rng.uniform(0.0, 2 * np.pi)
+        along = (x - rng.integers(margin, margin + width)) * np.cos(angle) + \
+            (y - rng.integers(margin, margin + height)) * np.sin(angle)
+        if pattern == "edge":
+            picture = np.where(along > 0, levels[0], levels[1])
+        else:
+            ramp = np.clip(along / rng.uniform(2.0, max(height, width)) + 0.5, 0.0, 1.0)
+            picture = levels[0] + (levels[1] - levels[0]) * ramp
+    else:  # shapes
+        picture = np.full((size_y, size_x), levels[0])
+        for _ in range(rng.integers(1, 4)):
+            cy, cx = rng.integers(0, size_y), rng.integers(0, size_x)
+            ry, rx = rng.integers(2, max(3, height // 3)), rng.integers(2, max(3, width // 3))
+            inside = (np.abs(y - cy) <= ry) & (np.abs(x - cx) <= rx) if rng.random() < 0.5 \
+                else (y - cy) ** 2 + (x - cx) ** 2 <= ry ** 2
+            level = levels[rng.integers(1, 4) if rng.random() < 0.3 else 1]
+            picture = np.where(inside, level, picture)
+    starts = margin + np.arange(channels)[:, None] * speed
+    return np.stack([picture[sy:sy + height, sx:sx + width] for sy, sx in starts])
 
 
 def _log_uniform(rng: np.random.Generator, shape, low: float, high: float) -> np.ndarray:

@@ -756,6 +756,36 @@ def _discrete_as_index(p):
          const("i_axis", [1], np.int64), const("i_values", np.arange(n))])
 
 
+def _two_level_frames_binarized(p):
+    """Frames of exactly two grey levels, every frame of the stack showing both (a binary
+    screen), read as black and white: the brighter level as 255, the darker as 0. For an
+    image alone, channel-last."""
+    (_, space, _, _), = _fed_entries(p)
+    assert space["layout"] == "HWC"
+    return prepend_before_input(p, lambda src, dst: [
+        helper.make_node("ReduceMin", [src, "bw_axis"], ["bw_low"], keepdims=1),
+        helper.make_node("ReduceMax", [src, "bw_axis"], ["bw_high"], keepdims=1),
+        helper.make_node("Equal", [src, "bw_low"], ["bw_is_low"]),
+        helper.make_node("Equal", [src, "bw_high"], ["bw_is_high"]),
+        helper.make_node("Or", ["bw_is_low", "bw_is_high"], ["bw_either"]),
+        helper.make_node("Cast", ["bw_either"], ["bw_either_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMin", ["bw_either_f", "bw_axis"], ["bw_two_levels"], keepdims=1),
+        helper.make_node("Reshape", [src, "bw_pixels_shape"], ["bw_pixels"]),
+        helper.make_node("ReduceMin", ["bw_pixels", "bw_axis"], ["bw_channel_low"], keepdims=0),
+        helper.make_node("ReduceMax", ["bw_pixels", "bw_axis"], ["bw_channel_high"], keepdims=0),
+        helper.make_node("Less", ["bw_channel_low", "bw_channel_high"], ["bw_mixed"]),
+        helper.make_node("Cast", ["bw_mixed"], ["bw_mixed_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMin", ["bw_mixed_f", "bw_axis"], ["bw_every_channel"],
+                         keepdims=1),
+        helper.make_node("Mul", ["bw_two_levels", "bw_every_channel"], ["bw_binary_f"]),
+        helper.make_node("Cast", ["bw_binary_f"], ["bw_binary"], to=TensorProto.BOOL),
+        helper.make_node("Cast", ["bw_is_high"], ["bw_white"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["bw_white", "bw_255"], ["bw_black_and_white"]),
+        helper.make_node("Where", ["bw_binary", "bw_black_and_white", src], [dst])],
+        [const("bw_axis", [1], np.int64), const("bw_255", 255.0),
+         const("bw_pixels_shape", [0, -1, space["shape"][2]], np.int64)])
+
+
 def _edit_observation_space(change):
     def mutate(p):
         return set_meta(p, "observation_space", json.dumps(change(json.loads(
@@ -810,6 +840,9 @@ IMAGE_MUTANTS = (
            frozenset({"OBS-02"}), model="ppo_multiinput"),
     Mutant("channel_first_declared_over_channel_last", "CHW declared, HWC read",
            _edit_observation_space(_declared_channel_first), OBSERVATION | PARITY,
+           model="ppo_cnn"),
+    Mutant("two_level_frames_binarized", "frames of two grey levels (in every frame of the "
+           "stack) read as black and white", _two_level_frames_binarized, OBSERVATION,
            model="ppo_cnn"),
 )
 

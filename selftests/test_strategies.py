@@ -68,6 +68,43 @@ def test_every_strategy_draws_at_every_size(size):
             assert drawn == [regime] * len(drawn) and drawn, (name, regime)
 
 
+def _stack_domain(height: int = 84, width: int = 84, channels: int = 4) -> ObservationDomain:
+    """An image alone, channel-last (a frame stack as Atari environments return it)."""
+    size = height * width * channels
+    return ObservationDomain(np.zeros(size), np.full(size, 255.0), integral=np.ones(size, bool),
+                             images=((0, (height, width, channels), 2),))
+
+
+def _moves(before: np.ndarray, after: np.ndarray, reach: int = 3) -> bool:
+    """Is `after` ([height, width]) `before` moved by a few pixels, and not the same?"""
+    inner = (slice(reach, -reach),) * 2
+    return not (before[inner] == after[inner]).all() and any(
+        (np.roll(before, (dy, dx), axis=(0, 1))[inner] == after[inner]).all()
+        for dy in range(-reach, reach + 1) for dx in range(-reach, reach + 1))
+
+
+def _smooth(frame: np.ndarray) -> bool:
+    """Many grey levels ([height, width]), neighbours close: a ramp, not noise."""
+    steps = max(np.abs(np.diff(frame, axis=axis)).max() for axis in (0, 1))
+    return len(np.unique(frame)) >= 16 and steps <= 16
+
+
+def test_structured_images_are_natural_pictures_and_stacks_move():
+    """Frames made of flat patches of two grey levels (every frame of the stack showing both),
+    ramps, stacks whose frames move from one channel to the next, and rows that are the
+    previous row's frame shifted: all drawn, as integers 0..255."""
+    rows = _stack_domain().structured(np.random.default_rng(0), 300)
+    assert rows.dtype == np.float32 and rows.min() >= 0 and rows.max() <= 255
+    assert (rows == np.round(rows)).all()
+    frames = rows.reshape(-1, 84, 84, 4).transpose(0, 3, 1, 2)  # [row, channel, y, x]
+    two_levels = sum(len(np.unique(frame)) == 2 and all(len(np.unique(c)) == 2 for c in frame)
+                     for frame in frames)
+    ramps = sum(_smooth(frame[0]) for frame in frames)
+    moving = sum(_moves(frame[0], frame[1]) and _moves(frame[1], frame[2]) for frame in frames)
+    shifted = sum(_moves(before[0], after[0]) for before, after in zip(frames, frames[1:]))
+    assert min(two_levels, ramps, moving, shifted) >= 5, (two_levels, ramps, moving, shifted)
+
+
 def test_masks_force_each_choice_in_turn_and_exclude_predicts_own():
     """Masks allowing one choice (each of 200 in turn), all but one, all but predict()'s
     own choice, all, none; per element of a MultiDiscrete action."""
