@@ -232,7 +232,8 @@ class Reference:
         `samples` float64 forwards in which every Linear (and Conv2d) output is perturbed by a
         simulated float32 accumulation error u * sqrt(n_in) * (|x| |W|^T + |b|) * N(0, 1), and the
         observation normalization (if any) by the error of normalizing in float32 with float32
-        statistics, u * ((|x| + 2 |mean|) / std + 2 |out|) * N(0, 1) (seeded, so the same
+        statistics, u * ((|x| + 2 |mean|) / std + 2 |out|) * N(0, 1) where the element is not
+        clipped for certain (a clipped one is exactly +-clip_obs) (seeded, so the same
         observations give the same estimate). One batched pass holds the exact rows and the
         perturbed copies."""
         n = len(obs)
@@ -244,8 +245,11 @@ class Reference:
             return FLOAT32_UNIT * math.sqrt(terms) * _terms(module, x)
 
         def normalization_error(module, x, output):
+            # A clipped element is exactly +-clip_obs however |x| rounds: no error from |x|
+            # there (an element within its rounding error of the clip may still round across).
             mean, std = module.exact
             error = FLOAT32_UNIT * ((x.abs() + 2.0 * mean.abs()) / std + 2.0 * output.abs())
+            error = torch.where((x - mean).abs() / std - error >= module.clip_obs, 0.0, error)
             return error * module.normalized if module.partial else error
 
         def perturb(error):

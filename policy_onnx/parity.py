@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING
 import math
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings, target
+from hypothesis import HealthCheck, example, given, settings, target
 
 from . import check, spec
 from .check import row
 from .artifact import Artifact, ArtifactError
+from .decisions import mask_patterns
 from .strategies import FLOAT32_MAX, Batch, rows_for
-from .tolerance import RULE, tolerance
+from .tolerance import RULE, magnitude_tolerance, tolerance
 
 if TYPE_CHECKING:
     from .model import Reference
@@ -215,7 +216,7 @@ def _beyond_ties(differs, gaps, chosen, noise, stats: ParityStats, clause_id: st
     """Which differing choices are real disagreements, not rounding ties (a tie: the two
     choices' scores within the tolerance of the chosen score, given the scores' float32 noise);
     ties are counted. Returns (real, allowed gap)."""
-    allowed = tolerance(-np.abs(chosen), np.abs(chosen), noise.max(axis=1, keepdims=True))
+    allowed = magnitude_tolerance(chosen, noise.max(axis=1, keepdims=True))
     real = differs & ~(gaps <= allowed)
     stats.near_ties[clause_id] += int((differs & ~real).any(axis=1).sum())
     return real, allowed
@@ -303,11 +304,14 @@ def search_settings() -> settings:
 
 
 def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, strategy,
-                 policy, steer: bool = False) -> None:
+                 policy, steer: bool = False, decisions=None,
+                 rows: np.ndarray | None = None) -> None:
     """Run the hypothesis search; fail the clause with the worst observation of the minimal
     example. With `steer`, hypothesis is also told to maximize the share of rows whose mean leaves
     the action bounds. Rows where predict() cannot decide (its float32 network can overflow)
-    are not compared, and counted."""
+    are not compared, and counted. What the decision search found in the artifact's graph
+    (`decisions`, a decisions.Coverage) comes first: every row it found (or the clause's own
+    `rows`), in a large batch of each batch size it found deciding something."""
 
     @search_settings()
     @given(batch=strategy)
@@ -332,7 +336,26 @@ def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, 
             raise Mismatch(problem, repr(batch), {"observations": obs, "masks": masks,
                                                   "batch_sizes": schedule})
 
+    for batch in _decision_examples(reference, decisions, rows):
+        parity_holds = example(batch=batch)(parity_holds)
     _search(clause, parity_holds, policy)
+
+
+def _decision_examples(reference: Reference, decisions, rows: np.ndarray | None = None
+                       ) -> list[Batch]:
+    """Examples of what the decision search found: its rows (with mask patterns, for a masked
+    policy; or the clause's own `rows`), run in each batch size it found (at most four), or the
+    probe's first rows in those sizes when it found sizes only."""
+    if decisions is None or (decisions.found is None and not decisions.batch_sizes):
+        return []
+    if rows is None:
+        rows = decisions.found if decisions.found is not None \
+            else reference.domain.probe()[:16]
+    masks = None
+    if reference.masked:
+        masks = np.vstack(mask_patterns(len(rows), reference.head.mask_width))
+        rows = np.tile(rows, (len(masks) // len(rows), 1))
+    return [Batch("decisions", 0, rows, masks, size) for size in decisions.batch_sizes[:4] or [0]]
 
 
 def _search(clause: spec.Clause, search, policy) -> None:
@@ -463,7 +486,7 @@ def _state_problem(expected, obtained, f32, f64) -> str | None:
         theirs = np.asarray(theirs, np.float64)
         if theirs.shape != mine.shape:
             return f"{name} has shape {theirs.shape}, predict()'s state has {mine.shape}"
-        allowed = tolerance(-np.abs(mine), np.abs(mine), np.abs(low - high))
+        allowed = magnitude_tolerance(mine, np.abs(low - high))
         bad = ~(np.abs(theirs - mine) <= allowed)
         if bad.any():
             layer, env, unit = np.unravel_index(int(np.argmax(bad)), bad.shape)
