@@ -62,11 +62,13 @@ class Reference:
     def predict_input(self, obs: np.ndarray):
         """What predict() is given for flat float32 raw rows: normalized as VecNormalize does
         (if the model was trained under it), then each entry in the model's shape, layout and
-        dtype (observations.ObservationLayout)."""
+        dtype (observations.ObservationLayout) — a normalized entry as float32, what
+        VecNormalize returns, whatever its space's dtype."""
         rows = np.asarray(obs, dtype=np.float32)
-        if self.normalization is not None:
-            rows = self.normalization.apply(rows)
-        return self.layout.predict_input(rows)
+        if self.normalization is None:
+            return self.layout.predict_input(rows)
+        return self.layout.predict_input(self.normalization.apply(rows),
+                                         self.normalization.elements)
 
     def examine(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One float32 pass of the network over flat raw rows: its raw output (the pre-clip,

@@ -66,6 +66,12 @@ class Normalization:
     normalized: np.ndarray | None = None
 
     @property
+    def elements(self) -> np.ndarray:
+        """Per flat element: does VecNormalize normalize it?"""
+        every = np.full(self.mean.size, self.norm_obs)
+        return every if self.normalized is None else every & self.normalized
+
+    @property
     def std(self) -> np.ndarray:
         """The divisor, sqrt(var + epsilon), in float64."""
         return np.sqrt(self.var + self.epsilon)
