@@ -62,11 +62,13 @@ class Reference:
     def predict_input(self, obs: np.ndarray):
         """What predict() is given for flat float32 raw rows: normalized as VecNormalize does
         (if the model was trained under it), then each entry in the model's shape, layout and
-        dtype (observations.ObservationLayout)."""
+        dtype (observations.ObservationLayout) — a normalized entry as float32, what
+        VecNormalize returns, whatever its space's dtype."""
         rows = np.asarray(obs, dtype=np.float32)
-        if self.normalization is not None:
-            rows = self.normalization.apply(rows)
-        return self.layout.predict_input(rows)
+        if self.normalization is None:
+            return self.layout.predict_input(rows)
+        return self.layout.predict_input(self.normalization.apply(rows),
+                                         self.normalization.elements)
 
     def examine(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One float32 pass of the network over flat raw rows: its raw output (the pre-clip,
@@ -341,14 +343,17 @@ class Reference:
 
     def _margins(self, scores: torch.Tensor, element: int) -> torch.Tensor:
         """[B, values]: how far each value of an action element wins over the best other one
-        (> 0 where predict() chooses it)."""
+        (> 0 where predict() chooses it). The only value of an element (Discrete(1), an nvec
+        entry of 1) has no rival and always wins: its margin is +inf (the other values are
+        taken next to a column of -inf, so that a lone value's rivals are not empty)."""
         if self.kind == "MultiBinary":
             logit = scores[:, element:element + 1]
             return torch.cat([-logit, logit], dim=1)
         space = self.action_space
         sizes = [int(n) for n in (space.nvec if self.kind == "MultiDiscrete" else [space.n])]
         split = torch.split(scores, sizes, dim=1)[element]
-        best_other = torch.stack([torch.cat([split[:, :v], split[:, v + 1:]], dim=1).amax(dim=1)
+        rivals = torch.cat([split, torch.full_like(split[:, :1], -math.inf)], dim=1)
+        best_other = torch.stack([torch.cat([rivals[:, :v], rivals[:, v + 1:]], dim=1).amax(dim=1)
                                   for v in range(split.shape[1])], dim=1)
         return split - best_other
 

@@ -207,7 +207,9 @@ def normalization_line(described: dict | None, option: str | None = None) -> str
     if described is None:
         return "observation normalization: none (--vecnormalize none)" if option == "none" else ""
     if described["norm_obs"]:
-        how = f"clip_obs {described['clip_obs']:g}, epsilon {described['epsilon']:g}"
+        clip = described["clip_obs"]
+        how = (f"clip_obs {clip:g}" if clip is not None else "clip_obs inf (no clip)") + \
+            f", epsilon {described['epsilon']:g}"
         if described.get("keys") is not None:
             how += f", keys {', '.join(described['keys']) or '(none)'}"
     else:

@@ -19,7 +19,8 @@ Regimes (stated in the spec, section "Observations"):
   entries inside;
 - normalized_range, normalized_clip (models trained under VecNormalize): raw observations
   mean + z * sqrt(var + epsilon) with z across (-clip_obs, clip_obs), or with components at and
-  up to three times beyond +-clip_obs, where VecNormalize clips.
+  up to three times beyond +-clip_obs, where VecNormalize clips; where it clips nothing a
+  runtime can feed (clip_obs = inf), z across (-UNCLIPPED_RANGE, UNCLIPPED_RANGE).
 All components are float32, and |x| <= MAX_MAGNITUDE but in the far regime. Integer elements
 (pixels, integer Boxes, binary entries) are rounded into their bounds and one-hot groups hold one
 1 (`ObservationDomain.finish`), whatever the regime.
@@ -106,13 +107,19 @@ def explicit_rows(dim: int) -> int:
 
 NORMALIZED_REGIMES = ("normalized_range", "normalized_clip")
 BEYOND_CLIP = 3.0  # normalized_clip draws |z| up to this many times clip_obs
+# Where VecNormalize clips no observation a runtime can feed (clip_obs = inf, SB3's way to switch
+# the clip off, or a clip beyond every normalized value of the space), normalized_range draws |z|
+# up to this, SB3's default clip_obs, rather than up to a clip that is never reached.
+UNCLIPPED_RANGE = 10.0
 
 
 @dataclass(frozen=True)
 class ObservationDomain:
     low: np.ndarray  # flattened bounds, float64, may hold +-inf
     high: np.ndarray
-    # VecNormalize statistics, flattened (None without): z = (x - center) / spread, clipped.
+    # VecNormalize statistics, flattened (None without): z = (x - center) / spread; the
+    # normalized regimes draw |z| up to `clip`, VecNormalize's clip_obs (at most
+    # UNCLIPPED_RANGE where it clips nothing a runtime can feed).
     center: np.ndarray | None = None
     spread: np.ndarray | None = None
     clip: float = 0.0
@@ -143,8 +150,10 @@ class ObservationDomain:
                  "images": tuple((e.start, e.shape, e.channel_axis) for e in layout.images)}
         if normalization is None or not normalization.norm_obs:
             return cls(low, high, **shape)
-        return cls(low, high, normalization.mean, normalization.std, normalization.clip_obs,
-                   **shape)
+        reach = normalization.clip_obs
+        if normalization.never_clips(*cls(low, high, **shape).feedable()):
+            reach = min(reach, UNCLIPPED_RANGE)
+        return cls(low, high, normalization.mean, normalization.std, reach, **shape)
 
     @classmethod
     def unbounded(cls, dim: int) -> ObservationDomain:
@@ -153,6 +162,19 @@ class ObservationDomain:
     @property
     def dim(self) -> int:
         return self.low.size
+
+    @property
+    def float_limit(self) -> float:
+        """The largest magnitude of the space's float type (float32's at most)."""
+        return FLOAT32_MAX if self.float_bits == 32 else float(np.finfo(np.float16).max)
+
+    def feedable(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per element, the lowest and highest value a runtime can feed: an integer within its
+        bounds (as drawn), a float anywhere in its type's range (predict() does not clip
+        observations)."""
+        integral = np.zeros(self.dim, dtype=bool) if self.integral is None else self.integral
+        return (np.where(integral, self.low, -self.float_limit),
+                np.where(integral, self.high, self.float_limit))
 
     @property
     def width(self) -> np.ndarray:
@@ -355,8 +377,7 @@ class ObservationDomain:
     def finish(self, rows: np.ndarray) -> np.ndarray:
         """Rows as the runtime feeds them: finite values of the space's float type, as
         float32."""
-        limit = FLOAT32_MAX if self.float_bits == 32 else float(np.finfo(np.float16).max)
-        rows = np.clip(rows, -limit, limit)
+        rows = np.clip(rows, -self.float_limit, self.float_limit)
         if self.float_bits < 32:
             rows = rows.astype(np.float16)
         rows = rows.astype(np.float32, copy=False)  # a copy of the caller's rows already

@@ -1,18 +1,23 @@
 """The oracle's judgement of its own answers, on a real SB3 model built to put numbers exactly
 where the rules draw their lines: which rows predict() cannot decide (its float32 sums can
-overflow), and which artifact actions predict()'s own rounding could have given."""
+overflow), and which artifact actions predict()'s own rounding could have given; and what the
+oracle gives predict() for a model trained under VecNormalize."""
 
 from __future__ import annotations
+
+import copy
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from stable_baselines3 import SAC
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from fixtures.models import SpacesEnv, box
-from policy_onnx.load import load_model
+from fixtures.models import FIXTURES, SpacesEnv, box
+from policy_onnx.load import algorithm_class, load_model
 from policy_onnx.model import SAFE_MAGNITUDE, Reference
+from policy_onnx.normalization import attach
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +61,24 @@ def test_a_sign_decided_by_rounding_is_a_tie_and_nothing_else_is(cancelling):
     assert cancelling.within_rounding(rows[1:], middle).all()
     assert not cancelling.within_rounding(rows[1:], high).any()
     assert not cancelling.within_rounding(rows[1:], low).any()
+
+
+@pytest.mark.parametrize("name", ["dqn_ram_vecnormalize", "ppo_int64_vecnormalize",
+                                  "ppo_float16_vecnormalize"])
+def test_predict_is_given_what_vecnormalize_gives_the_policy(fixture_models, name):
+    """An integer (not image) or float16 Box under VecNormalize: the oracle's predict() acts on
+    the float32 values SB3's own VecNormalize.normalize_obs returns for the observations as the
+    environment returns them (in the space's dtype), the values the policy was trained on."""
+    fixture = next(f for f in FIXTURES if f.name == name)
+    path = fixture_models[name]
+    space = copy.deepcopy(fixture.observation_space)
+    space.seed(0)
+    obs = np.stack([space.sample() for _ in range(512)])
+    env = DummyVecEnv([lambda: SpacesEnv(fixture.observation_space, fixture.action_space)])
+    vecnormalize = VecNormalize.load(str(path.parent / name / "vecnormalize.pkl"), env)
+    model = algorithm_class(fixture.algorithm).load(path, device="cpu")
+    expected, _ = model.predict(vecnormalize.normalize_obs(obs), deterministic=True)
+    loaded = load_model(path)
+    attach(loaded, None)
+    actual = Reference(loaded).predict(obs.reshape(len(obs), -1).astype(np.float32))
+    assert np.array_equal(actual, expected.reshape(len(obs), -1))
