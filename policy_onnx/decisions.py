@@ -71,13 +71,13 @@ def _attribute(node: onnx.NodeProto, name: str, default):
 
 def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
     """Every place the graph decides on data it is fed (a decision on constants is none; a
-    Where or If on a comparison's output is that comparison)."""
+    Where, If or Cast on a comparison's or a guard's output is that comparison or guard)."""
     graph = proto.graph
     constant = {i.name for i in graph.initializer}
     inputs = {i.name for i in graph.input if i.name not in constant}
     reads: dict[str, set[str]] = {name: ({"values"} if name == obs_name else {"input"})
                                   for name in inputs}
-    compared = set()  # outputs of comparisons
+    compared = set()  # outputs of comparisons and guards
     producers = {out: node for node in graph.node for out in node.output}
     places = []
     for node in graph.node:
@@ -92,8 +92,8 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
         kind = "decision" if condition is not None else _kind(node)
         if kind is None:
             continue
-        if node.op_type in COMPARISONS:
-            compared.update(node.output)
+        if node.op_type in COMPARISONS or node.op_type in GUARDS:
+            compared.update(node.output)  # a consumer of these is decided there
         tensors = _deciding_tensors(node)
         deciding = set().union(*(reads.get(t, set()) for t in tensors))
         if not deciding or (node.op_type in CONSUMERS and tensors[0] in compared):

@@ -294,20 +294,27 @@ class Reference:
             return np.broadcast_to(self.fixed_tolerance, (len(obs), self.act_dim))
         return tolerance(self.low, self.high, self.rounding_noise(obs))
 
-    def within_rounding(self, obs: np.ndarray, final: np.ndarray) -> np.ndarray:
+    def within_rounding(self, obs: np.ndarray, final: np.ndarray, expected: np.ndarray
+                        ) -> np.ndarray:
         """Per element of a Box action: is `final` an action predict()'s own float32 rounding
         could give? predict() post-processes (clips, or squashes and unscales) a mean it knows
         only within its rounding noise; the post-processing of every mean within 8 times that
         noise (plus the tolerance's fixed term) is as good an answer. Where tanh saturates and
         the noise reaches past 0, that is either bound: the sign of the mean is a rounding
-        tie."""
+        tie. Only where predict()'s own answer, `expected`, lies in that interval too: the
+        interval comes from the suite's copy of the network, which must agree with predict()
+        for a tie to mean anything."""
         mean = torch.as_tensor(self.mean(obs))
         reach = NOISE_FACTOR * torch.as_tensor(self.rounding_noise(obs, raw=True))
         with torch.no_grad():
             lowest = self.head.post(mean - reach).double().numpy()
             highest = self.head.post(mean + reach).double().numpy()
         slack = self.fixed_tolerance
-        return (final >= lowest - slack) & (final <= highest + slack)
+
+        def inside(values):
+            return (values >= lowest - slack) & (values <= highest + slack)
+
+        return inside(final) & inside(expected)
 
     def overshoot(self, obs: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
         """Per row, how far (in action units) the pre-clip mean (computed here unless given)

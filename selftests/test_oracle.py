@@ -55,12 +55,16 @@ def test_a_sign_decided_by_rounding_is_a_tie_and_nothing_else_is(cancelling):
     answer predict()'s own float32 could have given. Where they are ordinary, the mean is 0
     within rounding and the action must be the middle of the bounds."""
     rows = np.array([[1e30, 0.0], [1.0, 0.0]], dtype=np.float32)
-    middle, low, high = np.array([[0.0]]), np.array([[-2.0]]), np.array([[2.0]])
-    assert cancelling.within_rounding(rows[:1], low).all()
-    assert cancelling.within_rounding(rows[:1], high).all()
-    assert cancelling.within_rounding(rows[1:], middle).all()
-    assert not cancelling.within_rounding(rows[1:], high).any()
-    assert not cancelling.within_rounding(rows[1:], low).any()
+    predicted = cancelling.predict(rows)
+    assert predicted.tolist() == [[0.0], [0.0]]
+    low, high = np.array([[-2.0]]), np.array([[2.0]])
+    for final, huge, ordinary in ((low, True, False), (high, True, False),
+                                  (predicted[1:], True, True)):
+        assert cancelling.within_rounding(rows[:1], final, predicted[:1]).all() == huge
+        assert cancelling.within_rounding(rows[1:], final, predicted[1:]).all() == ordinary
+    # A tie needs predict()'s own answer inside the interval too: the suite's copy of the
+    # network must agree with it.
+    assert not cancelling.within_rounding(rows[1:], predicted[1:], high).any()
 
 
 @pytest.mark.parametrize("name", ["dqn_ram_vecnormalize", "ppo_int64_vecnormalize",
