@@ -292,19 +292,28 @@ def _nan_far_outside(p):
         [const("axis1", [1], np.int64), const("far_threshold", 1e3), const("nan", np.nan)])
 
 
-def _wrong_at_batch(size: int):
-    """0.5 added to every action of a batch of exactly `size` rows."""
+def _shifted_where(condition_nodes, condition: str, shift: float, initializers=()):
+    """`shift` added to every action where `condition` (built by `condition_nodes`) holds."""
     def mutate(p):
         return append_after_output(p, lambda src, dst: [
-            helper.make_node("Shape", ["obs"], ["bs_shape"]),
-            helper.make_node("Gather", ["bs_shape", "bs_zero"], ["bs_rows"], axis=0),
-            helper.make_node("Equal", ["bs_rows", "bs_size"], ["bs_is"]),
-            helper.make_node("Cast", ["bs_is"], ["bs_flag"], to=TensorProto.FLOAT),
-            helper.make_node("Mul", ["bs_flag", "bs_half"], ["bs_shift"]),
-            helper.make_node("Add", [src, "bs_shift"], [dst])],
-            [const("bs_zero", 0, np.int64), const("bs_size", size, np.int64),
-             const("bs_half", 0.5)])
+            *condition_nodes,
+            helper.make_node("Cast", [condition], ["shift_flag"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["shift_flag", "shift_amount"], ["shifted_by"]),
+            helper.make_node("Add", [src, "shifted_by"], [dst])],
+            [*initializers, const("shift_amount", shift)])
     return mutate
+
+
+def _wrong_for_batches(first: int, last: int):
+    """0.5 added to every action of a batch of `first` to `last` rows."""
+    return _shifted_where(
+        [helper.make_node("Shape", ["obs"], ["bs_shape"]),
+         helper.make_node("Gather", ["bs_shape", "bs_zero"], ["bs_rows"], axis=0),
+         helper.make_node("GreaterOrEqual", ["bs_rows", "bs_first"], ["bs_from"]),
+         helper.make_node("LessOrEqual", ["bs_rows", "bs_last"], ["bs_to"]),
+         helper.make_node("And", ["bs_from", "bs_to"], ["bs_in"])], "bs_in", 0.5,
+        [const("bs_zero", 0, np.int64), const("bs_first", first, np.int64),
+         const("bs_last", last, np.int64)])
 
 
 def _observations_clipped(p):
@@ -844,35 +853,13 @@ _far_beyond_bounds = _where(
     [const("axis1", [1], np.int64), const("far_low", 22.0), const("far_high", 9000.0)])
 
 
-def _wrong_for_batches(first: int, last: int):
-    """0.5 added to every action of a batch of `first` to `last` rows."""
-    def mutate(p):
-        return append_after_output(p, lambda src, dst: [
-            helper.make_node("Shape", ["obs"], ["bs_shape"]),
-            helper.make_node("Gather", ["bs_shape", "bs_zero"], ["bs_rows"], axis=0),
-            helper.make_node("GreaterOrEqual", ["bs_rows", "bs_first"], ["bs_from"]),
-            helper.make_node("LessOrEqual", ["bs_rows", "bs_last"], ["bs_to"]),
-            helper.make_node("And", ["bs_from", "bs_to"], ["bs_in"]),
-            helper.make_node("Cast", ["bs_in"], ["bs_flag"], to=TensorProto.FLOAT),
-            helper.make_node("Mul", ["bs_flag", "bs_half"], ["bs_shift"]),
-            helper.make_node("Add", [src, "bs_shift"], [dst])],
-            [const("bs_zero", 0, np.int64), const("bs_first", first, np.int64),
-             const("bs_last", last, np.int64), const("bs_half", 0.5)])
-    return mutate
-
-
-def _off_where_huge(p):
-    """5e-4 added to the action wherever some raw reading exceeds 1e8: where VecNormalize clips,
-    so predict() is exact there and no tolerance may grow with |x|."""
-    return append_after_output(p, lambda src, dst: [
-        helper.make_node("Abs", ["obs"], ["huge_magnitudes"]),
-        helper.make_node("ReduceMax", ["huge_magnitudes", "axis1"], ["huge_largest"], keepdims=1),
-        helper.make_node("Greater", ["huge_largest", "huge_threshold"], ["huge"]),
-        helper.make_node("Cast", ["huge"], ["huge_flag"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["huge_flag", "huge_offset"], ["huge_shift"]),
-        helper.make_node("Add", [src, "huge_shift"], [dst])],
-        [const("axis1", [1], np.int64), const("huge_threshold", 1e8),
-         const("huge_offset", 5e-4)])
+# 5e-4 added to the action wherever some raw reading exceeds 1e8: where VecNormalize clips, so
+# predict() is exact there and no tolerance may grow with |x|.
+_off_where_huge = _shifted_where(
+    [helper.make_node("Abs", ["obs"], ["huge_magnitudes"]),
+     helper.make_node("ReduceMax", ["huge_magnitudes", "axis1"], ["huge_largest"], keepdims=1),
+     helper.make_node("Greater", ["huge_largest", "huge_threshold"], ["huge"])], "huge", 5e-4,
+    [const("axis1", [1], np.int64), const("huge_threshold", 1e8)])
 
 
 def _constant_action(p):
@@ -963,9 +950,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("batch_coupled", "each row nudged by the batch mean", _batch_coupled,
            frozenset({"BEH-02"} | PARITY)),
     Mutant("wrong_at_batch_1", "wrong actions for a batch of one row (a single robot)",
-           _wrong_at_batch(1), frozenset({"BEH-02"} | PARITY)),
+           _wrong_for_batches(1, 1), frozenset({"BEH-02"} | PARITY)),
     Mutant("wrong_at_batch_7", "wrong actions for a batch of exactly 7 rows",
-           _wrong_at_batch(7), frozenset({"BEH-02"} | PARITY)),
+           _wrong_for_batches(7, 7), frozenset({"BEH-02"} | PARITY)),
     Mutant("observations_clipped_at_1e4", "observations clipped to +-1e4 on the way in",
            _observations_clipped, frozenset(PARITY), model="ppo_unbounded_slow"),
     Mutant("observations_overflow_on_the_way_in", "obs rebuilt as sign(obs) * sqrt(obs * obs), "
