@@ -518,6 +518,8 @@ class Search:
         m = np.nan_to_num(m, nan=-np.inf).reshape(grid.shape)
         moved = np.flatnonzero(m.max(axis=1) > m.min(axis=1))
         moved = moved[np.argsort(-m[moved].max(axis=1))][:MAX_ZOOMED_ELEMENTS]
+        if not len(moved):  # no element moves the margin: nothing to zoom in on
+            return None
         row = row.copy()
         for i in moved:  # start each element at its best scanned value
             if m[i].max() > m[i, -1]:
