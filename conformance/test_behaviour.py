@@ -6,19 +6,21 @@ from policy_onnx.check import clause_test, fail, require, row, running
 from policy_onnx.strategies import BATCH_SIZES, rows_for
 
 
-def _sizes(probe_observations) -> list[int]:
-    """The batch sizes the suite uses, capped by the memory budget for a large observation."""
-    return sorted({rows_for(probe_observations.shape[1], n) for n in BATCH_SIZES})
+def _sizes(probe_observations, decisions) -> list[int]:
+    """The batch sizes the suite uses, and those the decision search found deciding something
+    in the graph, capped by the memory budget for a large observation."""
+    return sorted({rows_for(probe_observations.shape[1], n)
+                   for n in (*BATCH_SIZES, *decisions.batch_sizes)})
 
 
 @clause_test("BEH-01")
-def test_batch_sizes(clause, artifact, probe_observations):
+def test_batch_sizes(clause, artifact, probe_observations, decisions):
     if artifact.action is None:
         fail(clause, "there is no action output (see GRAPH-04)")
     row_shape = artifact.action.dims[1:]
     problems = []
     with running(clause):
-        for n in _sizes(probe_observations):
+        for n in _sizes(probe_observations, decisions):
             obs = np.resize(probe_observations, (n, probe_observations.shape[1]))
             shape = artifact.run(obs, one_row_each=False).shape
             static = all(isinstance(d, int) for d in row_shape)
@@ -30,13 +32,13 @@ def test_batch_sizes(clause, artifact, probe_observations):
 
 
 @clause_test("BEH-02")
-def test_rows_independent(clause, artifact, probe_observations, action_tolerance):
+def test_rows_independent(clause, artifact, probe_observations, action_tolerance, decisions):
     """Every batch size the suite uses, its rows the probe's first 64 repeated: each row as
     the same row fed alone (a batch without one row per observation is BEH-01's concern)."""
     obs = probe_observations[:64]
     with running(clause):
         alone = np.vstack([artifact.run(one[None]).reshape(1, -1) for one in obs])
-        for size in _sizes(probe_observations):
+        for size in _sizes(probe_observations, decisions):
             origin = np.arange(size) % len(obs)
             batched = artifact.run(obs[origin], one_row_each=False)
             if batched.shape[:1] == (size,):

@@ -96,7 +96,7 @@ def test_discrete_valid_actions(clause, policy, artifact, probe_observations):
 
 
 @clause_test("DISC-05")
-def test_discrete_parity(clause, policy, reference, artifact, action_seeds):
+def test_discrete_parity(clause, policy, reference, artifact, action_seeds, decisions):
     strategy = batches(reference.domain, (*EVERYWHERE, "each_action"), action_seeds)
-    check_parity(clause, reference, artifact, strategy, policy,
+    check_parity(clause, reference, artifact, strategy, policy, decisions=decisions,
                  search=reference.choice_search)

@@ -27,8 +27,8 @@ def test_mask_input(clause, policy, artifact):
 
 
 @clause_test("MASK-02")
-def test_masked_parity(clause, policy, reference, artifact, action_seeds):
+def test_masked_parity(clause, policy, reference, artifact, action_seeds, decisions):
     strategy = batches(reference.domain, (*EVERYWHERE, "each_action"), action_seeds,
                        mask_space=reference.mask_space)
-    check_parity(clause, reference, artifact, strategy, policy,
+    check_parity(clause, reference, artifact, strategy, policy, decisions=decisions,
                  search=reference.choice_search)

@@ -38,11 +38,11 @@ def test_observation_space_matches_model(clause, artifact, reference):
 
 
 @clause_test("OBS-03")
-def test_observation_parity(clause, policy, reference, artifact):
+def test_observation_parity(clause, policy, reference, artifact, decisions):
     # Pictures, and observations near those the searches found: each discrete choice, or a
     # mean beyond the action bounds.
     seeds = policy.clip_seeds if reference.kind == "Box" else policy.action_seeds
     regimes = ("structured", "toward_clip" if reference.kind == "Box" else "each_action")
     strategy = batches(reference.domain, regimes, seeds, mask_space=reference.mask_space)
-    check_parity(clause, reference, artifact, strategy, policy,
+    check_parity(clause, reference, artifact, strategy, policy, decisions=decisions,
                  search=reference.choice_search)

@@ -8,13 +8,13 @@ from policy_onnx.strategies import REGIMES, batches
 
 
 @clause_test("PAR-01")
-def test_parity(clause, policy, reference, artifact, clip_seeds):
+def test_parity(clause, policy, reference, artifact, clip_seeds, decisions):
     strategy = batches(reference.domain, REGIMES, clip_seeds)
-    check_parity(clause, reference, artifact, strategy, policy)
+    check_parity(clause, reference, artifact, strategy, policy, decisions=decisions)
 
 
 @clause_test("PAR-02")
-def test_parity_out_of_bounds(clause, policy, reference, artifact, clip_seeds):
+def test_parity_out_of_bounds(clause, policy, reference, artifact, clip_seeds, decisions):
     if not reference.clips:
         pytest.skip(f"{clause.id} not applicable: this policy squashes its mean with tanh "
                     "(squash_output), so predict() never clips it")
@@ -24,4 +24,5 @@ def test_parity_out_of_bounds(clause, policy, reference, artifact, clip_seeds):
                     "observation bounds, beyond them and at magnitudes up to float32's largest, "
                     "then gradient ascent on each action element)")
     strategy = batches(reference.domain, ("toward_clip",), clip_seeds)
-    check_parity(clause, reference, artifact, strategy, policy, steer=True)
+    check_parity(clause, reference, artifact, strategy, policy, steer=True,
+                 decisions=decisions, rows=clip_seeds)

@@ -94,11 +94,13 @@ class Reference:
     def predict_input(self, obs: np.ndarray):
         """What predict() is given for flat float32 raw rows: normalized as VecNormalize does
         (if the model was trained under it), then each entry in the model's shape, layout and
-        dtype (observations.ObservationLayout)."""
+        dtype (observations.ObservationLayout) — a normalized entry as float32, what
+        VecNormalize returns, whatever its space's dtype."""
         rows = np.asarray(obs, dtype=np.float32)
-        if self.normalization is not None:
-            rows = self.normalization.apply(rows)
-        return self.layout.predict_input(rows)
+        if self.normalization is None:
+            return self.layout.predict_input(rows)
+        return self.layout.predict_input(self.normalization.apply(rows),
+                                         self.normalization.elements)
 
     def examine(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One float32 pass of the network over flat raw rows: its raw output (the pre-clip,
@@ -264,7 +266,8 @@ class Reference:
         `samples` float64 forwards in which every Linear (and Conv2d) output is perturbed by a
         simulated float32 accumulation error u * sqrt(n_in) * (|x| |W|^T + |b|) * N(0, 1), and the
         observation normalization (if any) by the error of normalizing in float32 with float32
-        statistics, u * ((|x| + 2 |mean|) / std + 2 |out|) * N(0, 1) (seeded, so the same
+        statistics, u * ((|x| + 2 |mean|) / std + 2 |out|) * N(0, 1) where the element is not
+        clipped for certain (a clipped one is exactly +-clip_obs) (seeded, so the same
         observations give the same estimate). One batched pass holds the exact rows and the
         perturbed copies."""
         n = len(obs)
@@ -276,8 +279,11 @@ class Reference:
             return FLOAT32_UNIT * math.sqrt(terms) * _terms(module, x)
 
         def normalization_error(module, x, output):
+            # A clipped element is exactly +-clip_obs however |x| rounds: no error from |x|
+            # there (an element within its rounding error of the clip may still round across).
             mean, std = module.exact
             error = FLOAT32_UNIT * ((x.abs() + 2.0 * mean.abs()) / std + 2.0 * output.abs())
+            error = torch.where((x - mean).abs() / std - error >= module.clip_obs, 0.0, error)
             return error * module.normalized if module.partial else error
 
         def perturb(error):
@@ -320,20 +326,27 @@ class Reference:
             return np.broadcast_to(self.fixed_tolerance, (len(obs), self.act_dim))
         return tolerance(self.low, self.high, self.rounding_noise(obs))
 
-    def within_rounding(self, obs: np.ndarray, final: np.ndarray) -> np.ndarray:
+    def within_rounding(self, obs: np.ndarray, final: np.ndarray, expected: np.ndarray
+                        ) -> np.ndarray:
         """Per element of a Box action: is `final` an action predict()'s own float32 rounding
         could give? predict() post-processes (clips, or squashes and unscales) a mean it knows
         only within its rounding noise; the post-processing of every mean within 8 times that
         noise (plus the tolerance's fixed term) is as good an answer. Where tanh saturates and
         the noise reaches past 0, that is either bound: the sign of the mean is a rounding
-        tie."""
+        tie. Only where predict()'s own answer, `expected`, lies in that interval too: the
+        interval comes from the suite's copy of the network, which must agree with predict()
+        for a tie to mean anything."""
         mean = torch.as_tensor(self.mean(obs))
         reach = NOISE_FACTOR * torch.as_tensor(self.rounding_noise(obs, raw=True))
         with torch.no_grad():
             lowest = self.head.post(mean - reach).double().numpy()
             highest = self.head.post(mean + reach).double().numpy()
         slack = self.fixed_tolerance
-        return (final >= lowest - slack) & (final <= highest + slack)
+
+        def inside(values):
+            return (values >= lowest - slack) & (values <= highest + slack)
+
+        return inside(final) & inside(expected)
 
     def overshoot(self, obs: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
         """Per row, how far (in action units) the pre-clip mean (computed here unless given)
@@ -375,14 +388,17 @@ class Reference:
 
     def _margins(self, scores: torch.Tensor, element: int) -> torch.Tensor:
         """[B, values]: how far each value of an action element wins over the best other one
-        (> 0 where predict() chooses it)."""
+        (> 0 where predict() chooses it). The only value of an element (Discrete(1), an nvec
+        entry of 1) has no rival and always wins: its margin is +inf (the other values are
+        taken next to a column of -inf, so that a lone value's rivals are not empty)."""
         if self.kind == "MultiBinary":
             logit = scores[:, element:element + 1]
             return torch.cat([-logit, logit], dim=1)
         space = self.action_space
         sizes = [int(n) for n in (space.nvec if self.kind == "MultiDiscrete" else [space.n])]
         split = torch.split(scores, sizes, dim=1)[element]
-        best_other = torch.stack([torch.cat([split[:, :v], split[:, v + 1:]], dim=1).amax(dim=1)
+        rivals = torch.cat([split, torch.full_like(split[:, :1], -math.inf)], dim=1)
+        best_other = torch.stack([torch.cat([rivals[:, :v], rivals[:, v + 1:]], dim=1).amax(dim=1)
                                   for v in range(split.shape[1])], dim=1)
         return split - best_other
 

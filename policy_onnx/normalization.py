@@ -24,6 +24,7 @@ from .layouts import find_statistics, statistics_candidates, trained_normalized
 from .load import AllowListUnpickler, ModelLoadError, RefusedGlobal
 
 MAX_STATISTICS_BYTES = 64 * 2**20
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class _Stored:
@@ -65,6 +66,12 @@ class Normalization:
     normalized: np.ndarray | None = None
 
     @property
+    def elements(self) -> np.ndarray:
+        """Per flat element: does VecNormalize normalize it?"""
+        every = np.full(self.mean.size, self.norm_obs)
+        return every if self.normalized is None else every & self.normalized
+
+    @property
     def std(self) -> np.ndarray:
         """The divisor, sqrt(var + epsilon), in float64."""
         return np.sqrt(self.var + self.epsilon)
@@ -92,10 +99,57 @@ class Normalization:
             reached &= self.normalized
         return reached.any(axis=1)
 
+    def never_clips(self, low: np.ndarray, high: np.ndarray) -> str:
+        """Why VecNormalize clips no observation whose flat elements lie within `low` and
+        `high` (what a runtime can feed, ObservationDomain.feedable: an integer within its
+        bounds, a float anywhere in its type's range), or "" when some normalized element can
+        reach +-clip_obs there."""
+        if math.isinf(self.clip_obs):
+            return "clip_obs is inf: VecNormalize does not clip"
+        with np.errstate(over="ignore"):
+            reach = np.maximum(np.abs(low - self.mean), np.abs(high - self.mean)) / self.std
+        if self.normalized is not None:
+            reach = reach[self.normalized]
+        largest = float(reach.max(initial=0.0))
+        if largest >= self.clip_obs:
+            return ""
+        return (f"no observation of this space reaches clip_obs = {self.clip_obs:g}: "
+                f"normalized, its elements lie within +-{largest:.3g}")
+
     def describe(self) -> dict:
+        """For the header, the summary and the JSON report (clip_obs null: no clip, since JSON
+        has no inf)."""
         keys = {"keys": list(self.keys)} if self.keys is not None else {}
+        clip_obs = self.clip_obs if math.isfinite(self.clip_obs) else None
         return {"path": str(self.path), "sha256": self.sha256, "norm_obs": self.norm_obs,
-                "clip_obs": self.clip_obs, "epsilon": self.epsilon, **keys}
+                "clip_obs": clip_obs, "epsilon": self.epsilon, **keys}
+
+
+def _unusable(mean: np.ndarray, var: np.ndarray, epsilon: float, clip_obs: float) -> str:
+    """What makes the statistics unusable, named ("" when they are usable). VecNormalize
+    divides by sqrt(var + epsilon) and clips at +-clip_obs (inf, a valid setting, switches the
+    clip off); an artifact holds the mean and that divisor in float32 (the suite's export
+    does, and the tolerance allows for it), so both must be float32 numbers, the divisor not 0
+    there. Anything else would be a crash or a verdict on statistics no policy trained with."""
+    for values, name, bad, rule in (
+            (mean, "obs_rms.mean", ~(np.abs(mean) <= FLOAT32_MAX), "finite in float32"),
+            (var, "obs_rms.var", ~((var >= 0) & np.isfinite(var)), "a finite number >= 0")):
+        if bad.any():
+            i = int(np.argmax(bad))
+            return f"{name} is {float(values[i])!r} at element {i} (each must be {rule})"
+    if not (math.isfinite(epsilon) and epsilon >= 0):
+        return f"epsilon is {epsilon!r} (it must be a finite number >= 0)"
+    if not clip_obs > 0:
+        return f"clip_obs is {clip_obs!r} (it must be > 0; inf switches the clip off)"
+    std = np.sqrt(var + epsilon)
+    with np.errstate(over="ignore"):
+        std32 = std.astype(np.float32)
+    bad = ~((std32 > 0) & np.isfinite(std32))
+    if bad.any():
+        i = int(np.argmax(bad))
+        return (f"sqrt(var + epsilon) is {float(std[i])!r} at element {i}, "
+                f"{'0' if std32[i] == 0 else 'inf'} in float32, in which an artifact holds it")
+    return ""
 
 
 def load_statistics(path: Path, layout, given: bool = True,
@@ -157,8 +211,12 @@ def load_statistics(path: Path, layout, given: bool = True,
         if entry is not None and entry.image:
             raise ModelLoadError(f"{named}: statistics over the image {where} are not supported "
                                  "(SB3 scales images by 1/255 instead)")
-        mean = np.asarray(rms_state["mean"], dtype=np.float64)
-        var = np.asarray(rms_state["var"], dtype=np.float64)
+        try:
+            mean = np.asarray(rms_state["mean"], dtype=np.float64)
+            var = np.asarray(rms_state["var"], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ModelLoadError(f"{named}: the mean and var of {where} are not arrays of "
+                                 f"numbers; {fix}") from None
         shape = tuple(entry.shape) if entry else (mean.size,)
         if (entry is not None and entry.kind != "Box") or mean.shape != shape \
                 or var.shape != shape:
@@ -175,13 +233,14 @@ def load_statistics(path: Path, layout, given: bool = True,
             f"{named}: the statistics of {', '.join(map(str, goal_keys or ()))} hold "
             f"{mean.size} elements, but the model's observation {layout.space} has "
             f"{layout.flatdim}: they do not fit its observation; {fix}")
-    epsilon = float(state.get("epsilon", 1e-8))
-    clip_obs = float(state.get("clip_obs", 10.0))
-    usable = (np.isfinite(mean).all() and np.isfinite(var).all() and (var >= 0).all()
-              and math.isfinite(epsilon) and epsilon >= 0 and clip_obs > 0)
-    if not usable or not (var + epsilon > 0).all():
-        raise ModelLoadError(f"{named}: the statistics are not usable (non-finite or negative "
-                             f"variance, or clip_obs <= 0); {fix}")
+    try:
+        epsilon = float(state.get("epsilon", 1e-8))
+        clip_obs = float(state.get("clip_obs", 10.0))
+    except (TypeError, ValueError):
+        raise ModelLoadError(f"{named}: epsilon and clip_obs are not numbers; {fix}") from None
+    problem = _unusable(mean, var, epsilon, clip_obs)
+    if problem:
+        raise ModelLoadError(f"{named}: the statistics are not usable: {problem}; {fix}")
     everything = all(n.all() for n in normalized)
     return Normalization(path=path, sha256=sha256(path), norm_obs=bool(state.get("norm_obs", True)),
                          mean=mean, var=var, epsilon=epsilon, clip_obs=clip_obs, keys=keys,

@@ -77,15 +77,19 @@ class Entry:
             return values.transpose(0, 2, 3, 1)
         return values
 
-    def to_model(self, rows: np.ndarray) -> np.ndarray:
+    def to_model(self, rows: np.ndarray, normalized: bool = False) -> np.ndarray:
         """Flat float rows of this entry -> the values predict() takes, in the model's layout
-        and dtype (indices for Discrete and MultiDiscrete)."""
+        and dtype (indices for Discrete and MultiDiscrete). A `normalized` entry holds what
+        VecNormalize gave the policy, which is float32 whatever the space's dtype: the policy
+        was trained on those values (cast back to an integer or float16 Box's dtype, they
+        would be rounded, truncated or wrapped)."""
         n = len(rows)
         if self.kind == "Box":
             values = rows.reshape(n, *self.shape)
             if self.image and self.layout == CHANNELS_LAST:
                 values = values.transpose(0, 3, 1, 2)
-            return np.ascontiguousarray(values).astype(self.space.dtype)
+            dtype = np.float32 if normalized else self.space.dtype
+            return np.ascontiguousarray(values).astype(dtype)
         if self.kind == "Discrete":
             return np.argmax(rows, axis=1).astype(self.space.dtype)
         if self.kind == "MultiDiscrete":
@@ -161,10 +165,13 @@ class ObservationLayout:
         parts = [e.bounds() for e in self.entries]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def predict_input(self, rows: np.ndarray):
+    def predict_input(self, rows: np.ndarray, normalized: np.ndarray | None = None):
         """Flat rows [B, flatdim] -> what predict() takes: an array in the model's shape and
-        dtype, or a dict of them."""
-        values = {e.key: e.to_model(rows[:, e.start:e.stop]) for e in self.entries}
+        dtype, or a dict of them. `normalized`: per flat element, whether the rows hold it as
+        VecNormalize normalized it (Entry.to_model)."""
+        values = {e.key: e.to_model(rows[:, e.start:e.stop], normalized is not None
+                                    and bool(normalized[e.start:e.stop].any()))
+                  for e in self.entries}
         return values if self.is_dict else values[None]
 
     def discrete_groups(self) -> tuple[tuple[int, int], ...]:

@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING
 import math
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings, target
+from hypothesis import HealthCheck, example, given, settings, target
 
 from . import check, spec
 from .check import row
 from .artifact import Artifact, ArtifactError
+from .decisions import mask_patterns
 from .strategies import FLOAT32_MAX, Batch, rows_for
-from .tolerance import RULE, tolerance
+from .tolerance import RULE, magnitude_tolerance, tolerance
 
 if TYPE_CHECKING:
     from .model import Reference
@@ -143,7 +144,7 @@ def compare(reference: Reference, artifact: Artifact, obs: np.ndarray, stats: Pa
     bad = ~(diff <= tolerance)
     rows = np.flatnonzero(bad.any(axis=1))
     if len(rows):
-        ties = reference.within_rounding(obs[rows], obtained[rows])
+        ties = reference.within_rounding(obs[rows], obtained[rows], expected[rows])
         stats.near_ties[clause_id] += int((bad[rows] & ties).any(axis=1).sum())
         bad[rows] &= ~ties
     if not bad.any():
@@ -225,10 +226,12 @@ def _score_gaps(reference: Reference, expected: np.ndarray, obtained: np.ndarray
 
 def _beyond_ties(differs, gaps, chosen, noise, stats: ParityStats, clause_id: str):
     """Which differing choices are real disagreements, not rounding ties (a tie: the two
-    choices' scores within the tolerance of the chosen score, given the scores' float32 noise);
-    ties are counted. Returns (real, allowed gap)."""
-    allowed = tolerance(-np.abs(chosen), np.abs(chosen), noise.max(axis=1, keepdims=True))
-    real = differs & ~(gaps <= allowed)
+    choices' scores within the tolerance of the chosen score, given the scores' float32 noise,
+    either way: the scores come from the suite's copy of the network, which must not rank the
+    artifact's choice clearly above predict()'s); ties are counted. Returns (real, allowed
+    gap)."""
+    allowed = magnitude_tolerance(chosen, noise.max(axis=1, keepdims=True))
+    real = differs & ~(np.abs(gaps) <= allowed)
     stats.near_ties[clause_id] += int((differs & ~real).any(axis=1).sum())
     return real, allowed
 
@@ -315,12 +318,16 @@ def search_settings() -> settings:
 
 
 def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, strategy,
-                 policy, steer: bool = False, search=None) -> None:
+                 policy, steer: bool = False, decisions=None,
+                 rows: np.ndarray | None = None, search=None) -> None:
     """Run the hypothesis search; fail the clause with the worst observation of the minimal
     example. With `steer`, hypothesis is also told to maximize the share of rows whose mean leaves
     the action bounds. Rows where predict() cannot decide (its float32 network can overflow)
-    are not compared, and counted. `search` (model.ChoiceSearch, or None): how far the
-    each-action search whose rows the strategy draws near got, reported with the clause."""
+    are not compared, and counted. What the decision search found in the artifact's graph
+    (`decisions`, a decisions.Coverage) comes first: every row it found (or the clause's own
+    `rows`), in a large batch of each batch size it found deciding something. `search`
+    (model.ChoiceSearch, or None): how far the each-action search whose rows the strategy draws
+    near got, reported with the clause."""
     if search is not None:
         policy.stats.record_search(clause.id, search)
 
@@ -347,7 +354,26 @@ def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, 
             raise Mismatch(problem, repr(batch), {"observations": obs, "masks": masks,
                                                   "batch_sizes": schedule})
 
+    for batch in _decision_examples(reference, decisions, rows):
+        parity_holds = example(batch=batch)(parity_holds)
     _search(clause, parity_holds, policy)
+
+
+def _decision_examples(reference: Reference, decisions, rows: np.ndarray | None = None
+                       ) -> list[Batch]:
+    """Examples of what the decision search found: its rows (with mask patterns, for a masked
+    policy; or the clause's own `rows`), run in each batch size it found (at most four), or the
+    probe's first rows in those sizes when it found sizes only."""
+    if decisions is None or (decisions.found is None and not decisions.batch_sizes):
+        return []
+    if rows is None:
+        rows = decisions.found if decisions.found is not None \
+            else reference.domain.probe()[:16]
+    masks = None
+    if reference.masked:
+        masks = np.vstack(mask_patterns(len(rows), reference.head.mask_width))
+        rows = np.tile(rows, (len(masks) // len(rows), 1))
+    return [Batch("decisions", 0, rows, masks, size) for size in decisions.batch_sizes[:4] or [0]]
 
 
 def _search(clause: spec.Clause, search, policy) -> None:
@@ -478,7 +504,7 @@ def _state_problem(expected, obtained, f32, f64) -> str | None:
         theirs = np.asarray(theirs, np.float64)
         if theirs.shape != mine.shape:
             return f"{name} has shape {theirs.shape}, predict()'s state has {mine.shape}"
-        allowed = tolerance(-np.abs(mine), np.abs(mine), np.abs(low - high))
+        allowed = magnitude_tolerance(mine, np.abs(low - high))
         bad = ~(np.abs(theirs - mine) <= allowed)
         if bad.any():
             layer, env, unit = np.unravel_index(int(np.argmax(bad)), bad.shape)

@@ -34,8 +34,9 @@ from .load import LoadedModel, ModelLoadError, load_model
 from .metadata import TRANSFORMS
 from .observations import IMAGE_LAYOUTS
 from .parity import ParityStats
-from .report import (Verdicts, all_met, normalization_line, policies_line, report_document,
-                     write_json)
+
+from .report import (Verdicts, all_met, coverage_properties, normalization_line, policies_line,
+                     report_document, write_json)
 from .tolerance import RULE, tolerance
 
 # No example database: a run writes nothing into the user's folder (failures are saved as
@@ -121,6 +122,8 @@ class Policy:
     facts: dict = field(default_factory=dict)
     facts_reported: bool = False  # a pytest-xdist worker tells its controller once
     stats: ParityStats = field(default_factory=ParityStats)  # filled where the tests run
+    coverage: object = None  # decisions.Coverage of the artifact, where the tests run
+    coverage_reported: bool = False  # its summary went with a clause's report
     verdicts: Verdicts = field(default_factory=Verdicts)  # filled from the test reports
     exported_path: Path | None = None
     export_failure: str | None = None
@@ -199,6 +202,16 @@ class Policy:
     @cached_property
     def clip_seeds(self):
         return self.reference.find_out_of_bounds()
+
+    def cover(self, artifact: Artifact, domain):
+        """The decision coverage of `artifact` (made once; decisions.cover), starting from the
+        searches' seeds too, with a model."""
+        if self.coverage is None:
+            from .decisions import cover
+
+            seeds = [self.clip_seeds, self.action_seeds] if self.reference is not None else []
+            self.coverage = cover(artifact, domain, seeds)
+        return self.coverage
 
     @cached_property
     def action_seeds(self):
@@ -694,11 +707,16 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         found = policy.stats.for_clause(marker.args[0])
         if policy.exported_path:
             found.append(("exported_artifact", str(policy.exported_path)))
+        if policy.coverage is not None and not policy.coverage_reported:
+            found += coverage_properties(policy.coverage.summary())
+            policy.coverage_reported = True
         if _worker(item.config) and policy.loaded and not policy.facts_reported:
             found.append(("policy_facts", policy.current_facts()))  # for a controller that
             policy.facts_reported = True  # never opened it
         report.user_properties += found
-        item.user_properties += found  # JUnit XML takes the properties of the teardown report
+        # JUnit XML takes the properties of the teardown report: the flat ones (records such as
+        # the policy's facts go to the controller only).
+        item.user_properties += [(k, v) for k, v in found if not isinstance(v, dict)]
     return report
 
 
@@ -791,7 +809,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         line = normalization_line(policy.normalization_facts, policy.vecnormalize)
         if line:
             write(line)
-        for line in policy.verdicts.statistics_lines(policy.action_kind):
+        for line in (*policy.verdicts.statistics_lines(policy.action_kind),
+                     *policy.verdicts.coverage_lines()):
             write(line)
     if len(run.judged) > 1:
         terminalreporter.write_sep("-", "all policies")
@@ -844,23 +863,37 @@ def artifact(policy: Policy, tmp_path_factory: pytest.TempPathFactory,
 
 
 @pytest.fixture(scope="session")
-def probe_observations(policy: Policy, artifact: Artifact):
-    """A fixed mix of observations for the behaviour clauses: from the model's observation space
-    with --model, else from the observation space the artifact declares (image and dict
-    policies), else unbounded rows of the artifact's obs_dim."""
+def domain(policy: Policy, artifact: Artifact):
+    """Where the suite draws observations: the model's observation space with --model, else
+    the observation space the artifact declares (image and dict policies), else unbounded
+    rows of the artifact's obs_dim."""
     from .metadata import observation_size
     from .observations import declared_layout
     from .strategies import ObservationDomain
 
     if policy.reference is not None:
-        return policy.reference.domain.probe()
+        return policy.reference.domain
     if artifact.obs_dim is None:
         pytest.fail("cannot make observations: obs has no static obs_dim (see GRAPH-07)",
                     pytrace=False)
     declared = artifact.declared_observation()
     if declared is not None and observation_size(declared) == artifact.obs_dim:
-        return ObservationDomain.of_layout(declared_layout(declared)).probe()
-    return ObservationDomain.unbounded(artifact.obs_dim).probe()
+        return ObservationDomain.of_layout(declared_layout(declared))
+    return ObservationDomain.unbounded(artifact.obs_dim)
+
+
+@pytest.fixture(scope="session")
+def decisions(policy: Policy, artifact: Artifact, domain):
+    """The decision coverage of the artifact's graph (decisions.py), made once per policy:
+    the rows and batch sizes its search found are checked by the clauses."""
+    return policy.cover(artifact, domain)
+
+
+@pytest.fixture(scope="session")
+def probe_observations(domain, decisions):
+    """A fixed mix of observations for the behaviour clauses, the rows the decision search
+    found among the first."""
+    return domain.probe(extra=decisions.found)
 
 
 @pytest.fixture(scope="session")

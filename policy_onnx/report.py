@@ -36,6 +36,7 @@ class Verdicts:
     def __init__(self):
         self.by_clause: dict[str, Verdict] = {}
         self.statistics: dict[str, dict[str, int]] = {}  # what the parity clauses exercised
+        self.coverage: dict | None = None  # the decision coverage of the artifact's graph
 
     def record(self, report) -> None:
         """Take a pytest TestReport of a clause test (other reports are ignored); the plugin
@@ -44,6 +45,8 @@ class Verdicts:
         if "clause" not in properties or (report.when != "call" and report.outcome == "passed"):
             return
         clause = spec.clause(properties["clause"])
+        if "decision_coverage" in properties:
+            self.coverage = properties["decision_coverage"]
         if "observations" in properties:
             self.statistics[clause.id] = {name: properties[name] for name in STATISTICS}
         outcome = report.outcome
@@ -167,7 +170,43 @@ class Verdicts:
             "clauses": [asdict(self.by_clause[c.id]) for c in spec.CLAUSES
                         if c.id in self.by_clause],
             "statistics": dict(sorted(self.statistics.items())),
+            "decision_coverage": self.coverage,
         }
+
+    def coverage_lines(self) -> list[str]:
+        """The decision coverage of the artifact's graph, in a line (and the decisions not
+        seen every way)."""
+        c = self.coverage
+        if c is None:
+            return []
+        line = (f"decisions in the graph: {c['decisions']}, seen every way: "
+                f"{c['decisions_every_way']}; piecewise-linear units: {c['units']}, every way: "
+                f"{c['units_every_way']}")
+        if c["guards"]:
+            line += f"; NaN/inf guards (not searched): {c['guards']}"
+        if c["batch_sizes_found"]:
+            line += (f"; batch sizes that decide: "
+                     f"{', '.join(map(str, c['batch_sizes_found']))}")
+        if c["rows_found"]:
+            line += f"; {c['rows_found']:,} observations found by the search, checked"
+        if c["search_budget_spent"]:
+            line += "; the search stopped at its time budget"
+        lines = [line]
+        if c["not_every_way"]:
+            lines.append("  not seen every way (the suite could not drive them; a fault behind "
+                         "them would go unseen): " + ", ".join(c["not_every_way"][:10])
+                         + (f", ... {len(c['not_every_way']) - 10} more"
+                            if len(c["not_every_way"]) > 10 else ""))
+        return lines
+
+
+def coverage_properties(summary: dict) -> list[tuple[str, object]]:
+    """The decision coverage as report properties: the summary whole (for the run's record) and
+    flat values (for JUnit XML)."""
+    return [("decision_coverage", summary),
+            *((f"coverage_{name}", value) for name, value in summary.items()
+              if isinstance(value, (int, bool))),
+            ("coverage_not_every_way", "; ".join(summary["not_every_way"]))]
 
 
 def normalization_line(described: dict | None, option: str | None = None) -> str:
@@ -176,7 +215,9 @@ def normalization_line(described: dict | None, option: str | None = None) -> str
     if described is None:
         return "observation normalization: none (--vecnormalize none)" if option == "none" else ""
     if described["norm_obs"]:
-        how = f"clip_obs {described['clip_obs']:g}, epsilon {described['epsilon']:g}"
+        clip = described["clip_obs"]
+        how = (f"clip_obs {clip:g}" if clip is not None else "clip_obs inf (no clip)") + \
+            f", epsilon {described['epsilon']:g}"
         if described.get("keys") is not None:
             how += f", keys {', '.join(described['keys']) or '(none)'}"
     else:

@@ -220,18 +220,23 @@ CLAUSES: tuple[Clause, ...] = (
            "For a model trained under observation normalization (VecNormalize statistics with "
            "`norm_obs`), the artifact MUST take raw observations, as a runtime reads them, and "
            "normalize them itself. For raw observations drawn across the normalized range "
-           "(|(obs - mean) / sqrt(var + epsilon)| < clip_obs), the final action MUST match "
+           "(|(obs - mean) / sqrt(var + epsilon)| < clip_obs; < 10 where VecNormalize clips no "
+           "observation, as with clip_obs = inf), the final action MUST match "
            "`model.predict(normalize(obs), deterministic=True)`, where normalize is "
            "`clip((obs - mean) / sqrt(var + epsilon), -clip_obs, clip_obs)` computed as "
-           "VecNormalize computes it (float64, then float32): within the parity tolerance for "
-           "Box actions, exactly (but at rounding ties) for discrete ones.",
+           "VecNormalize computes it (float64, then float32; no clip for clip_obs = inf): "
+           "within the parity tolerance for Box actions, exactly (but at rounding ties) for "
+           "discrete ones.",
            needs_model=True, structures=("plain", "masked"), needs_normalization=True),
     Clause("NORM-02", "normalized_clip_parity", E,
            "The final action matches `predict()` where the normalized observation is clipped",
            "For raw observations whose normalized observation reaches +-clip_obs in some "
            "component (the suite draws there on purpose, up to three times beyond the clip), "
            "the final action MUST match `model.predict(normalize(obs), deterministic=True)` as "
-           "in NORM-01. The suite reports how many such observations it checked.",
+           "in NORM-01. The suite reports how many such observations it checked. Where "
+           "VecNormalize clips no observation a runtime can feed (clip_obs = inf, or a clip "
+           "beyond every normalized value of the space), the clause is not applicable and is "
+           "reported as skipped.",
            needs_model=True, structures=("plain", "masked"), needs_normalization=True),
     # --- recurrent state (Extended) --------------------------------------------------------------
     Clause("REC-01", "recurrent_interface", E, "State comes in and goes out by name",

@@ -20,7 +20,8 @@ Regimes (stated in the spec, section "Observations"):
   or shifted), the other entries inside;
 - normalized_range, normalized_clip (models trained under VecNormalize): raw observations
   mean + z * sqrt(var + epsilon) with z across (-clip_obs, clip_obs), or with components at and
-  up to three times beyond +-clip_obs, where VecNormalize clips.
+  up to three times beyond +-clip_obs, where VecNormalize clips; where it clips nothing a
+  runtime can feed (clip_obs = inf), z across (-UNCLIPPED_RANGE, UNCLIPPED_RANGE).
 All components are float32, and |x| <= MAX_MAGNITUDE but in the far regime. Integer elements
 (pixels, integer Boxes, binary entries) are rounded into their bounds and one-hot groups hold one
 1 (`ObservationDomain.finish`), whatever the regime.
@@ -114,13 +115,19 @@ def explicit_rows(dim: int) -> int:
 
 NORMALIZED_REGIMES = ("normalized_range", "normalized_clip")
 BEYOND_CLIP = 3.0  # normalized_clip draws |z| up to this many times clip_obs
+# Where VecNormalize clips no observation a runtime can feed (clip_obs = inf, SB3's way to switch
+# the clip off, or a clip beyond every normalized value of the space), normalized_range draws |z|
+# up to this, SB3's default clip_obs, rather than up to a clip that is never reached.
+UNCLIPPED_RANGE = 10.0
 
 
 @dataclass(frozen=True)
 class ObservationDomain:
     low: np.ndarray  # flattened bounds, float64, may hold +-inf
     high: np.ndarray
-    # VecNormalize statistics, flattened (None without): z = (x - center) / spread, clipped.
+    # VecNormalize statistics, flattened (None without): z = (x - center) / spread; the
+    # normalized regimes draw |z| up to `clip`, VecNormalize's clip_obs (at most
+    # UNCLIPPED_RANGE where it clips nothing a runtime can feed).
     center: np.ndarray | None = None
     spread: np.ndarray | None = None
     clip: float = 0.0
@@ -151,8 +158,10 @@ class ObservationDomain:
                  "images": tuple((e.start, e.shape, e.channel_axis) for e in layout.images)}
         if normalization is None or not normalization.norm_obs:
             return cls(low, high, **shape)
-        return cls(low, high, normalization.mean, normalization.std, normalization.clip_obs,
-                   **shape)
+        reach = normalization.clip_obs
+        if normalization.never_clips(*cls(low, high, **shape).feedable()):
+            reach = min(reach, UNCLIPPED_RANGE)
+        return cls(low, high, normalization.mean, normalization.std, reach, **shape)
 
     @classmethod
     def unbounded(cls, dim: int) -> ObservationDomain:
@@ -161,6 +170,19 @@ class ObservationDomain:
     @property
     def dim(self) -> int:
         return self.low.size
+
+    @property
+    def float_limit(self) -> float:
+        """The largest magnitude of the space's float type (float32's at most)."""
+        return FLOAT32_MAX if self.float_bits == 32 else float(np.finfo(np.float16).max)
+
+    def feedable(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per element, the lowest and highest value a runtime can feed: an integer within its
+        bounds (as drawn), a float anywhere in its type's range (predict() does not clip
+        observations)."""
+        integral = np.zeros(self.dim, dtype=bool) if self.integral is None else self.integral
+        return (np.where(integral, self.low, -self.float_limit),
+                np.where(integral, self.high, self.float_limit))
 
     @property
     def width(self) -> np.ndarray:
@@ -245,14 +267,21 @@ class ObservationDomain:
         return self.finish(self.center + z * self.spread)
 
     def far(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Components past either side at every magnitude float32 holds: an unbounded side
+        from 1e4 out, a finite bound from ten widths out (where `beyond` stops), log-uniform up
+        to float32's largest; the rest as inside."""
         if self._float_part is not None:
             return self._with_integers("far", rng, n)
         shape = (n, self.dim)
         rows = self.inside(rng, n).astype(np.float64)
-        magnitude = _log_uniform(rng, shape, MAX_MAGNITUDE, FLOAT32_MAX)
+        unbounded = _log_uniform(rng, shape, MAX_MAGNITUDE, FLOAT32_MAX)
         up = rng.random(shape) < 0.5
-        far = np.where(up & np.isposinf(self.high), magnitude,
-                       np.where(~up & np.isneginf(self.low), -magnitude, rows))
+        start = np.where(up, self.high, -self.low) + 10 * self.width  # finite sides
+        distance = 10.0 ** rng.uniform(np.log10(np.clip(start, 1e-3, FLOAT32_MAX)),
+                                       np.log10(FLOAT32_MAX), shape)
+        bounded = np.where(up, distance, -distance)
+        far = np.where(up, np.where(np.isposinf(self.high), unbounded, bounded),
+                       np.where(np.isneginf(self.low), -unbounded, bounded))
         return self.finish(np.where(rng.random(shape) < 0.5, far, rows))
 
     def structured(self, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -287,7 +316,7 @@ class ObservationDomain:
     def special_values(self, regime: str) -> np.ndarray:
         """[candidates, dim]: the special values of each element in `regime` (NaN where one does
         not apply): 0 and -0.0, +-1, the float32 bounds and the floats just inside them; beyond,
-        the floats just outside the finite bounds; far, +-float32's largest on unbounded sides."""
+        the floats just outside the finite bounds; far, +-float32's largest."""
         low = np.where(np.isfinite(self.low), self.low, -MAX_MAGNITUDE).astype(np.float32)
         high = np.where(np.isfinite(self.high), self.high, MAX_MAGNITUDE).astype(np.float32)
         inward = [low, high, np.nextafter(low, high), np.nextafter(high, low)]
@@ -298,8 +327,7 @@ class ObservationDomain:
             inside += [np.where(np.isfinite(b), v, np.nan)
                        for b, v in zip((self.low, self.high), outward)]
         if regime == "far":
-            inside += [np.where(np.isneginf(self.low), -FLOAT32_MAX, np.nan),
-                       np.where(np.isposinf(self.high), FLOAT32_MAX, np.nan)]
+            inside += [np.full(self.dim, -FLOAT32_MAX), np.full(self.dim, FLOAT32_MAX)]
         return np.array(inside, dtype=np.float64)
 
     def _special(self, rows: np.ndarray, rng: np.random.Generator, regime: str) -> np.ndarray:
@@ -318,24 +346,32 @@ class ObservationDomain:
         rows[where] = values[where]
         return self.finish(rows)
 
-    def probe(self, seed: int = 0, n: int = 1000) -> np.ndarray:
+    def probe(self, seed: int = 0, n: int = 1000, extra: np.ndarray | None = None
+              ) -> np.ndarray:
         """A fixed mix of regimes and corner values for the behaviour clauses (fewer rows for a
-        large observation)."""
+        large observation); `extra` rows come right after the corners."""
         rng = np.random.default_rng(seed)
         n = max(rows_for(self.dim, n), 7)
         corners = [np.zeros(self.dim), np.clip(self.low, -MAX_MAGNITUDE, None),
                    np.clip(self.high, None, MAX_MAGNITUDE), np.full(self.dim, MAX_MAGNITUDE),
                    np.full(self.dim, -MAX_MAGNITUDE)]
         half = (n - len(corners)) // 2
-        return np.vstack([self.finish(np.array(corners)), self.inside(rng, half),
-                          self.beyond(rng, n - len(corners) - half)])
+        extra = np.empty((0, self.dim)) if extra is None else extra[:rows_for(self.dim, n)]
+        return np.vstack([self.finish(np.array(corners)), self.finish(extra),
+                          self.inside(rng, half), self.beyond(rng, n - len(corners) - half)])
+
+    @property
+    def regimes(self) -> tuple[str, ...]:
+        """The regimes that need no search, for this domain: the float regimes, pictures for
+        images, and the normalized ones under VecNormalize statistics."""
+        return (*EVERYWHERE, *(("structured",) if self.images else ()),
+                *(NORMALIZED_REGIMES if self.center is not None else ()))
 
     # --- hypothesis -------------------------------------------------------------------------------
     def finish(self, rows: np.ndarray) -> np.ndarray:
         """Rows as the runtime feeds them: finite values of the space's float type, as
         float32."""
-        limit = FLOAT32_MAX if self.float_bits == 32 else float(np.finfo(np.float16).max)
-        rows = np.clip(rows, -limit, limit)
+        rows = np.clip(rows, -self.float_limit, self.float_limit)
         if self.float_bits < 32:
             rows = rows.astype(np.float16)
         rows = rows.astype(np.float32, copy=False)  # a copy of the caller's rows already
@@ -370,13 +406,13 @@ class ObservationDomain:
                                      center - 0.9 * clip * spread))
         low, high = self.low[i], self.high[i]
         inside = self._floats(low, high)
-        if regime == "far":
-            parts = [inside]
-            if np.isneginf(low):
-                parts.append(self._floats(-FLOAT32_MAX, -MAX_MAGNITUDE, FLOAT32_MAX))
-            if np.isposinf(high):
-                parts.append(self._floats(MAX_MAGNITUDE, FLOAT32_MAX, FLOAT32_MAX))
-            return st.one_of(parts)
+        if regime == "far":  # past either side, from 1e4 or ten widths out, to float32's largest
+            reach = 10.0 * self.width[i]
+            near_low = -MAX_MAGNITUDE if np.isneginf(low) else low - reach
+            near_high = MAX_MAGNITUDE if np.isposinf(high) else high + reach
+            return st.one_of([inside,
+                              self._floats(-FLOAT32_MAX, near_low, FLOAT32_MAX),
+                              self._floats(near_high, FLOAT32_MAX, FLOAT32_MAX)])
         if regime != "beyond":
             return inside
         reach = 10.0 * self.width[i]

@@ -292,19 +292,28 @@ def _nan_far_outside(p):
         [const("axis1", [1], np.int64), const("far_threshold", 1e3), const("nan", np.nan)])
 
 
-def _wrong_at_batch(size: int):
-    """0.5 added to every action of a batch of exactly `size` rows."""
+def _shifted_where(condition_nodes, condition: str, shift: float, initializers=()):
+    """`shift` added to every action where `condition` (built by `condition_nodes`) holds."""
     def mutate(p):
         return append_after_output(p, lambda src, dst: [
-            helper.make_node("Shape", ["obs"], ["bs_shape"]),
-            helper.make_node("Gather", ["bs_shape", "bs_zero"], ["bs_rows"], axis=0),
-            helper.make_node("Equal", ["bs_rows", "bs_size"], ["bs_is"]),
-            helper.make_node("Cast", ["bs_is"], ["bs_flag"], to=TensorProto.FLOAT),
-            helper.make_node("Mul", ["bs_flag", "bs_half"], ["bs_shift"]),
-            helper.make_node("Add", [src, "bs_shift"], [dst])],
-            [const("bs_zero", 0, np.int64), const("bs_size", size, np.int64),
-             const("bs_half", 0.5)])
+            *condition_nodes,
+            helper.make_node("Cast", [condition], ["shift_flag"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["shift_flag", "shift_amount"], ["shifted_by"]),
+            helper.make_node("Add", [src, "shifted_by"], [dst])],
+            [*initializers, const("shift_amount", shift)])
     return mutate
+
+
+def _wrong_for_batches(first: int, last: int):
+    """0.5 added to every action of a batch of `first` to `last` rows."""
+    return _shifted_where(
+        [helper.make_node("Shape", ["obs"], ["bs_shape"]),
+         helper.make_node("Gather", ["bs_shape", "bs_zero"], ["bs_rows"], axis=0),
+         helper.make_node("GreaterOrEqual", ["bs_rows", "bs_first"], ["bs_from"]),
+         helper.make_node("LessOrEqual", ["bs_rows", "bs_last"], ["bs_to"]),
+         helper.make_node("And", ["bs_from", "bs_to"], ["bs_in"])], "bs_in", 0.5,
+        [const("bs_zero", 0, np.int64), const("bs_first", first, np.int64),
+         const("bs_last", last, np.int64)])
 
 
 def _observations_clipped(p):
@@ -846,6 +855,88 @@ IMAGE_MUTANTS = (
            model="ppo_cnn"),
 )
 
+# --- decisions inside the graph that random draws rarely or never reach ------------------------
+def _where(condition_nodes, condition: str, initializers=()):
+    """The action negated where `condition` (built by `condition_nodes` from obs) holds."""
+    def mutate(p):
+        return append_after_output(p, lambda src, dst: [
+            *condition_nodes,
+            helper.make_node("Neg", [src], ["negated"]),
+            helper.make_node("Where", [condition, "negated", src], [dst])], initializers)
+    return mutate
+
+
+def _element(index: int, name: str) -> list[onnx.NodeProto]:
+    """`name` = obs[:, index] as [batch, 1]."""
+    return [helper.make_node("Slice", ["obs", f"{name}_start", f"{name}_end", "axis1"], [name])]
+
+
+def _element_constants(index: int, name: str) -> list[onnx.TensorProto]:
+    return [const(f"{name}_start", [index], np.int64), const(f"{name}_end", [index + 1], np.int64)]
+
+
+# |obs[1] - 2.7| < 1e-5: a slab 2e-5 wide, which uniform draws over [-10, 10] hit once in 1e6.
+_thin_slab = _where(
+    [*_element(1, "x1"), helper.make_node("Sub", ["x1", "slab_center"], ["off_center"]),
+     helper.make_node("Abs", ["off_center"], ["distance"]),
+     helper.make_node("Less", ["distance", "slab_width"], ["in_slab"])], "in_slab",
+    [*_element_constants(1, "x1"), const("axis1", [1], np.int64), const("slab_center", 2.7),
+     const("slab_width", 1e-5)])
+
+# 2.3 < obs[0] < 2.3001 and obs[2] > 5: a region no random draw reaches, behind one Where on an And.
+_planted_region = _where(
+    [*_element(0, "x0"), *_element(2, "x2"),
+     helper.make_node("Greater", ["x0", "region_low"], ["above"]),
+     helper.make_node("Less", ["x0", "region_high"], ["below"]),
+     helper.make_node("Greater", ["x2", "region_x2"], ["x2_high"]),
+     helper.make_node("And", ["above", "below"], ["in_window"]),
+     helper.make_node("And", ["in_window", "x2_high"], ["in_region"])], "in_region",
+    [*_element_constants(0, "x0"), *_element_constants(2, "x2"), const("axis1", [1], np.int64),
+     const("region_low", 2.3), const("region_high", 2.3001), const("region_x2", 5.0)])
+
+# 22 < max|obs| < 9000 on a [-1, 1] observation space: past ten bound-widths, short of 1e4.
+_far_beyond_bounds = _where(
+    [helper.make_node("Abs", ["obs"], ["magnitudes"]),
+     helper.make_node("ReduceMax", ["magnitudes", "axis1"], ["largest"], keepdims=1),
+     helper.make_node("Greater", ["largest", "far_low"], ["past_low"]),
+     helper.make_node("Less", ["largest", "far_high"], ["short_of_high"]),
+     helper.make_node("And", ["past_low", "short_of_high"], ["between"])], "between",
+    [const("axis1", [1], np.int64), const("far_low", 22.0), const("far_high", 9000.0)])
+
+
+# 5e-4 added to the action wherever some raw reading exceeds 1e8: where VecNormalize clips, so
+# predict() is exact there and no tolerance may grow with |x|.
+_off_where_huge = _shifted_where(
+    [helper.make_node("Abs", ["obs"], ["huge_magnitudes"]),
+     helper.make_node("ReduceMax", ["huge_magnitudes", "axis1"], ["huge_largest"], keepdims=1),
+     helper.make_node("Greater", ["huge_largest", "huge_threshold"], ["huge"])], "huge", 5e-4,
+    [const("axis1", [1], np.int64), const("huge_threshold", 1e8)])
+
+
+def _constant_action(p):
+    """The action always 0, whatever the observation (inside bounds of +-1e-6)."""
+    return append_after_output(p, lambda src, dst: [
+        helper.make_node("Mul", [src, "nothing"], [dst])], [const("nothing", 0.0)])
+
+
+DECISION_MUTANTS = (
+    Mutant("wrong_in_a_thin_slab", "the action negated where |obs[1] - 2.7| < 1e-5",
+           _thin_slab, frozenset({"PAR-01"})),
+    Mutant("wrong_in_a_planted_region", "the action negated where 2.3 < obs[0] < 2.3001 and "
+           "obs[2] > 5 (a Where on an And)", _planted_region, frozenset({"PAR-01"})),
+    Mutant("wrong_far_beyond_bounds", "the action negated where 22 < max|obs| < 9000, on a "
+           "[-1, 1] observation space", _far_beyond_bounds, frozenset(PARITY),
+           model="a2c_matrix_obs"),
+    Mutant("wrong_for_batches_300_to_310", "wrong actions for batches of 300 to 310 rows",
+           _wrong_for_batches(300, 310), frozenset({"BEH-02"} | PARITY)),
+    Mutant("vecnormalize_off_where_huge", "5e-4 off wherever a raw reading exceeds 1e8, where "
+           "VecNormalize clips", _off_where_huge, frozenset({"BEH-05", "NORM-01"} | PARITY),
+           model="ppo_vecnormalize"),
+    Mutant("constant_on_tiny_bounds", "the action always 0, on bounds of +-1e-6",
+           _constant_action, frozenset(PARITY), model="ppo_tiny_bounds"),
+)
+
+
 MUTANTS: tuple[Mutant, ...] = (
     # graph
     Mutant("input_renamed", "the input is named 'observation'", _rename_input,
@@ -910,9 +1001,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("batch_coupled", "each row nudged by the batch mean", _batch_coupled,
            frozenset({"BEH-02"} | PARITY)),
     Mutant("wrong_at_batch_1", "wrong actions for a batch of one row (a single robot)",
-           _wrong_at_batch(1), frozenset({"BEH-02"} | PARITY)),
+           _wrong_for_batches(1, 1), frozenset({"BEH-02"} | PARITY)),
     Mutant("wrong_at_batch_7", "wrong actions for a batch of exactly 7 rows",
-           _wrong_at_batch(7), frozenset({"BEH-02"} | PARITY)),
+           _wrong_for_batches(7, 7), frozenset({"BEH-02"} | PARITY)),
     Mutant("observations_clipped_at_1e4", "observations clipped to +-1e4 on the way in",
            _observations_clipped, frozenset(PARITY), model="ppo_unbounded_slow"),
     Mutant("observations_overflow_on_the_way_in", "obs rebuilt as sign(obs) * sqrt(obs * obs), "
@@ -1007,9 +1098,41 @@ MUTANTS: tuple[Mutant, ...] = (
     *NORMALIZATION_MUTANTS,
     # image and dict observations
     *IMAGE_MUTANTS,
+    # decisions in the graph
+    *DECISION_MUTANTS,
 )
 
+def _nan_guard(p):
+    """NaN actions replaced by 0: a guard that decides only on NaN, which no observation gives."""
+    return append_after_output(p, lambda src, dst: [
+        helper.make_node("IsNaN", [src], ["is_nan"]),
+        helper.make_node("Where", ["is_nan", "guard_zero", src], [dst])],
+        [const("guard_zero", 0.0)])
+
+
+def _clamp_as_where(p):
+    """The clamp written as Where(Greater(mean, high), high, ...) and Where(Less(...)), in place
+    of Max and Min."""
+    graph = p.graph
+    low = next(n for n in graph.node if n.op_type == "Max")
+    high = next(n for n in graph.node if n.op_type == "Min")
+    mean, low_bound, high_bound = low.input[0], low.input[1], high.input[1]
+    out = high.output[0]
+    keep = [n for n in graph.node if n not in (low, high)]
+    del graph.node[:]
+    graph.node.extend([*keep,
+                       helper.make_node("Greater", [mean, high_bound], ["over"]),
+                       helper.make_node("Where", ["over", high_bound, mean], ["capped"]),
+                       helper.make_node("Less", ["capped", low_bound], ["under"]),
+                       helper.make_node("Where", ["under", low_bound, "capped"], [out])])
+    del graph.value_info[:]
+    return p
+
+
 CONFORMING: tuple[Mutant, ...] = (
+    Mutant("nan_guard", "NaN actions replaced by 0 (Where on IsNaN)", _nan_guard, frozenset()),
+    Mutant("clamp_as_where", "the clamp as Where(Greater) and Where(Less)", _clamp_as_where,
+           frozenset()),
     Mutant("extra_metadata_keys", "unknown extra metadata keys", _extra_keys, frozenset()),
     Mutant("weights_off_by_rounding", "weights off by 1e-7 relative",
            lambda p: scale_weights(p, 1.0 + 1e-7), frozenset()),

@@ -263,10 +263,21 @@ def _statistics_of(path, **state):
     return path
 
 
-def _rms(shape):
+def _rms(shape, mean=0.0, var=1.0):
     from stable_baselines3.common.running_mean_std import RunningMeanStd
 
-    return RunningMeanStd(shape=shape)
+    rms = RunningMeanStd(shape=shape)
+    rms.mean = np.full(shape, mean, dtype=np.float64)
+    rms.var = np.full(shape, var, dtype=np.float64)
+    return rms
+
+
+def _unusable(path, mean=0.0, var=1.0, **state):
+    """Statistics for the real model's 4-element observations with one odd value: `mean` and
+    `var` at element 2, the others as given in `state` (epsilon, clip_obs)."""
+    rms = _rms((4,))
+    rms.mean[2], rms.var[2] = mean, var
+    return _statistics_of(path, obs_rms=rms, **state)
 
 
 STATISTICS_FIX = "pass the vecnormalize.pkl saved with this model"
@@ -280,6 +291,24 @@ STATISTICS_CASES = {  # the real model has 4-element observations
         ["statistics of shape (17,) for the observation, which is Box(", "in the model"]),
     "no obs_rms": (lambda p: _statistics_of(p / "v.pkl"),
                    ["not VecNormalize statistics (no obs_rms)"]),
+    # Values SB3 would never write, each refused by name (clip_obs = inf is valid: no clip).
+    "a NaN mean": (lambda p: _unusable(p / "v.pkl", mean=np.nan),
+                   ["obs_rms.mean is nan at element 2"]),
+    "a mean beyond float32": (lambda p: _unusable(p / "v.pkl", mean=1e39),
+                              ["obs_rms.mean is 1e+39 at element 2", "finite in float32"]),
+    "an infinite variance": (lambda p: _unusable(p / "v.pkl", var=np.inf),
+                             ["obs_rms.var is inf at element 2"]),
+    "a negative variance": (lambda p: _unusable(p / "v.pkl", var=-1.0),
+                            ["obs_rms.var is -1.0 at element 2", "a finite number >= 0"]),
+    "a NaN epsilon": (lambda p: _unusable(p / "v.pkl", epsilon=np.nan), ["epsilon is nan"]),
+    "clip_obs 0": (lambda p: _unusable(p / "v.pkl", clip_obs=0.0),
+                   ["clip_obs is 0.0 (it must be > 0; inf switches the clip off)"]),
+    "a NaN clip_obs": (lambda p: _unusable(p / "v.pkl", clip_obs=np.nan), ["clip_obs is nan"]),
+    "a clip_obs that is not a number": (lambda p: _unusable(p / "v.pkl", clip_obs="ten"),
+                                        ["epsilon and clip_obs are not numbers"]),
+    "a standard deviation of 0 in float32": (
+        lambda p: _unusable(p / "v.pkl", var=0.0, epsilon=1e-100),
+        ["sqrt(var + epsilon) is 1e-50 at element 2, 0 in float32"]),
     "code in the pickle": (
         lambda p: _statistics_of(p / "v.pkl", obs_rms=_rms((4,)), extra=_RunsCode(p / "ran")),
         ["refused to unpickle posix.system", "could run code"]),

@@ -1,9 +1,11 @@
 """The oracle's judgement of its own answers, on a real SB3 model built to put numbers exactly
 where the rules draw their lines: which rows predict() cannot decide (its float32 sums can
-overflow), and which artifact actions predict()'s own rounding could have given."""
+overflow), and which artifact actions predict()'s own rounding could have given; and what the
+oracle gives predict() for a model trained under VecNormalize."""
 
 from __future__ import annotations
 
+import copy
 import time
 
 import gymnasium as gym
@@ -11,10 +13,12 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3 import SAC
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from fixtures.models import SpacesEnv, box
-from policy_onnx.load import load_model
+from fixtures.models import FIXTURES, SpacesEnv, box
+from policy_onnx.load import algorithm_class, load_model
 from policy_onnx.model import SAFE_MAGNITUDE, SEARCH_BUDGET, ChoiceSearch, Reference
+from policy_onnx.normalization import attach
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +56,37 @@ def test_a_sign_decided_by_rounding_is_a_tie_and_nothing_else_is(cancelling):
     answer predict()'s own float32 could have given. Where they are ordinary, the mean is 0
     within rounding and the action must be the middle of the bounds."""
     rows = np.array([[1e30, 0.0], [1.0, 0.0]], dtype=np.float32)
-    middle, low, high = np.array([[0.0]]), np.array([[-2.0]]), np.array([[2.0]])
-    assert cancelling.within_rounding(rows[:1], low).all()
-    assert cancelling.within_rounding(rows[:1], high).all()
-    assert cancelling.within_rounding(rows[1:], middle).all()
-    assert not cancelling.within_rounding(rows[1:], high).any()
-    assert not cancelling.within_rounding(rows[1:], low).any()
+    predicted = cancelling.predict(rows)
+    assert predicted.tolist() == [[0.0], [0.0]]
+    low, high = np.array([[-2.0]]), np.array([[2.0]])
+    for final, huge, ordinary in ((low, True, False), (high, True, False),
+                                  (predicted[1:], True, True)):
+        assert cancelling.within_rounding(rows[:1], final, predicted[:1]).all() == huge
+        assert cancelling.within_rounding(rows[1:], final, predicted[1:]).all() == ordinary
+    # A tie needs predict()'s own answer inside the interval too: the suite's copy of the
+    # network must agree with it.
+    assert not cancelling.within_rounding(rows[1:], predicted[1:], high).any()
+
+
+@pytest.mark.parametrize("name", ["dqn_ram_vecnormalize", "ppo_int64_vecnormalize",
+                                  "ppo_float16_vecnormalize"])
+def test_predict_is_given_what_vecnormalize_gives_the_policy(fixture_models, name):
+    """An integer (not image) or float16 Box under VecNormalize: the oracle's predict() acts on
+    the float32 values SB3's own VecNormalize.normalize_obs returns for the observations as the
+    environment returns them (in the space's dtype), the values the policy was trained on."""
+    fixture = next(f for f in FIXTURES if f.name == name)
+    path = fixture_models[name]
+    space = copy.deepcopy(fixture.observation_space)
+    space.seed(0)
+    obs = np.stack([space.sample() for _ in range(512)])
+    env = DummyVecEnv([lambda: SpacesEnv(fixture.observation_space, fixture.action_space)])
+    vecnormalize = VecNormalize.load(str(path.parent / name / "vecnormalize.pkl"), env)
+    model = algorithm_class(fixture.algorithm).load(path, device="cpu")
+    expected, _ = model.predict(vecnormalize.normalize_obs(obs), deterministic=True)
+    loaded = load_model(path)
+    attach(loaded, None)
+    actual = Reference(loaded).predict(obs.reshape(len(obs), -1).astype(np.float32))
+    assert np.array_equal(actual, expected.reshape(len(obs), -1))
 
 
 def test_the_each_action_search_stops_at_its_time_budget_and_says_so(fixture_models):

@@ -1,17 +1,23 @@
 """The suite's own observation strategies, without a model: at every observation size a user can
 bring (1 to 30,000 elements, past the size where rows stop being drawn element by element),
 every regime draws its batches under the settings the clauses search with, and no hypothesis
-health check ends the search. A limitation of the strategies must show here, not as a failing
-clause in a user's run."""
+health check ends the search; the normalized regimes draw where VecNormalize clips nothing. A
+limitation of the strategies must show here, not as a failing clause in a user's run."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import gymnasium as gym
 import numpy as np
 import pytest
 from hypothesis import given, settings
 
+from policy_onnx.normalization import Normalization
+from policy_onnx.observations import ObservationLayout
 from policy_onnx.parity import search_settings
-from policy_onnx.strategies import (MAX_EXPLICIT_ELEMENTS, REGIMES, MaskSpace, ObservationDomain,
+from policy_onnx.strategies import (BEYOND_CLIP, MAX_EXPLICIT_ELEMENTS, NORMALIZED_REGIMES,
+                                    REGIMES, UNCLIPPED_RANGE, MaskSpace, ObservationDomain,
                                     batches, example_rows)
 
 # Around every threshold of the strategies: hypothesis's own limits on an example's size (a
@@ -120,3 +126,33 @@ def test_masks_force_each_choice_in_turn_and_exclude_predicts_own():
     groups = MaskSpace((3, 4)).draw(rng, observations, 0.5)
     one_each = (groups[:, :3].sum(axis=1) == 1) & (groups[:, 3:].sum(axis=1) == 1)
     assert set(np.argmax(groups[one_each, 3:], axis=1)) == set(range(4))
+
+
+def _normalization(mean, var, clip_obs) -> Normalization:
+    return Normalization(path=Path("vecnormalize.pkl"), sha256="", norm_obs=True,
+                         mean=np.asarray(mean, np.float64), var=np.asarray(var, np.float64),
+                         epsilon=1e-8, clip_obs=clip_obs)
+
+
+@pytest.mark.parametrize("space, clip_obs, never, drawn", [
+    (gym.spaces.Box(-np.inf, np.inf, (2,)), np.inf, "clip_obs is inf", UNCLIPPED_RANGE),
+    (gym.spaces.Box(-np.inf, np.inf, (2,)), 1e300, "no observation of this space reaches",
+     UNCLIPPED_RANGE),
+    (gym.spaces.Box(-np.inf, np.inf, (2,)), 5.0, "", 5.0),
+    # Bytes of mean 128 and std 40 stay within (255 - 128) / 40 = 3.2 of it.
+    (gym.spaces.Box(0, 255, (2,), np.uint8), 5.0, "no observation of this space reaches", 5.0),
+    (gym.spaces.Box(0, 255, (2,), np.uint8), 3.0, "", 3.0)])
+def test_the_normalized_range_where_vecnormalize_clips_nothing(space, clip_obs, never, drawn):
+    """Where VecNormalize clips no observation a runtime can feed (clip_obs = inf, a clip past
+    every float32 observation's normalized value, or past the bounds of an integer Box), NORM-02
+    has nothing to draw and NORM-01 draws within a finite range; both regimes draw."""
+    normalization = _normalization([128.0, 128.0], [1600.0, 1600.0], clip_obs)
+    domain = ObservationDomain.of_layout(ObservationLayout(space), normalization)
+    reason = normalization.never_clips(*domain.feedable())
+    assert (never in reason) if never else reason == ""
+    assert domain.clip == drawn
+    for regime in NORMALIZED_REGIMES:
+        rows = domain.sample(regime, np.random.default_rng(0), 64)
+        assert np.isfinite(rows).all()
+        z = (rows - 128.0) / np.sqrt(1600.0 + 1e-8)
+        assert (np.abs(z) < drawn * BEYOND_CLIP + 1).all()

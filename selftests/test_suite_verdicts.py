@@ -22,6 +22,9 @@ STRUCTURE = {f.name: STRUCTURES.get(f.algorithm, "plain") for f in FIXTURES}
 # Models whose mean is never clipped: PAR-02 is reported as not applicable, with this reason.
 NO_CLIPPING = {f.name: f.no_clipping for f in FIXTURES if f.no_clipping}
 NORMALIZED = {f.name for f in FIXTURES if f.normalization}
+# Models whose VecNormalize clips no observation (clip_obs = inf): NORM-02 is reported as not
+# applicable, with this reason.
+UNCLIPPED = {f.name: f.unclipped for f in FIXTURES if f.unclipped}
 FEATURES = {f.name: ObservationLayout(f.observation_space).features for f in FIXTURES}
 # The options a fixture is exported with: its image layout when it is not the default.
 OPTIONS = {f.name: ("--image-layout", f.image_layout) if f.image_layout != "HWC" else ()
@@ -39,6 +42,8 @@ def expected_skips(name: str) -> dict[str, str]:
     skips = not_applicable(KIND[name], STRUCTURE[name], name in NORMALIZED, FEATURES[name])
     if name in NO_CLIPPING and "PAR-02" not in skips:
         skips["PAR-02"] = NO_CLIPPING[name]
+    if name in UNCLIPPED:
+        skips["NORM-02"] = UNCLIPPED[name]
     return skips
 
 

@@ -1,0 +1,684 @@
+"""Decision coverage of an artifact's own graph (spec section 5, "Decisions in the graph").
+
+A fault that random draws never reach lives behind a data-dependent decision inside the graph:
+a comparison, a Where, a rounding, an argmax, a unit of a piecewise-linear function, or
+anything that reads the batch size. The suite reads the graph and finds every such place; it
+runs a copy of the graph with the values that decide each one exposed as extra outputs, and
+records which ways each decision went over the observations it draws. For every way not seen,
+it searches, guided by the decision's own margin (how far those values are from deciding the
+other way): it scans each observation element across its magnitudes, zooms in where the
+margin moves toward the other way, and bisects between observations on either side of a
+boundary. Decisions that read only the batch size are searched over batch sizes. The rows
+found (both sides of each boundary) are checked by the parity and behaviour clauses like any
+other draw, and the batch sizes found by BEH-01/02.
+
+Nothing here needs the model: only the artifact and the observations a runtime may feed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+COMPARISONS = {"Greater": "Greater", "Less": "Less", "GreaterOrEqual": "GreaterOrEqual",
+               "LessOrEqual": "LessOrEqual", "Equal": "Equal"}
+# Their outputs are rounded or truncated to integers: each value is a way the node went.
+STEPS = ("Round", "Floor", "Ceil", "Mod")
+SELECTIONS = ("ArgMax", "ArgMin", "TopK")
+GUARDS = ("IsNaN", "IsInf")  # decide only on NaN or inf, which no observation is
+# Piecewise-linear units: a trigger can hide behind one without any comparison.
+UNITS = ("Relu", "LeakyRelu", "PRelu", "ThresholdedRelu", "Abs", "Max", "Min", "Clip",
+         "HardSigmoid", "HardSwish", "Shrink")
+INTEGER_TYPES = {TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64,
+                 TensorProto.UINT8, TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64,
+                 TensorProto.BOOL}
+BATCH_READERS = ("Shape", "Size")
+# Nodes that consume a bool: made of comparisons (And, Or, Not), it is one decision there.
+CONSUMERS = ("Where", "If", "Cast")
+
+
+@dataclass(frozen=True)
+class Place:
+    """One place where the graph decides: a node, what kind of decision, the tensors whose
+    values decide it (exposed as outputs), and what it reads (observation values, the batch
+    size, a mask input)."""
+    node: str
+    op: str
+    kind: str  # "decision", "unit" (piecewise-linear) or "guard" (NaN/inf only)
+    tensors: tuple[str, ...]
+    reads: str  # "values", "batch" or "input" (a graph input other than obs, e.g. masks)
+    attributes: tuple = ()
+    # A Where's or If's condition made of comparisons (And, Or, Not): the tree its margin is
+    # computed from, e.g. ("And", ("Greater", a, b), ("Less", c, d)); None otherwise.
+    condition: tuple | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.op} '{self.node}'"
+
+
+def _attribute(node: onnx.NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
+    """Every place the graph decides on data it is fed (a decision on constants is none; a
+    Where, If or Cast on a comparison's or a guard's output is that comparison or guard)."""
+    graph = proto.graph
+    constant = {i.name for i in graph.initializer}
+    inputs = {i.name for i in graph.input if i.name not in constant}
+    reads: dict[str, set[str]] = {name: ({"values"} if name == obs_name else {"input"})
+                                  for name in inputs}
+    compared = set()  # outputs of comparisons and guards
+    producers = {out: node for node in graph.node for out in node.output}
+    places = []
+    for node in graph.node:
+        sources = set().union(*(reads.get(i, set()) for i in node.input if i))
+        if node.op_type in BATCH_READERS:
+            sources = {"batch"} if sources else set()
+        elif node.op_type == "ConstantOfShape":
+            sources &= {"batch"}
+        for out in node.output:
+            reads[out] = sources
+        condition = _condition(node.input[0], producers) if node.op_type in CONSUMERS else None
+        kind = "decision" if condition is not None else _kind(node)
+        if kind is None:
+            continue
+        if node.op_type in COMPARISONS or node.op_type in GUARDS:
+            compared.update(node.output)  # a consumer of these is decided there
+        tensors = _deciding_tensors(node)
+        deciding = set().union(*(reads.get(t, set()) for t in tensors))
+        if not deciding or (node.op_type in CONSUMERS and tensors[0] in compared):
+            continue
+        what = next(w for w in ("values", "input", "batch") if w in deciding)
+        attributes = tuple((a.name, onnx.helper.get_attribute_value(a)) for a in node.attribute
+                           if a.name in ("axis", "to", "min", "max", "alpha"))
+        if condition is not None:
+            tensors = (tensors[0], *_leaves(condition))
+        places.append(Place(node.name or node.output[0], node.op_type, kind, tensors, what,
+                            attributes, condition))
+    return places
+
+
+def _condition(tensor: str, producers: dict, depth: int = 0) -> tuple | None:
+    """The comparisons a bool tensor is made of, as a tree: ("Greater", a, b), ("And", t, u),
+    ("Or", t, u), ("Not", t); None when it is made otherwise (an input, a cast, NaN tests)."""
+    node = producers.get(tensor)
+    if node is None or depth > 16:
+        return None
+    if node.op_type in COMPARISONS:
+        return (node.op_type, node.input[0], node.input[1])
+    if node.op_type in ("And", "Or", "Not"):
+        parts = [_condition(i, producers, depth + 1) for i in node.input]
+        return None if None in parts else (node.op_type, *parts)
+    return None
+
+
+def _leaves(tree: tuple) -> tuple[str, ...]:
+    """The tensors a condition tree compares."""
+    if tree[0] in COMPARISONS:
+        return tree[1:]
+    return tuple(t for part in tree[1:] for t in _leaves(part))
+
+
+def _condition_margin(tree: tuple, values: dict) -> np.ndarray:
+    """How far a condition is from true (> 0 where true): a comparison's signed difference
+    (the distance to equality, negated, for Equal), the smallest of an And's, the largest of
+    an Or's, a Not's negated."""
+    op = tree[0]
+    if op in COMPARISONS:
+        a, b = _broadcast(values[tree[1]], values[tree[2]])
+        if op == "Equal":
+            return -np.abs(a - b)
+        return (a - b) if op in ("Greater", "GreaterOrEqual") else (b - a)
+    parts = [_condition_margin(part, values) for part in tree[1:]]
+    if op == "Not":
+        return -parts[0]
+    parts = _broadcast(*parts)
+    return np.minimum(*parts) if op == "And" else np.maximum(*parts)
+
+
+def _kind(node: onnx.NodeProto) -> str | None:
+    op = node.op_type
+    if op in GUARDS:
+        return "guard"
+    if op in COMPARISONS or op in STEPS or op in SELECTIONS or op in ("Sign", "If", "Where"):
+        return "decision"
+    if op == "Cast":
+        return "decision" if _attribute(node, "to", 0) in INTEGER_TYPES else None
+    if op in UNITS:
+        return "unit"
+    return None
+
+
+def _deciding_tensors(node: onnx.NodeProto) -> tuple[str, ...]:
+    """The tensors to expose: the inputs that decide (outputs for a Where's condition only)."""
+    op = node.op_type
+    if op == "Where":
+        return (node.input[0],)
+    if op == "If":
+        return (node.input[0],)
+    if op in ("Max", "Min", "Clip") or op in COMPARISONS or op == "Mod":
+        return tuple(i for i in node.input if i)
+    return (node.input[0],)
+
+
+# --- outcomes and margins --------------------------------------------------------------------
+def _broadcast(*arrays):
+    arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
+    return np.broadcast_arrays(*arrays)
+
+
+def ways(place: Place, values: list[np.ndarray], rows: int) -> tuple[np.ndarray, int]:
+    """Which way the place went for each row and element: (codes [rows, elements], how many
+    ways there are; 0 for steps, whose ways are the integers they make)."""
+    op, get = place.op, dict(place.attributes).get
+    if op in COMPARISONS:
+        a, b = _broadcast(*values[:2])
+        outcome = {"Greater": a > b, "Less": a < b, "GreaterOrEqual": a >= b,
+                   "LessOrEqual": a <= b, "Equal": a == b}[op]
+        return _per_row(outcome.astype(np.int64), rows), 2
+    if op in ("Where", "If") or place.condition is not None:
+        return _per_row(np.asarray(values[0]).astype(bool).astype(np.int64), rows), 2
+    if op in GUARDS:
+        x = np.asarray(values[0], np.float64)
+        return _per_row((np.isnan(x) if op == "IsNaN" else np.isinf(x)).astype(np.int64),
+                        rows), 2
+    if op == "Sign":
+        x = np.asarray(values[0], np.float64)
+        return _per_row(np.sign(x).astype(np.int64) + 1, rows), 3
+    if op in STEPS or op == "Cast":
+        x = np.nan_to_num(np.asarray(values[0], np.float64))
+        step = {"Round": np.round, "Floor": np.floor, "Ceil": np.ceil, "Cast": np.trunc}
+        x = np.floor(x / np.asarray(values[1], np.float64)) if op == "Mod" else step[op](x)
+        return _per_row(x, rows), 0
+    if op in SELECTIONS:
+        x = np.moveaxis(np.asarray(values[0], np.float64),
+                        get("axis", -1 if op == "TopK" else 0), -1)
+        return _per_row(np.argmax(-x if op == "ArgMin" else x, axis=-1), rows), x.shape[-1]
+    if op in ("Max", "Min"):
+        stacked = np.stack(_broadcast(*values), axis=-1)
+        choice = np.argmax(stacked if op == "Max" else -stacked, axis=-1)
+        return _per_row(choice, rows), len(values)
+    if op == "Clip":
+        x, low, high = _clip_terms(values, get)
+        return _per_row(np.where(x < low, 0, np.where(x > high, 2, 1)), rows), 3
+    x = np.asarray(values[0], np.float64)  # Relu and friends, Abs: which side of their kink
+    return _per_row((x > _kink(place)).astype(np.int64), rows), 2
+
+
+def _kink(place: Place) -> float:
+    return dict(place.attributes).get("alpha", 1.0) if place.op == "ThresholdedRelu" else 0.0
+
+
+def _clip_terms(values, get):
+    """x, low, high of a Clip, broadcast (bounds from inputs, or attributes before opset 11)."""
+    low = values[1] if len(values) > 1 else get("min", -np.inf)
+    high = values[2] if len(values) > 2 else get("max", np.inf)
+    return _broadcast(values[0], low, high)
+
+
+def needed_ways(place: Place, count: int) -> set[int]:
+    """The ways a place must be seen to go: both sides of a comparison or a kink, every input
+    of a Max/Min, every index of an argmax, both signs (zero is not needed), below, inside and
+    above a Clip."""
+    return {0, 2} if place.op == "Sign" else set(range(count))
+
+
+def margins(place: Place, values: list[np.ndarray], rows: int, way: int) -> np.ndarray | None:
+    """[rows, elements]: how far each element is from going `way` (> 0 where it goes that
+    way), for the places a search can steer; None where it cannot (a Where on a bool input)."""
+    op, get = place.op, dict(place.attributes).get
+    if place.condition is not None:
+        m = _condition_margin(place.condition, dict(zip(place.tensors, values)))
+        return _per_row(m if way == 1 else -m, rows)
+    if op in COMPARISONS:
+        a, b = _broadcast(*values[:2])
+        d = a - b
+        if op == "Equal":
+            return _per_row(-np.abs(d) if way == 1 else np.abs(d), rows)
+        sign = 1.0 if op in ("Greater", "GreaterOrEqual") else -1.0
+        return _per_row(sign * d if way == 1 else -sign * d, rows)
+    if op == "Sign":
+        x = np.asarray(values[0], np.float64)
+        return _per_row(x if way == 2 else -x, rows)
+    if op in SELECTIONS or op in ("Max", "Min"):
+        if op in SELECTIONS:
+            x = np.moveaxis(np.asarray(values[0], np.float64),
+                            get("axis", -1 if op == "TopK" else 0), -1)
+        else:
+            x = np.stack(_broadcast(*values), axis=-1)
+        x = -x if op in ("ArgMin", "Min") else x
+        others = np.delete(x, way, axis=-1)
+        return _per_row(x[..., way] - others.max(axis=-1), rows)
+    if op == "Clip":
+        x, low, high = _clip_terms(values, get)
+        return _per_row({0: low - x, 2: x - high, 1: np.minimum(x - low, high - x)}[way], rows)
+    if op in UNITS:
+        x = np.asarray(values[0], np.float64) - _kink(place)
+        return _per_row(x if way == 1 else -x, rows)
+    return None
+
+
+def _per_row(values: np.ndarray, rows: int) -> np.ndarray:
+    """[rows, elements]: a tensor with the batch first, or a value shared by every row."""
+    values = np.asarray(values)
+    if values.ndim and values.shape[0] == rows:
+        return values.reshape(rows, -1)
+    return np.broadcast_to(values.reshape(1, -1), (rows, values.size))
+
+
+# --- the instrumented copy of the graph ------------------------------------------------------
+class Instrumented:
+    """The artifact's graph with every deciding tensor exposed as an output, run by ONNX
+    Runtime (constants are read from the file)."""
+
+    def __init__(self, artifact, places: list[Place]):
+        import onnxruntime as ort
+
+        from .artifact import SESSION_THREADS
+
+        self.artifact = artifact
+        proto = onnx.ModelProto()
+        proto.CopyFrom(artifact.proto)
+        self.constants = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+        try:
+            typed = onnx.shape_inference.infer_shapes(proto)
+        except Exception:  # an artifact shape inference rejects: GRAPH-01's concern
+            typed = proto
+        known = {v.name: v for v in (*typed.graph.value_info, *typed.graph.input,
+                                     *typed.graph.output)}
+        outputs = [o.name for o in proto.graph.output]
+        self.places = [p for p in places
+                       if all(t in known or t in self.constants for t in p.tensors)]
+        self.unseen = [p for p in places if p not in self.places]  # of tensors of unknown type
+        wanted = sorted({t for p in self.places for t in p.tensors}
+                        - set(self.constants) - set(outputs))
+        proto.graph.output.extend(known[t] for t in wanted)
+        self.names = outputs + wanted
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = SESSION_THREADS
+        self.session = ort.InferenceSession(proto.SerializeToString(), options,
+                                            providers=["CPUExecutionProvider"])
+
+    def values(self, obs: np.ndarray, masks: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Every exposed tensor for a batch of flat observations (masks all allowed unless
+        given; a recurrent graph from a zero state), and the constants."""
+        art = self.artifact
+        feed = np.ascontiguousarray(obs, dtype=art.obs.numpy_dtype)
+        feeds = {art.obs.name: feed, **art._zero_state(len(feed))}
+        if art.masks is not None:
+            if masks is None:
+                masks = np.ones((len(feed), art.masks.dims[1]), dtype=bool)
+            feeds[art.masks.name] = np.ascontiguousarray(masks, dtype=art.masks.numpy_dtype)
+        return {**self.constants, **dict(zip(self.names, self.session.run(self.names, feeds)))}
+
+
+# --- coverage --------------------------------------------------------------------------------
+@dataclass
+class Seen:
+    """The ways one place went, per element, over every row observed."""
+    place: Place
+    count: int
+    ways: list[set[int]] = field(default_factory=list)
+    flipped_by_search: bool = False
+
+    def add(self, codes: np.ndarray) -> None:
+        if not self.ways:
+            self.ways = [set() for _ in range(codes.shape[1])]
+        codes = codes[:, :len(self.ways)]
+        if self.count:  # a few ways: which of them each element took, at once
+            for way in range(self.count):
+                for j in np.flatnonzero((codes == way).any(axis=0)):
+                    self.ways[j].add(way)
+            return
+        for j, column in enumerate(codes.T):
+            self.ways[j].update(np.unique(column).tolist())
+
+    def missing(self) -> list[tuple[int, int]]:
+        """(element, way) not seen yet; a step (count 0) needs two different values."""
+        if self.count == 0:
+            return [(j, -1) for j, seen in enumerate(self.ways) if len(seen) < 2]
+        needed = needed_ways(self.place, self.count)
+        return [(j, way) for j, seen in enumerate(self.ways) if len(seen) < len(needed)
+                for way in sorted(needed - seen)]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing()
+
+
+@dataclass
+class Coverage:
+    """What the suite's observations made of the graph's decisions."""
+    seen: dict[str, Seen] = field(default_factory=dict)
+    batch_sizes: list[int] = field(default_factory=list)  # sizes that flip a batch decision
+    rows: list[np.ndarray] = field(default_factory=list)  # rows found by the search
+    searched: int = 0  # ways searched for
+    budget_spent: bool = False
+
+    @property
+    def found(self) -> np.ndarray | None:
+        """The rows the search found, or None."""
+        return np.vstack(self.rows) if self.rows else None
+
+    def observe(self, instrumented: Instrumented, values: dict, rows: int) -> None:
+        for place in instrumented.places:
+            codes, count = ways(place, [values[t] for t in place.tensors], rows)
+            entry = self.seen.setdefault(place.node, Seen(place, count))
+            entry.add(codes)
+
+    def summary(self) -> dict:
+        """Counts for the report: decisions and units, complete or not, and the places that
+        were not seen every way."""
+        def counted(kind):
+            entries = [s for s in self.seen.values() if s.place.kind == kind]
+            return entries, [s for s in entries if s.complete]
+
+        decisions, both = counted("decision")
+        units = [(s, j) for s in self.seen.values() if s.place.kind == "unit"
+                 for j in range(len(s.ways))]
+        missing_units = {(s.place.node, j) for s in self.seen.values()
+                         if s.place.kind == "unit" for j, _ in s.missing()}
+        guards = [s for s in self.seen.values() if s.place.kind == "guard"]
+        return {
+            "decisions": len(decisions), "decisions_every_way": len(both),
+            "units": len(units), "units_every_way": len(units) - len(missing_units),
+            "guards": len(guards),
+            "not_every_way": [f"{s.place.label}" for s in decisions if not s.complete],
+            "batch_sizes_found": sorted(self.batch_sizes),
+            "rows_found": sum(len(r) for r in self.rows),
+            "search_budget_spent": self.budget_spent,
+        }
+
+
+def mask_patterns(rows: int, width: int) -> list[np.ndarray]:
+    """Masks for `rows` rows of `width` choices: all masked, then rows with one choice allowed
+    and with all but one allowed (each choice in turn), then random halves."""
+    rng = np.random.default_rng(0)
+    one = np.eye(width, dtype=bool)[np.arange(rows) % width]
+    return [np.zeros((rows, width), dtype=bool), one, ~one, rng.random((rows, width)) < 0.5]
+
+
+# --- the search ------------------------------------------------------------------------------
+# Values each float element is scanned across: zero, +-1, the magnitudes 1e-3 .. 3e38 of both
+# signs, and the element's finite bounds with the floats around them.
+SCAN_MAGNITUDES = tuple(10.0 ** k for k in range(-3, 39, 2)) + (3.4e38,)
+ZOOM_POINTS = 33
+ZOOM_ROUNDS = 40
+BISECTION_STEPS = 30
+SEARCH_SECONDS = 2.0  # per policy; what is left unseen is reported
+WAY_SECONDS = 0.25  # per way searched for
+MAX_SCANNED_ELEMENTS = 64  # a larger observation scans this many of its elements
+MAX_STARTS = 4
+MAX_ZOOMED_ELEMENTS = 4  # the elements whose scan moved the margin most
+ZOOM_PASSES = 3
+
+
+class Search:
+    """Drive every decision of `instrumented` every way, over observations of `domain`
+    (strategies.ObservationDomain)."""
+
+    def __init__(self, instrumented: Instrumented, domain, seconds: float = SEARCH_SECONDS,
+                 seed: int = 0):
+        self.instrumented = instrumented
+        self.domain = domain
+        self.coverage = Coverage()
+        self.deadline = self.way_deadline = time.perf_counter() + seconds
+        self.rng = np.random.default_rng(seed)
+        self.floats = np.flatnonzero(~domain.integral) if domain.integral is not None \
+            else np.arange(domain.dim)
+
+    def run(self, pool: np.ndarray) -> Coverage:
+        """Observe `pool` (with mask patterns, for a masked graph), then search every way not
+        seen, decisions before units; the rows found and the batch sizes that flip a batch
+        decision are in the coverage returned."""
+        pool_values = self._observe(pool)
+        if self.instrumented.artifact.masks is not None:
+            for masks in mask_patterns(len(pool), self.instrumented.artifact.masks.dims[1]):
+                self._observe(pool, masks)
+        self._search_batch_sizes(pool)
+        for kind in ("decision", "unit"):
+            for entry in [e for e in self.coverage.seen.values() if e.place.kind == kind
+                          and e.place.reads == "values"]:
+                for element, way in entry.missing():
+                    if time.perf_counter() > self.deadline:
+                        self.coverage.budget_spent = True
+                        return self.coverage
+                    self.coverage.searched += 1
+                    self.way_deadline = min(self.deadline, time.perf_counter() + WAY_SECONDS)
+                    found = self._search(entry, element, way, pool, pool_values)
+                    if found is not None:
+                        entry.flipped_by_search = True
+                        self._keep(found)
+        self._boundaries(pool)
+        return self.coverage
+
+    def _out_of_time(self) -> bool:
+        """Past the search's time budget (recorded), or past the budget of the way at hand."""
+        now = time.perf_counter()
+        self.coverage.budget_spent |= now > self.deadline
+        return now > min(self.deadline, self.way_deadline)
+
+    def _observe(self, rows: np.ndarray, masks: np.ndarray | None = None) -> dict:
+        values = self.instrumented.values(rows, masks)
+        self.coverage.observe(self.instrumented, values, len(rows))
+        return values
+
+    def _keep(self, rows: np.ndarray) -> None:
+        self.coverage.rows.append(np.asarray(rows, np.float32))
+
+    def _margin(self, entry: Seen, values: dict, rows: int, element: int, way: int,
+                seen: set | None = None):
+        place = entry.place
+        if way == -1:  # a step: move its input away from the values seen
+            x = _per_row(np.asarray(values[place.tensors[0]], np.float64), rows)[:, element]
+            seen = sorted(seen if seen is not None else entry.ways[element])
+            return np.min(np.abs(x[:, None] - np.asarray(seen)[None]), axis=1) - 1.0
+        m = margins(place, [values[t] for t in place.tensors], rows, way)
+        return None if m is None else m[:, element]
+
+    def _search(self, entry: Seen, element: int, way: int, pool: np.ndarray, values: dict):
+        """Rows where `entry` goes `way` at `element`, by coordinate ascent of its margin from
+        the pool rows (whose `values` are known) closest to it; None when not found."""
+        margin = self._margin(entry, values, len(pool), element, way)
+        if margin is None:
+            return None
+        for start in pool[np.argsort(-np.nan_to_num(margin, nan=-np.inf))[:MAX_STARTS]]:
+            found = self._ascend(entry, element, way, start.astype(np.float64))
+            if found is not None or self._out_of_time():
+                return found
+        return None
+
+    def _ascend(self, entry: Seen, element: int, way: int, row: np.ndarray):
+        """From `row`: scan every float element (a sample, for a large observation) across its
+        magnitudes and bounds, then zoom in on the elements whose scan moved the margin, the
+        most promising first, pass after pass (a conjunction needs each of its elements in
+        turn)."""
+        columns = self.floats
+        if len(columns) > MAX_SCANNED_ELEMENTS:
+            columns = np.sort(self.rng.choice(columns, MAX_SCANNED_ELEMENTS, replace=False))
+        if not len(columns):
+            return None
+        grid = np.column_stack([self._scan_values(columns), row[columns]])
+        rows = np.repeat(row[None], grid.size, axis=0)
+        rows[np.arange(len(rows)), np.repeat(columns, grid.shape[1])] = grid.reshape(-1)
+        found, m = self._try(entry, self.domain.finish(rows), element, way)
+        if found is not None:
+            return found
+        m = np.nan_to_num(m, nan=-np.inf).reshape(grid.shape)
+        moved = np.flatnonzero(m.max(axis=1) > m.min(axis=1))
+        moved = moved[np.argsort(-m[moved].max(axis=1))][:MAX_ZOOMED_ELEMENTS]
+        if not len(moved):  # no element moves the margin: nothing to zoom in on
+            return None
+        row = row.copy()
+        for i in moved:  # start each element at its best scanned value
+            if m[i].max() > m[i, -1]:
+                row[columns[i]] = grid[i, np.argmax(m[i])]
+                break
+        best = -np.inf
+        for _ in range(ZOOM_PASSES):
+            for i in moved:
+                found, row, margin = self._zoom(entry, element, way, row, int(columns[i]))
+                if found is not None or self._out_of_time():
+                    return found
+            if not margin > best:  # a pass that gained nothing: converged short of the way
+                return None
+            best = margin
+        return None
+
+    def _scan_values(self, columns: np.ndarray) -> np.ndarray:
+        """[columns, values]: zero, +-1, signed magnitudes, each finite bound and the floats
+        next to it."""
+        low = self.domain.low[columns]
+        high = self.domain.high[columns]
+        fixed = np.array([0.0, 1.0, -1.0, *SCAN_MAGNITUDES, *(-m for m in SCAN_MAGNITUDES)])
+        bounds = [np.where(np.isfinite(b), b, 0.0) for b in (low, high)]
+        near = [np.nextafter(b.astype(np.float32), np.float32(s) * np.inf).astype(np.float64)
+                for b in bounds for s in (-1, 1)]
+        return np.column_stack([np.broadcast_to(fixed, (len(columns), len(fixed))),
+                                *bounds, *near])
+
+    def _try(self, entry: Seen, rows: np.ndarray, element: int, way: int):
+        """Observe `rows`; (the rows where `entry` now goes `way` at `element` — for a step,
+        any value not seen before — or None; the margins)."""
+        before = set(entry.ways[element])
+        values = self._observe(rows)
+        codes, _ = ways(entry.place, [values[t] for t in entry.place.tensors], len(rows))
+        hit = ~np.isin(codes[:, element], list(before)) if way == -1 \
+            else codes[:, element] == way
+        margin = self._margin(entry, values, len(rows), element, way, before)
+        if hit.any():
+            return rows[hit][:4], margin
+        return None, margin
+
+    def _zoom(self, entry: Seen, element: int, way: int, row: np.ndarray, column: int):
+        """Zoom in on one element of `row`: a grid across an interval around the best value,
+        which shrinks when that value is inside it and moves with it, twice as wide, when it is
+        at an end. (rows found or None, the best row, its margin)."""
+        value = float(row[column])
+        half = max(abs(value), 1.0)
+        margin = -np.inf
+        for _ in range(ZOOM_ROUNDS):
+            rows = np.repeat(row[None], ZOOM_POINTS, axis=0)
+            rows[:, column] = np.linspace(value - half, value + half, ZOOM_POINTS)
+            rows = self.domain.finish(rows)
+            found, m = self._try(entry, rows, element, way)
+            if found is not None:
+                return found, row, np.inf
+            m = np.nan_to_num(m, nan=-np.inf)
+            i = int(np.argmax(m))
+            row, value, margin = rows[i].astype(np.float64), float(rows[i, column]), m[i]
+            half = 2 * half / (ZOOM_POINTS - 1) if 0 < i < ZOOM_POINTS - 1 else 2 * half
+            if self._out_of_time() or not half > np.spacing(np.float32(value)) or \
+                    not math.isfinite(half):
+                break
+        return None, row, margin
+
+    def _boundaries(self, pool: np.ndarray, most: int = 256) -> None:
+        """For every decision seen more than one way, rows on either side of a boundary:
+        bisect between two rows that went different ways (every pair at once)."""
+        rows = np.vstack([pool, *self.coverage.rows]) if self.coverage.rows else pool
+        values = self.instrumented.values(rows)
+        pairs = []  # (entry, element, the way row a went)
+        first, second = [], []
+        for entry in self.coverage.seen.values():
+            if entry.place.kind != "decision" or entry.place.reads != "values":
+                continue
+            codes, _ = ways(entry.place, [values[t] for t in entry.place.tensors], len(rows))
+            for element, column in enumerate(codes.T):
+                other = np.flatnonzero(column != column[0])
+                if len(other) and len(pairs) < most:
+                    pairs.append((entry, element, column[0]))
+                    first.append(0)
+                    second.append(other[0])
+        if not pairs or self._out_of_time():
+            return
+        low, high = rows[first].astype(np.float64), rows[second].astype(np.float64)
+        for _ in range(BISECTION_STEPS):
+            middle = self.domain.finish((low + high) / 2).astype(np.float64)
+            values = self._observe(middle)
+            for i, (entry, element, way) in enumerate(pairs):
+                codes, _ = ways(entry.place, [values[t] for t in entry.place.tensors],
+                                len(middle))
+                if codes[i, element] == way:
+                    low[i] = middle[i]
+                else:
+                    high[i] = middle[i]
+        self._keep(self.domain.finish(np.vstack([low, high])))
+
+    def _search_batch_sizes(self, pool: np.ndarray) -> None:
+        """Decisions that read only the batch size: run batches of sizes that bring each one's
+        margin to the other way (a secant on the margin as a function of the size), and keep
+        the sizes that flip one."""
+        from .strategies import BATCH_SIZES, rows_for
+
+        entries = [e for e in self.coverage.seen.values() if e.place.reads == "batch"
+                   and e.place.kind != "guard"]
+        if not entries:
+            return
+        limit = rows_for(self.domain.dim, 1 << 16)
+        tried: dict[int, dict] = {}
+
+        def at(size: int) -> dict:
+            size = int(min(max(size, 1), limit))
+            if size not in tried:
+                rows = pool[np.arange(size) % len(pool)]
+                tried[size] = self._observe(rows)
+            return tried[size]
+
+        for size in (1, 2, 3, *BATCH_SIZES[-6:]):
+            at(size)
+        for entry in entries:
+            for element, way in entry.missing():
+                if way == -1 or self._out_of_time():
+                    continue
+                sizes = sorted(tried)
+                margin = {s: self._margin(entry, tried[s], s, element, way) for s in sizes}
+                margin = {s: float(m[0]) for s, m in margin.items() if m is not None}
+                if len(margin) < 2:
+                    continue
+                for _ in range(8):  # secant steps toward the size where the margin turns
+                    (s0, m0), (s1, m1) = sorted(margin.items(), key=lambda kv: -kv[1])[:2]
+                    if m1 == m0:
+                        break
+                    guess = s1 - m1 * (s1 - s0) / (m1 - m0)
+                    if not math.isfinite(guess):
+                        break
+                    for size in {math.floor(guess), math.ceil(guess), math.floor(guess) - 1,
+                                 math.ceil(guess) + 1}:
+                        if 1 <= size <= limit and size not in margin:
+                            m = self._margin(entry, at(size), size, element, way)
+                            margin[size] = float(m[0])
+                    codes = {s: ways(entry.place, [tried[s][t] for t in entry.place.tensors],
+                                     s)[0][0, element] for s in margin}
+                    hits = [s for s, c in codes.items() if c == way]
+                    if hits:
+                        self.coverage.batch_sizes.extend(hits)
+                        break
+        self.coverage.batch_sizes = sorted(set(self.coverage.batch_sizes))
+
+
+# Elements of the observations the coverage starts from, in each regime (at most 256 rows; an
+# 84x84x4 frame stack gets 17).
+POOL_ELEMENTS = 500_000
+
+
+def cover(artifact, domain, seeds=(), seconds: float = SEARCH_SECONDS) -> Coverage:
+    """The decision coverage of `artifact` over draws of every regime of `domain`, its probe
+    and `seeds` (rows other searches found), then the search for every way not seen."""
+    rng = np.random.default_rng(0)
+    rows = max(16, min(256, POOL_ELEMENTS // domain.dim))
+    pool = np.vstack([domain.probe(n=4 * rows), *seeds,
+                      *(domain.sample(regime, rng, rows) for regime in domain.regimes)])
+    places = find_places(artifact.proto, artifact.obs.name if artifact.obs else "obs")
+    return Search(Instrumented(artifact, places), domain, seconds).run(pool)

@@ -1,0 +1,90 @@
+"""Decision coverage of the artifact's own graph: the search reaches the decisions random draws
+miss (a thin slab, a region behind an And, a range of batch sizes, far past a finite bound),
+guards are counted and left alone, and the coverage shows in the summary, the JSON report and
+JUnit properties."""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ElementTree
+
+import numpy as np
+import onnx
+import pytest
+
+from policy_onnx.artifact import Artifact
+from policy_onnx.decisions import cover
+from policy_onnx.export import export
+from policy_onnx.load import load_model
+from policy_onnx.model import Reference
+
+from .mutants import BY_NAME, CONFORMING
+
+
+def _mutated(name: str, fixture_models, tmp_path, corpus=BY_NAME):
+    mutant = corpus[name]
+    reference = Reference(load_model(fixture_models[mutant.model]))
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(mutant.mutate(onnx.load(str(export(reference.loaded, tmp_path / "base.onnx")))),
+              str(path))
+    return reference, Artifact(path)
+
+
+# The planted decision of each mutant (by its node), and what its found rows must satisfy.
+REACHED = {
+    "wrong_in_a_thin_slab": ("in_slab", lambda rows: np.abs(rows[:, 1] - 2.7) < 1e-5),
+    "wrong_in_a_planted_region": ("dst", lambda rows: (rows[:, 0] > 2.3) & (rows[:, 0] < 2.3001)
+                                  & (rows[:, 2] > 5)),
+    "wrong_far_beyond_bounds": ("dst", lambda rows: (np.abs(rows).max(axis=1) > 22)
+                                & (np.abs(rows).max(axis=1) < 9000)),
+}
+
+
+@pytest.mark.parametrize("name", REACHED)
+def test_the_search_reaches_what_the_draws_miss(name, fixture_models, tmp_path):
+    reference, artifact = _mutated(name, fixture_models, tmp_path)
+    node, inside = REACHED[name]
+    drawn = cover(artifact, reference.domain, seconds=0.0)  # the draws alone
+    searched = cover(artifact, reference.domain)
+    planted = [s for s in searched.seen.values() if node in (s.place.node, *s.place.tensors)
+               or s.place.op == "Where"]
+    assert planted and all(s.complete for s in planted), searched.summary()
+    assert inside(searched.found).any()
+    if name != "wrong_far_beyond_bounds":  # random draws reach that one too, now
+        assert not all(drawn.seen[s.place.node].complete for s in planted), drawn.summary()
+
+
+def test_the_search_finds_a_range_of_batch_sizes(fixture_models, tmp_path):
+    reference, artifact = _mutated("wrong_for_batches_300_to_310", fixture_models, tmp_path)
+    found = cover(artifact, reference.domain).batch_sizes
+    assert found and all(300 <= size <= 310 for size in found), found
+
+
+def test_guards_are_counted_and_not_searched(fixture_models, tmp_path):
+    corpus = {m.name: m for m in CONFORMING}
+    reference, artifact = _mutated("nan_guard", fixture_models, tmp_path, corpus)
+    summary = cover(artifact, reference.domain).summary()
+    assert summary["guards"] == 1 and summary["decisions"] == 0, summary
+
+
+def test_coverage_shows_in_the_summary_the_report_and_junit(conformance, fixture_models,
+                                                            tmp_path):
+    """A DQN whose last action no observation makes best (the fixture's own export): its
+    ArgMax is named as not seen every way, and nothing fails for it."""
+    report, junit = tmp_path / "report.json", tmp_path / "junit.xml"
+    run = conformance.run("--model", str(fixture_models["dqn"]), "--report", str(report),
+                          f"--junitxml={junit}")
+    assert run.ret == 0, run.stdout
+    line = re.search(r"decisions in the graph: (\d+), seen every way: (\d+); piecewise-linear "
+                     r"units: (\d+), every way: (\d+)", run.stdout)
+    assert line and line.groups()[:2] == ("1", "0"), run.stdout
+    assert "not seen every way (the suite could not drive them; a fault behind them would go " \
+           "unseen): ArgMax 'node_argmax'" in run.stdout
+    coverage = json.loads(report.read_text())["policies"][0]["decision_coverage"]
+    assert (coverage["decisions"], coverage["decisions_every_way"]) == (1, 0)
+    assert coverage["not_every_way"] == ["ArgMax 'node_argmax'"]
+    assert coverage["units"] == int(line.group(3))
+    properties = {p.get("name"): p.get("value") for p in ElementTree.parse(junit).iter("property")}
+    assert properties["coverage_decisions"] == "1"
+    assert properties["coverage_not_every_way"] == "ArgMax 'node_argmax'"
