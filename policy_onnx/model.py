@@ -32,6 +32,7 @@ SAFE_MAGNITUDE = FLOAT32_MAX * 2.0 ** -10
 SEARCH_BUDGET = 5.0
 # Rows the ascent toward the missing choices moves at once, at most (16 per choice below it).
 ASCENT_ROWS = 256
+ASCENT_FINEST = 1e-5  # the ascent's last step, as a share of the range it searches
 
 
 @dataclass(frozen=True)
@@ -369,7 +370,7 @@ class Reference:
         signs = torch.tensor([1.0, -1.0]).repeat(self.act_dim)
 
         def toward_bounds(x, owner):
-            return (signs[owner] * self.head.mean(x)[torch.arange(len(x)), columns[owner]]).sum()
+            return signs[owner] * self.head.mean(x)[torch.arange(len(x)), columns[owner]]
 
         drawn = self._pool(rng, pool)
         rows = np.vstack([drawn, self._ascend(rng, toward_bounds, 2 * self.act_dim)[0]])
@@ -431,12 +432,12 @@ class Reference:
 
             def margins(x, owner):  # each row's margin for its own missing choice
                 scores = self.head(x, scores=True)
-                total = 0.0
+                margin = torch.zeros(len(x), dtype=scores.dtype)
                 for j in elements.unique().tolist():
                     mine = elements[owner] == j
-                    total = total + self._margins(scores[mine], j).gather(
-                        1, values[owner][mine][:, None]).sum()
-                return total
+                    margin = margin.masked_scatter(mine, self._margins(scores[mine], j).gather(
+                        1, values[owner][mine][:, None])[:, 0])
+                return margin
 
             ascended, complete = self._ascend(rng, margins, len(missing), deadline=deadline)
             rows = np.vstack([rows, ascended])
@@ -459,10 +460,11 @@ class Reference:
         """Projected sign-gradient ascent of `count` objectives at once, from `starts` rows each
         (fewer for a large observation, or past ASCENT_ROWS rows in all), within the bounds
         widened by ten widths (+-MAX_MAGNITUDE where unbounded; integers such as pixels within
-        their own bounds). `objective(rows, owner)` is the sum, over the rows, of each row's
-        objective (`owner`: the index of the objective each row ascends). Stops early at
-        `deadline` (time.monotonic()): the rows as far as they got, and whether every step
-        ran."""
+        their own bounds). `objective(rows, owner)` is each row's objective (`owner`: the
+        index of the objective each row ascends). The step shrinks geometrically from a quarter
+        of the range to ASCENT_FINEST of it, so that the ascent crosses the range and then
+        settles into small regions. Stops early at `deadline` (time.monotonic()). Returns each
+        row at the best value it reached, and whether every step ran."""
         widening = 10 * self.domain.width
         if self.domain.integral is not None:
             widening = np.where(self.domain.integral, 0.0, widening)
@@ -477,12 +479,19 @@ class Reference:
         owner = torch.arange(count).repeat_interleave(starts)
         x = torch.as_tensor(self.domain.beyond(rng, count * starts), dtype=torch.float32)
         x.requires_grad_(True)
-        step = (hi - lo) / steps
-        for _ in range(steps):
+        best = x.detach().clone()
+        best_value = torch.full((len(x),), -math.inf)
+        complete = True
+        for k in range(steps):
             if deadline is not None and time.monotonic() >= deadline:
-                return self.domain.finish(x.detach().numpy()), False
-            (grad,) = torch.autograd.grad(objective(x, owner), x)
+                complete = False
+                break
+            value = objective(x, owner)
+            (grad,) = torch.autograd.grad(value.sum(), x)
             with torch.no_grad():
-                x += step * torch.sign(grad)
+                better = value > best_value
+                best[better] = x[better]
+                best_value = torch.where(better, value, best_value)
+                x += (hi - lo) * (0.25 * ASCENT_FINEST ** (k / (steps - 1))) * torch.sign(grad)
                 x.copy_(torch.maximum(torch.minimum(x, hi), lo))
-        return self.domain.finish(x.detach().numpy()), True
+        return self.domain.finish(best.numpy()), complete

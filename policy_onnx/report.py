@@ -137,6 +137,10 @@ class Verdicts:
                 if counts.get("choices_possible"):
                     detail += (f"; predict() made {counts['choices_drawn']} of its "
                                f"{counts['choices_possible']} possible choices")
+                    unmade = counts["choices_possible"] - counts["choices_drawn"]
+                    if unmade:
+                        detail += (f" ({unmade} UNCHECKED: no draw made predict() choose "
+                                   f"{'it' if unmade == 1 else 'them'})")
                 if counts.get("search_stopped"):
                     detail += (f"; the search for each choice STOPPED at its time budget of "
                                f"{counts['search_stopped']} s, having found "

@@ -210,8 +210,8 @@ CLAUSES: tuple[Clause, ...] = (
            "of choices (n for Discrete, sum(nvec) for MultiDiscrete). True allows a choice.",
            kinds=("Discrete", "MultiDiscrete"), structures=("masked",)),
     Clause("MASK-02", "masked_parity", E, "The masked action equals `predict()` but at near-ties",
-           "For every observation and mask the suite draws (all-allowed, all-masked and mixed "
-           "rows), the action MUST equal `model.predict(obs, action_masks=mask, "
+           "For every observation and mask the suite draws (all allowed, all masked, mixed, one "
+           "choice allowed, all but one, all but `predict()`'s unmasked choice), the action MUST equal `model.predict(obs, action_masks=mask, "
            "deterministic=True)`, except at a rounding tie of the masked scores.",
            needs_model=True, kinds=("Discrete", "MultiDiscrete"), structures=("masked",)),
     # --- observation normalization (Extended) ----------------------------------------------------
@@ -291,8 +291,10 @@ CLAUSES: tuple[Clause, ...] = (
            "1 values. The artifact MUST do the rest of SB3's preprocessing itself: transpose "
            "images to channel-first, divide them by 255 when the policy normalizes images, "
            "split the entries. For observations drawn from each entry's own space — images as "
-           "noise, flat frames, all black, all white, and frames that differ from the previous "
-           "one in one channel or one pixel — and near those where the suite's searches find "
+           "noise, flat frames, all black, all white, natural pictures (flat patches, an edge, "
+           "a gradient, shapes; stacked frames moving) and frames that differ from the previous "
+           "one in one channel, one pixel or a shift; discrete entries also at their corners — "
+           "and near those where the suite's searches find "
            "`predict()` making each of its discrete choices or leaving the action bounds, the "
            "final action MUST match "
            "`model.predict(observation, deterministic=True)` as in PAR-01 (Box actions) or "

@@ -24,7 +24,10 @@ Regimes (stated in the spec, section "Observations"):
   runtime can feed (clip_obs = inf), z across (-UNCLIPPED_RANGE, UNCLIPPED_RANGE).
 All components are float32, and |x| <= MAX_MAGNITUDE but in the far regime. Integer elements
 (pixels, integer Boxes, binary entries) are rounded into their bounds and one-hot groups hold one
-1 (`ObservationDomain.finish`), whatever the regime.
+1 (`ObservationDomain.finish`), whatever the regime. In the inside, beyond, far and structured
+regimes a share of rows (CORNER_ROWS) has each discrete part (a one-hot group, the integers of
+an entry outside images) at a corner: all at its lowest, all at its highest, or each element at
+one of the two.
 """
 
 from __future__ import annotations
@@ -105,6 +108,9 @@ MAX_EXPLICIT_ELEMENTS = 64
 # magnitudes), as hypothesis's own float draws favour them.
 SPECIAL_ROWS = 0.25
 SPECIAL_ELEMENTS = 0.2
+# The share of drawn rows whose discrete parts (Dict entries, integer Boxes) are at a corner:
+# all at their lowest or highest value, or each at one of the two.
+CORNER_ROWS = 0.25
 
 
 def explicit_rows(dim: int) -> int:
@@ -301,9 +307,9 @@ class ObservationDomain:
     def sample(self, regime: str, rng: np.random.Generator, n: int,
                seeds: np.ndarray | None = None) -> np.ndarray:
         if regime == "structured":
-            return self.structured(rng, n)
+            return self._corners(self.structured(rng, n), rng)
         if regime == "far":
-            return self._special(self.far(rng, n), rng, regime)
+            return self._corners(self._special(self.far(rng, n), rng, regime), rng)
         if regime in NORMALIZED_REGIMES:
             return self.normalized(rng, n, at_clip=regime == "normalized_clip")
         if regime in SEEDED and seeds is not None and len(seeds):
@@ -311,7 +317,41 @@ class ObservationDomain:
             jitter = rng.normal(0.0, 1.0, picks.shape) * 10.0 ** rng.uniform(-4, -1, (n, 1))
             return self.finish(picks * (1.0 + jitter))
         rows = self.inside(rng, n) if regime == "inside" else self.beyond(rng, n)
-        return self._special(rows, rng, regime)
+        return self._corners(self._special(rows, rng, regime), rng)
+
+    @cached_property
+    def _discrete_parts(self) -> tuple[tuple[bool, int, int], ...]:
+        """(one-hot?, start, stop) of each discrete part of a row: every one-hot group, and
+        every run of integer elements outside images (binary entries, integer Boxes)."""
+        parts = [(True, start, stop) for start, stop in self.one_hot]
+        if self.integral is not None:
+            integral = self.integral.astype(np.int8)
+            for start, shape, _ in self.images:
+                integral[start:start + math.prod(shape)] = 0
+            edges = np.flatnonzero(np.diff(np.concatenate([[0], integral, [0]])))
+            parts += [(False, int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+        return tuple(parts)
+
+    def _corners(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A share of `rows` (CORNER_ROWS) with each discrete part at a corner, each part
+        its own way: every element at its lowest value (a one-hot group's first choice), every
+        one at its highest (the last choice), or each at one of the two."""
+        chosen = np.flatnonzero(rng.random(len(rows)) < CORNER_ROWS)
+        if not self._discrete_parts or not len(chosen):
+            return rows
+        rows = rows.astype(np.float64)
+        for one_hot, start, stop in self._discrete_parts:
+            way = rng.integers(0, 3, len(chosen))  # lowest, highest, each at one of the two
+            if one_hot:
+                last = np.where(way == 2, rng.random(len(chosen)) < 0.5, way == 1)
+                rows[chosen, start:stop] = 0.0
+                rows[chosen, np.where(last, stop - 1, start)] = 1.0
+            else:
+                high = np.where(way[:, None] == 2, rng.random((len(chosen), stop - start)) < 0.5,
+                                (way == 1)[:, None])
+                rows[chosen, start:stop] = np.where(high, self.high[start:stop],
+                                                    self.low[start:stop])
+        return self.finish(rows)
 
     def special_values(self, regime: str) -> np.ndarray:
         """[candidates, dim]: the special values of each element in `regime` (NaN where one does
@@ -589,7 +629,7 @@ def _scene(rng: np.random.Generator, pattern: str, channels: int, height: int,
         if pattern == "edge":
             picture = np.where(along > 0, levels[0], levels[1])
         else:
-            ramp = np.clip(along / rng.uniform(2.0, max(height, width)) + 0.5, 0.0, 1.0)
+            ramp = np.clip(along / rng.uniform(2.0, max(3, height, width)) + 0.5, 0.0, 1.0)
             picture = levels[0] + (levels[1] - levels[0]) * ramp
     else:  # shapes
         picture = np.full((size_y, size_x), levels[0])

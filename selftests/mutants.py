@@ -316,6 +316,20 @@ def _wrong_for_batches(first: int, last: int):
          const("bs_last", last, np.int64)])
 
 
+def _wrong_where_all_equal(indices, value: float):
+    """0.5 added to every action where obs[:, indices] all equal `value`."""
+    return _shifted_where(
+        [helper.make_node("Gather", ["obs", "corner_indices"], ["corner_elements"], axis=1),
+         helper.make_node("Equal", ["corner_elements", "corner_value"], ["corner_equal"]),
+         helper.make_node("Cast", ["corner_equal"], ["corner_equal_f"], to=TensorProto.FLOAT),
+         helper.make_node("ReduceMin", ["corner_equal_f", "corner_axis"], ["corner_all_f"],
+                          keepdims=1),
+         helper.make_node("Cast", ["corner_all_f"], ["corner_all"], to=TensorProto.BOOL)],
+        "corner_all", 0.5,
+        [const("corner_indices", indices, np.int64), const("corner_value", value),
+         const("corner_axis", [1], np.int64)])
+
+
 def _observations_clipped(p):
     """obs clipped to +-1e4 on the way in: predict() does not clip observations."""
     return prepend_before_input(p, lambda src, dst: [
@@ -919,6 +933,7 @@ def _constant_action(p):
         helper.make_node("Mul", [src, "nothing"], [dst])], [const("nothing", 0.0)])
 
 
+CORNER = frozenset({"PAR-01", "OBS-03"})
 DECISION_MUTANTS = (
     Mutant("wrong_in_a_thin_slab", "the action negated where |obs[1] - 2.7| < 1e-5",
            _thin_slab, frozenset({"PAR-01"})),
@@ -932,6 +947,14 @@ DECISION_MUTANTS = (
     Mutant("vecnormalize_off_where_huge", "5e-4 off wherever a raw reading exceeds 1e8, where "
            "VecNormalize clips", _off_where_huge, frozenset({"BEH-05", "NORM-01"} | PARITY),
            model="ppo_vecnormalize"),
+    # ppo_flags_dict's observation, flattened: flags (24 binary), gears (3 one-hot groups of
+    # 4), vector (3)
+    Mutant("wrong_when_every_flag_is_set", "the action shifted where all 24 binary flags of a "
+           "Dict entry are 1", _wrong_where_all_equal(np.arange(24), 1.0), CORNER,
+           model="ppo_flags_dict"),
+    Mutant("wrong_when_every_gear_is_highest", "the action shifted where each element of a "
+           "MultiDiscrete entry is at its maximum", _wrong_where_all_equal([27, 31, 35], 1.0),
+           CORNER, model="ppo_flags_dict"),
     Mutant("constant_on_tiny_bounds", "the action always 0, on bounds of +-1e-6",
            _constant_action, frozenset(PARITY), model="ppo_tiny_bounds"),
 )

@@ -206,7 +206,8 @@ def test_statistics_count_only_what_both_sides_acted_on(conformance, tmp_path):
 def test_a_search_stopped_at_its_time_budget_is_told(conformance, fixture_models, tmp_path,
                                                     monkeypatch):
     """The each-action search of a policy with 200 actions stops at its time budget (here a
-    quarter of a second, counted as 1 s): the summary and the report say so."""
+    quarter of a second, counted as 1 s): the summary and the report say so, and the summary
+    names the choices no draw reached as unchecked."""
     monkeypatch.setattr(Reference, "find_each_action",
                         partialmethod(Reference.find_each_action, budget=0.25))
     report = tmp_path / "report.json"
@@ -214,6 +215,9 @@ def test_a_search_stopped_at_its_time_budget_is_told(conformance, fixture_models
                           "--report", str(report))
     assert "the search for each choice STOPPED at its time budget of 1 s, having found" \
         in run.stdout
+    unchecked = re.search(r"made (\d+) of its 200 possible choices \((\d+) UNCHECKED: no draw "
+                          r"made predict\(\) choose them\)", run.stdout)
+    assert unchecked and int(unchecked.group(1)) + int(unchecked.group(2)) == 200, run.stdout
     [policy] = json.loads(report.read_text())["policies"]
     counts = policy["statistics"]["DISC-05"]
     assert counts["search_stopped"] == 1 and 0 < counts["choices_searched"] < 200

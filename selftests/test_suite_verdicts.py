@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import onnx
 import pytest
 
@@ -168,3 +169,42 @@ def test_a_difference_near_float32_overflow_is_told_as_one(conformance, fixture_
     assert "differing rows are near float32's limits" in message
     assert "its arithmetic overflows where predict()'s does not" in message
     assert "the clamp to the action bounds is missing" not in message
+
+
+def test_a_choice_won_only_in_a_small_region_is_reached(conformance, tmp_path):
+    """A linear Discrete(8) policy whose action 7 wins only where 2.3 < obs[0], obs[1] < 3.1
+    and obs[2] + obs[3] > 4.6 with both below 3.1 (about 1 observation in 10,000), exported
+    with the argmax over the first seven logits: the each-action search reaches action 7 and
+    DISC-05 fails there. An earlier search never got there, and the run passed."""
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import PPO
+
+    from fixtures.models import SpacesEnv, box
+
+    env = SpacesEnv(box(-5.0, 5.0, (4,)), gym.spaces.Discrete(8))
+    model = PPO("MlpPolicy", env, n_steps=16, batch_size=16, seed=0, device="cpu",
+                policy_kwargs={"net_arch": {"pi": [], "vf": []}})
+    weight, bias = torch.zeros(8, 4), torch.zeros(8)
+    for j in range(4):  # action j wins where obs[j] > 3.1
+        weight[j, j], bias[j] = 10.0, -31.0
+    for j in range(2):  # action 4 + j wins where obs[j] < 2.3
+        weight[4 + j, j], bias[4 + j] = -10.0, 23.0
+    weight[6, 2:], bias[6] = -10.0, 46.0  # action 6 wins where obs[2] + obs[3] < 4.6
+    with torch.no_grad():
+        model.policy.action_net.weight.copy_(weight)
+        model.policy.action_net.bias.copy_(bias)
+    model.save(tmp_path / "small_region.zip")
+    path = export(load_model(tmp_path / "small_region.zip"), tmp_path / "small_region.onnx")
+    proto = onnx.load(str(path))
+    argmax = next(n for n in proto.graph.node if n.op_type == "ArgMax")
+    proto.graph.node.insert(list(proto.graph.node).index(argmax), onnx.helper.make_node(
+        "Slice", [argmax.input[0], "first", "seventh", "axis"], ["first_seven_logits"]))
+    argmax.input[0] = "first_seven_logits"
+    proto.graph.initializer.extend(onnx.numpy_helper.from_array(np.array([v], np.int64), name)
+                                   for name, v in (("first", 0), ("seventh", 7), ("axis", 1)))
+    onnx.save(proto, str(path))
+    run = conformance.run("--model", str(tmp_path / "small_region.zip"), "--onnx", str(path),
+                          "-k", "DISC")
+    assert run.with_outcome("failed") == {"DISC-05"}, run.messages
+    assert "predict() made 8 of its 8 possible choices" in run.stdout
