@@ -64,8 +64,29 @@ def _require_as_alone(clause, obs, origin, batched, alone, action_tolerance) -> 
                      "batch, or acts on the batch size")
 
 
+# Operators whose output depends on a generator's state, not on the input alone.
+RANDOM_OPERATORS = {"RandomUniform", "RandomNormal", "RandomUniformLike", "RandomNormalLike",
+                    "Multinomial", "Bernoulli"}
+
+
+def _all_nodes(graph):
+    """Every node of `graph` and of the subgraphs of its If, Loop and Scan nodes."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            for subgraph in (*([attribute.g] if attribute.HasField("g") else ()),
+                             *attribute.graphs):
+                yield from _all_nodes(subgraph)
+
+
 @clause_test("BEH-03")
 def test_repeatable(clause, artifact, probe_observations):
+    drawing = sorted({f"{n.op_type} '{n.name}'" for n in _all_nodes(artifact.proto.graph)
+                      if n.op_type in RANDOM_OPERATORS and n.domain in ("", "ai.onnx")})
+    if drawing:
+        fail(clause, f"the graph draws random numbers ({', '.join(drawing[:5])}): its output "
+                     "depends on the generator's state, not on the input alone, even when the "
+                     "runs the suite makes agree")
     with running(clause):
         first = artifact.run(probe_observations, one_row_each=False)
         second = artifact.run(probe_observations, one_row_each=False)

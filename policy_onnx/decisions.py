@@ -365,6 +365,7 @@ class Coverage:
     rows: list[np.ndarray] = field(default_factory=list)  # rows found by the search
     searched: int = 0  # ways searched for
     budget_spent: bool = False
+    not_run: str = ""  # why the graph could not be instrumented and run, if it could not
 
     @property
     def found(self) -> np.ndarray | None:
@@ -398,6 +399,7 @@ class Coverage:
             "batch_sizes_found": sorted(self.batch_sizes),
             "rows_found": sum(len(r) for r in self.rows),
             "search_budget_spent": self.budget_spent,
+            "not_run": self.not_run,
         }
 
 
@@ -421,6 +423,10 @@ WAY_SECONDS = 0.25  # per way searched for
 MAX_SCANNED_ELEMENTS = 64  # a larger observation scans this many of its elements
 MAX_STARTS = 4
 MAX_ZOOMED_ELEMENTS = 4  # the elements whose scan moved the margin most
+# Elements of the rows one scan or bisection holds at most (fewer elements scanned, or fewer
+# boundaries bisected, for a large observation; none past it)
+SCAN_ELEMENTS = 4_000_000
+SCAN_VALUES = 3 + 2 * len(SCAN_MAGNITUDES) + 6  # as _scan_values makes them
 ZOOM_PASSES = 3
 
 
@@ -504,10 +510,11 @@ class Search:
         magnitudes and bounds, then zoom in on the elements whose scan moved the margin, the
         most promising first, pass after pass (a conjunction needs each of its elements in
         turn)."""
+        scanned = min(MAX_SCANNED_ELEMENTS, SCAN_ELEMENTS // (self.domain.dim * SCAN_VALUES))
         columns = self.floats
-        if len(columns) > MAX_SCANNED_ELEMENTS:
-            columns = np.sort(self.rng.choice(columns, MAX_SCANNED_ELEMENTS, replace=False))
-        if not len(columns):
+        if len(columns) > scanned:
+            columns = np.sort(self.rng.choice(columns, scanned, replace=False))
+        if not len(columns):  # no float element, or an observation too large to scan
             return None
         grid = np.column_stack([self._scan_values(columns), row[columns]])
         rows = np.repeat(row[None], grid.size, axis=0)
@@ -587,6 +594,7 @@ class Search:
     def _boundaries(self, pool: np.ndarray, most: int = 256) -> None:
         """For every decision seen more than one way, rows on either side of a boundary:
         bisect between two rows that went different ways (every pair at once)."""
+        most = min(most, SCAN_ELEMENTS // self.domain.dim)
         rows = np.vstack([pool, *self.coverage.rows]) if self.coverage.rows else pool
         values = self.instrumented.values(rows)
         pairs = []  # (entry, element, the way row a went)
@@ -681,4 +689,9 @@ def cover(artifact, domain, seeds=(), seconds: float = SEARCH_SECONDS) -> Covera
     pool = np.vstack([domain.probe(n=4 * rows), *seeds,
                       *(domain.sample(regime, rng, rows) for regime in domain.regimes)])
     places = find_places(artifact.proto, artifact.obs.name if artifact.obs else "obs")
-    return Search(Instrumented(artifact, places), domain, seconds).run(pool)
+    try:  # the artifact's own faults (it does not load or run) are the clauses' to report
+        instrumented = Instrumented(artifact, places)
+        instrumented.values(pool[:1])
+    except Exception as exc:
+        return Coverage(not_run=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+    return Search(instrumented, domain, seconds).run(pool)

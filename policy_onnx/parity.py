@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import math
+import pickle
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-
-import math
 
 import numpy as np
 from hypothesis import HealthCheck, example, given, settings, target
@@ -97,6 +99,36 @@ class Mismatch(AssertionError):
         super().__init__(f"{problem.text}\n  drawn as {drawn}")
         self.causes = problem.causes
         self.replay = replay
+
+
+# Once a search has failed, hypothesis shrinks the failing example, and every attempt runs a
+# whole batch (at every batch size, and a large batch): a failing clause took minutes. Past
+# this many attempts, only the examples that already failed are checked again (so that
+# hypothesis's replay of the smallest one holds) and the others pass unchecked: the
+# counterexample is the smallest found by then, the same in every run.
+SHRINK_ATTEMPTS = 40
+
+
+def _bounded_shrinking(check):
+    """`check(batch)` with shrinking cut off after SHRINK_ATTEMPTS examples past the first
+    failure."""
+    failed: set[bytes] = set()
+    attempts = 0
+
+    @functools.wraps(check)
+    def bounded(batch) -> None:
+        nonlocal attempts
+        key = hashlib.sha256(pickle.dumps(batch)).digest()
+        if failed and key not in failed:
+            attempts += 1
+            if attempts > SHRINK_ATTEMPTS:
+                return
+        try:
+            check(batch)
+        except Mismatch:
+            failed.add(key)
+            raise
+    return bounded
 
 
 def _worst(diff: np.ndarray) -> float:
@@ -319,7 +351,8 @@ def search_settings() -> settings:
 
 def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, strategy,
                  policy, steer: bool = False, decisions=None,
-                 rows: np.ndarray | None = None, search=None) -> None:
+                 rows: np.ndarray | None = None, search=None, all_allowed: bool = False
+                 ) -> None:
     """Run the hypothesis search; fail the clause with the worst observation of the minimal
     example. With `steer`, hypothesis is also told to maximize the share of rows whose mean leaves
     the action bounds. Rows where predict() cannot decide (its float32 network can overflow)
@@ -327,12 +360,14 @@ def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, 
     (`decisions`, a decisions.Coverage) comes first: every row it found (or the clause's own
     `rows`), in a large batch of each batch size it found deciding something. `search`
     (model.ChoiceSearch, or None): how far the each-action search whose rows the strategy draws
-    near got, reported with the clause."""
+    near got, reported with the clause. With `all_allowed`, a masked policy's decision examples
+    allow every action (as the clause's own draws do)."""
     if search is not None:
         policy.stats.record_search(clause.id, search)
 
     @search_settings()
     @given(batch=strategy)
+    @_bounded_shrinking
     def parity_holds(batch: Batch) -> None:
         raw, decided = reference.examine(batch.observations)
         obs = batch.observations[decided]
@@ -354,15 +389,15 @@ def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, 
             raise Mismatch(problem, repr(batch), {"observations": obs, "masks": masks,
                                                   "batch_sizes": schedule})
 
-    for batch in _decision_examples(reference, decisions, rows):
+    for batch in _decision_examples(reference, decisions, rows, all_allowed):
         parity_holds = example(batch=batch)(parity_holds)
     _search(clause, parity_holds, policy)
 
 
-def _decision_examples(reference: Reference, decisions, rows: np.ndarray | None = None
-                       ) -> list[Batch]:
+def _decision_examples(reference: Reference, decisions, rows: np.ndarray | None = None,
+                       all_allowed: bool = False) -> list[Batch]:
     """Examples of what the decision search found: its rows (with mask patterns, for a masked
-    policy; or the clause's own `rows`), run in each batch size it found (at most four), or the
+    policy unless `all_allowed`; or the clause's own `rows`), run in each batch size it found (at most four), or the
     probe's first rows in those sizes when it found sizes only."""
     if decisions is None or (decisions.found is None and not decisions.batch_sizes):
         return []
@@ -370,7 +405,7 @@ def _decision_examples(reference: Reference, decisions, rows: np.ndarray | None 
         rows = decisions.found if decisions.found is not None \
             else reference.domain.probe()[:16]
     masks = None
-    if reference.masked:
+    if reference.masked and not all_allowed:
         masks = np.vstack(mask_patterns(len(rows), reference.head.mask_width))
         rows = np.tile(rows, (len(masks) // len(rows), 1))
     return [Batch("decisions", 0, rows, masks, size) for size in decisions.batch_sizes[:4] or [0]]
@@ -404,6 +439,7 @@ def check_recurrent_parity(clause: spec.Clause, reference: Reference, artifact: 
 
     @search_settings()
     @given(batch=strategy)
+    @_bounded_shrinking
     def rollouts_agree(batch: Batch) -> None:
         rng = np.random.default_rng(batch.seed)
         length = int(rng.choice(ROLLOUT_LENGTHS))

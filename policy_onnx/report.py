@@ -183,6 +183,9 @@ class Verdicts:
         c = self.coverage
         if c is None:
             return []
+        if c.get("not_run"):
+            return [f"decisions in the graph: not searched, the graph could not be run with its "
+                    f"decisions exposed ({c['not_run']})"]
         line = (f"decisions in the graph: {c['decisions']}, seen every way: "
                 f"{c['decisions_every_way']}; piecewise-linear units: {c['units']}, every way: "
                 f"{c['units_every_way']}")
@@ -210,7 +213,8 @@ def coverage_properties(summary: dict) -> list[tuple[str, object]]:
     return [("decision_coverage", summary),
             *((f"coverage_{name}", value) for name, value in summary.items()
               if isinstance(value, (int, bool))),
-            ("coverage_not_every_way", "; ".join(summary["not_every_way"]))]
+            ("coverage_not_every_way", "; ".join(summary["not_every_way"])),
+            *((("coverage_not_run", summary["not_run"]),) if summary["not_run"] else ())]
 
 
 def normalization_line(described: dict | None, option: str | None = None) -> str:

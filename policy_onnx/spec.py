@@ -156,7 +156,10 @@ CLAUSES: tuple[Clause, ...] = (
            "For every batch size of BEH-01, row i of the output for a batch MUST equal the "
            "output for row i fed alone, within the parity tolerance."),
     Clause("BEH-03", "repeatable", S, "The same input gives the same output",
-           "Running the same batch twice MUST give bit-identical outputs."),
+           "Running the same batch twice MUST give bit-identical outputs, and the graph MUST "
+           "NOT contain a random-number operator (`RandomUniform`, `RandomNormal`, their `Like` "
+           "forms, `Multinomial`, `Bernoulli`), in any subgraph either: a seeded generator "
+           "advances with every run, so the output would depend on how many runs came before."),
     Clause("BEH-04", "finite", S, "A finite observation gives a finite action",
            "For every finite observation the suite draws, every element of the final action MUST "
            "be finite."),
@@ -211,7 +214,8 @@ CLAUSES: tuple[Clause, ...] = (
            kinds=("Discrete", "MultiDiscrete"), structures=("masked",)),
     Clause("MASK-02", "masked_parity", E, "The masked action equals `predict()` but at near-ties",
            "For every observation and mask the suite draws (all allowed, all masked, mixed, one "
-           "choice allowed, all but one, all but `predict()`'s unmasked choice), the action MUST equal `model.predict(obs, action_masks=mask, "
+           "choice allowed, all but one, two to four allowed, a block of consecutive choices, "
+           "all but `predict()`'s unmasked choice), the action MUST equal `model.predict(obs, action_masks=mask, "
            "deterministic=True)`, except at a rounding tie of the masked scores.",
            needs_model=True, kinds=("Discrete", "MultiDiscrete"), structures=("masked",)),
     # --- observation normalization (Extended) ----------------------------------------------------

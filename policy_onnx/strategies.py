@@ -26,8 +26,8 @@ All components are float32, and |x| <= MAX_MAGNITUDE but in the far regime. Inte
 (pixels, integer Boxes, binary entries) are rounded into their bounds and one-hot groups hold one
 1 (`ObservationDomain.finish`), whatever the regime. In the inside, beyond, far and structured
 regimes a share of rows (CORNER_ROWS) has each discrete part (a one-hot group, the integers of
-an entry outside images) at a corner: all at its lowest, all at its highest, or each element at
-one of the two.
+an entry outside images) at or next to a corner: all at its lowest, all at its highest, each
+element at one of the two, or all at the lowest or the highest but one element.
 """
 
 from __future__ import annotations
@@ -108,8 +108,8 @@ MAX_EXPLICIT_ELEMENTS = 64
 # magnitudes), as hypothesis's own float draws favour them.
 SPECIAL_ROWS = 0.25
 SPECIAL_ELEMENTS = 0.2
-# The share of drawn rows whose discrete parts (Dict entries, integer Boxes) are at a corner:
-# all at their lowest or highest value, or each at one of the two.
+# The share of drawn rows whose discrete parts (Dict entries, integer Boxes) are at or next to
+# a corner: all at their lowest or highest value, each at one of the two, or all but one.
 CORNER_ROWS = 0.25
 
 
@@ -237,6 +237,8 @@ class ObservationDomain:
         if self._float_part is not None:
             return self._with_integers("inside", rng, n)
         shape = (n, self.dim)
+        if np.isfinite(self.low).all() and np.isfinite(self.high).all():
+            return self.finish(self.low + rng.random(shape) * (self.high - self.low))
         free = _log_uniform(rng, shape, 1e-3, MAX_MAGNITUDE) * rng.choice([-1.0, 1.0], shape)
         low = np.broadcast_to(self.low, shape)
         high = np.broadcast_to(self.high, shape)
@@ -250,16 +252,14 @@ class ObservationDomain:
     def beyond(self, rng: np.random.Generator, n: int) -> np.ndarray:
         if self._float_part is not None:
             return self._with_integers("beyond", rng, n, at_bounds=0.3)
-        shape = (n, self.dim)
         rows = self.inside(rng, n).astype(np.float64)
-        distance = _log_uniform(rng, shape, 1e-3, 10.0) * self.width
-        below = np.broadcast_to(self.low, shape) - distance
-        above = np.broadcast_to(self.high, shape) + distance
-        side = rng.random(shape)
-        past = np.where(side < 0.5, below, above)
+        row, column = np.nonzero(rng.random((n, self.dim)) < 0.7)  # the elements moved past
+        below = rng.random(len(row)) < 0.5
+        distance = _log_uniform(rng, len(row), 1e-3, 10.0) * self.width[column]
+        past = np.where(below, self.low[column] - distance, self.high[column] + distance)
         # An infinite bound has no "beyond": keep the inside draw there.
-        past = np.where(np.isfinite(past), past, rows)
-        rows = np.where(rng.random(shape) < 0.7, past, rows)
+        finite = np.isfinite(past)
+        rows[row[finite], column[finite]] = past[finite]
         return self.finish(rows)
 
     def normalized(self, rng: np.random.Generator, n: int, at_clip: bool) -> np.ndarray:
@@ -283,8 +283,7 @@ class ObservationDomain:
         unbounded = _log_uniform(rng, shape, MAX_MAGNITUDE, FLOAT32_MAX)
         up = rng.random(shape) < 0.5
         start = np.where(up, self.high, -self.low) + 10 * self.width  # finite sides
-        distance = 10.0 ** rng.uniform(np.log10(np.clip(start, 1e-3, FLOAT32_MAX)),
-                                       np.log10(FLOAT32_MAX), shape)
+        distance = _log_uniform(rng, shape, np.clip(start, 1e-3, FLOAT32_MAX), FLOAT32_MAX)
         bounded = np.where(up, distance, -distance)
         far = np.where(up, np.where(np.isposinf(self.high), unbounded, bounded),
                        np.where(np.isneginf(self.low), -unbounded, bounded))
@@ -333,22 +332,29 @@ class ObservationDomain:
         return tuple(parts)
 
     def _corners(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """A share of `rows` (CORNER_ROWS) with each discrete part at a corner, each part
-        its own way: every element at its lowest value (a one-hot group's first choice), every
-        one at its highest (the last choice), or each at one of the two."""
+        """A share of `rows` (CORNER_ROWS) with each discrete part at or next to a corner,
+        each part its own way: every element at its lowest value (a one-hot group's first
+        choice), every one at its highest (the last choice), each at one of the two, or all at
+        the lowest or the highest but one element (the second or the last but one choice)."""
         chosen = np.flatnonzero(rng.random(len(rows)) < CORNER_ROWS)
         if not self._discrete_parts or not len(chosen):
             return rows
         rows = rows.astype(np.float64)
+        n = len(chosen)
         for one_hot, start, stop in self._discrete_parts:
-            way = rng.integers(0, 3, len(chosen))  # lowest, highest, each at one of the two
+            # 0 lowest, 1 highest, 2 each at one of the two, 3 and 4 as 0 and 1 but one element
+            way = rng.integers(0, 5, n)
+            high = np.where(way[:, None] == 2, rng.random((n, stop - start)) < 0.5,
+                            (way % 2 == 1)[:, None])
+            but_one = np.arange(stop - start) == rng.integers(0, stop - start, n)[:, None]
+            high ^= (way >= 3)[:, None] & but_one
             if one_hot:
-                last = np.where(way == 2, rng.random(len(chosen)) < 0.5, way == 1)
+                last = np.where(way == 2, high[:, 0], way % 2 == 1)
+                position = np.where(last, stop - start - 1, 0)
+                position = np.where(way >= 3, np.where(last, stop - start - 2, 1), position)
                 rows[chosen, start:stop] = 0.0
-                rows[chosen, np.where(last, stop - 1, start)] = 1.0
+                rows[chosen, start + np.clip(position, 0, stop - start - 1)] = 1.0
             else:
-                high = np.where(way[:, None] == 2, rng.random((len(chosen), stop - start)) < 0.5,
-                                (way == 1)[:, None])
                 rows[chosen, start:stop] = np.where(high, self.high[start:stop],
                                                     self.low[start:stop])
         return self.finish(rows)
@@ -373,30 +379,33 @@ class ObservationDomain:
     def _special(self, rows: np.ndarray, rng: np.random.Generator, regime: str) -> np.ndarray:
         """A share of `rows` (SPECIAL_ROWS) with a share of their float elements
         (SPECIAL_ELEMENTS) set to one of their special values."""
+        picked = np.flatnonzero(rng.random(len(rows)) < SPECIAL_ROWS)
+        row, column = np.nonzero(rng.random((len(picked), self.dim)) < SPECIAL_ELEMENTS)
         candidates = self.special_values(regime)
-        chosen = rng.integers(0, len(candidates), rows.shape)
-        values = np.take_along_axis(candidates, chosen, axis=0) if len(rows) else rows
-        where = (rng.random((len(rows), 1)) < SPECIAL_ROWS) & \
-            (rng.random(rows.shape) < SPECIAL_ELEMENTS) & ~np.isnan(values)
+        values = candidates[rng.integers(0, len(candidates), len(row)), column]
+        keep = ~np.isnan(values)
         if self.integral is not None:
-            where &= ~self.integral
-        if not where.any():
+            keep &= ~self.integral[column]
+        if not keep.any():
             return rows
         rows = rows.astype(np.float64)
-        rows[where] = values[where]
+        rows[picked[row[keep]], column[keep]] = values[keep]
         return self.finish(rows)
 
     def probe(self, seed: int = 0, n: int = 1000, extra: np.ndarray | None = None
               ) -> np.ndarray:
         """A fixed mix of regimes and corner values for the behaviour clauses (fewer rows for a
-        large observation); `extra` rows come right after the corners."""
+        large observation); `extra` rows come right after the corners, those within the
+        probe's reach (+-MAX_MAGNITUDE: beyond it a network's own float32 sums may overflow,
+        which the behaviour clauses, judged without the model, cannot tell)."""
         rng = np.random.default_rng(seed)
         n = max(rows_for(self.dim, n), 7)
         corners = [np.zeros(self.dim), np.clip(self.low, -MAX_MAGNITUDE, None),
                    np.clip(self.high, None, MAX_MAGNITUDE), np.full(self.dim, MAX_MAGNITUDE),
                    np.full(self.dim, -MAX_MAGNITUDE)]
         half = (n - len(corners)) // 2
-        extra = np.empty((0, self.dim)) if extra is None else extra[:rows_for(self.dim, n)]
+        extra = np.empty((0, self.dim)) if extra is None else \
+            extra[np.abs(extra).max(axis=1) <= MAX_MAGNITUDE][:rows_for(self.dim, n)]
         return np.vstack([self.finish(np.array(corners)), self.finish(extra),
                           self.inside(rng, half), self.beyond(rng, n - len(corners) - half)])
 
@@ -476,10 +485,11 @@ class ObservationDomain:
 
 # How a row's action mask is drawn (the rows of an example take them in turn): allowed or not
 # at random with the example's density, all allowed, all masked, one choice allowed or all but
-# one (each choice in turn, over the rows of an example), all but predict()'s own choice with
-# every action allowed. Per group: each element of a MultiDiscrete action.
+# one (each choice in turn, over the rows of an example), two to four choices allowed, a block
+# of consecutive choices allowed (from the first in half of them), all but predict()'s own
+# choice with every action allowed. Per group: each element of a MultiDiscrete action.
 MASK_PATTERNS = ("coin flips", "all allowed", "all masked", "one allowed", "all but one",
-                 "all but predict's choice")
+                 "a few allowed", "a block allowed", "all but predict's choice")
 MASK_DENSITIES = (0.0, 0.1, 0.5, 0.9, 1.0)
 
 
@@ -519,6 +529,14 @@ class MaskSpace:
             group = masks[:, start:start + size]
             group[one] = only[one]
             group[all_but] = ~only[all_but]
+            few = pattern == "a few allowed"
+            group[few] = np.argsort(rng.random((int(few.sum()), size)), axis=1) < \
+                rng.integers(2, 5, (int(few.sum()), 1))
+            block = pattern == "a block allowed"
+            first = np.where(rng.random(n) < 0.5, 0, rng.integers(0, size, n))
+            last = first + rng.integers(1, size + 1, n)  # past the end: up to the last choice
+            inside = (np.arange(size) >= first[:, None]) & (np.arange(size) < last[:, None])
+            group[block] = inside[block]
             start += size
         return masks
 
@@ -644,7 +662,8 @@ def _scene(rng: np.random.Generator, pattern: str, channels: int, height: int,
     return np.stack([picture[sy:sy + height, sx:sx + width] for sy, sx in starts])
 
 
-def _log_uniform(rng: np.random.Generator, shape, low: float, high: float) -> np.ndarray:
-    return 10.0 ** rng.uniform(np.log10(low), np.log10(high), shape)
+def _log_uniform(rng: np.random.Generator, shape, low, high) -> np.ndarray:
+    # exp, not 10 ** x: numpy's power is several times slower on large observations
+    return np.exp(rng.uniform(np.log(low), np.log(high), shape))
 
 

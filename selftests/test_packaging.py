@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -35,7 +36,12 @@ def installed(tmp_path_factory):
                 cwd=venv).stdout.strip()
     with open(os.path.join(site, "suite-dependencies.pth"), "w") as pth:
         pth.write(sysconfig.get_paths()["purelib"] + "\n")
-    done = _run(python, "-m", "pip", "install", "--quiet", "--no-deps", ROOT, cwd=venv)
+    # From a copy of the sources: pip builds in the tree, and a build/ folder left there by an
+    # earlier build (or a concurrent one) would be installed in place of the sources.
+    source = tmp_path_factory.mktemp("source") / "policy-onnx"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".venv", "build", ".git", ".hypothesis", ".pytest_cache", "__pycache__", "*.egg-info"))
+    done = _run(python, "-m", "pip", "install", "--quiet", "--no-deps", source, cwd=venv)
     assert done.returncode == 0, done.stderr
     # The console script pip would have installed with pytest itself.
     script = venv / "bin" / "pytest"

@@ -59,7 +59,8 @@ def assert_all_pass(run, skipped: dict[str, str], status: int = 0) -> None:
 
 @pytest.mark.parametrize("name", [f.name for f in FIXTURES])
 def test_own_export_of_every_fixture_model_conforms(conformance, fixture_models, name):
-    run = conformance.run("--model", str(fixture_models[name]), *OPTIONS[name])
+    run = conformance.run("--model", str(fixture_models[name]), *OPTIONS[name],
+                          profile="mutation")
     assert_all_pass(run, expected_skips(name))
     if name not in NO_CLIPPING:
         assert "with the mean outside the action bounds" in run.stdout
