@@ -10,7 +10,7 @@ MODEL ?= $(FIXTURES_DIR)/ppo_default.zip
 ONNX ?=
 PROFILE ?= ci
 
-.PHONY: install fixtures conformance test mutation bench spec clean
+.PHONY: install fixtures conformance test test-slow mutation bench spec clean
 
 install: $(INSTALLED)
 
@@ -30,8 +30,13 @@ conformance: $(INSTALLED) $(if $(filter $(FIXTURES_DIR)/%,$(MODEL)),$(FIXTURES))
 	$(PY) -m pytest conformance $(if $(MODEL),--model $(MODEL)) $(if $(ONNX),--onnx $(ONNX)) \
 		--hypothesis-profile $(PROFILE)
 
+# The self-tests, but for the slow ones (marked `slow`: fresh venvs, command-line subprocesses,
+# the size limit, a zoo tree), which `make test-slow` runs; CI runs both.
 test: $(INSTALLED)
-	$(PY) -m pytest selftests -n 2 --hypothesis-profile $(PROFILE)
+	$(PY) -m pytest selftests -n 2 --dist worksteal -m "not slow" --hypothesis-profile $(PROFILE)
+
+test-slow: $(INSTALLED)
+	$(PY) -m pytest selftests -n 2 --dist worksteal -m slow --hypothesis-profile $(PROFILE)
 
 # The mutant self-tests alone, with their report (they are part of `make test` too).
 mutation: $(INSTALLED)

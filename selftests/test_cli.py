@@ -5,9 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from policy_onnx.artifact import Artifact
 
 from .conftest import REAL_MODEL, REAL_ONNX, ROOT, ZOO, sha256
+
+pytestmark = pytest.mark.slow  # subprocesses of a few seconds each: `make test-slow`
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -74,6 +74,7 @@ def test_crafted_zip_is_a_one_line_refusal(tmp_path, case):
     assert "Traceback" not in done.stdout + done.stderr
 
 
+@pytest.mark.slow  # eight rows of a million elements an example: `make test-slow`
 def test_an_observation_at_the_size_limit_is_checked_with_fewer_rows(tmp_path):
     """A Box of 2^20 elements (the largest allowed): checked within the memory cap, with the
     rows each draw holds sized to the observation, and the counts reported."""

@@ -8,6 +8,8 @@ import re
 import shlex
 import shutil
 
+import pytest
+
 from policy_onnx import spec
 from policy_onnx.plugin import command_for
 
@@ -79,6 +81,7 @@ def _verdicts(document: dict) -> dict:
             for p in document["policies"]}
 
 
+@pytest.mark.slow  # two suite runs in subprocesses: `make test-slow`
 def test_xdist_workers_give_the_serial_verdicts(unclamped_real, tmp_path):
     """Both runs are processes of their own, as in CI: hypothesis mixes literal constants of the
     local modules loaded into its draws, so an in-process run (with the self-tests loaded)

@@ -15,6 +15,8 @@ import pytest
 
 from .conftest import REAL_MODEL, REAL_ONNX, ROOT
 
+pytestmark = pytest.mark.slow  # fresh venvs and subprocess runs: `make test-slow`
+
 
 def _run(*command, cwd, timeout=600):
     """As in a user's shell: no paths or options of ours, and bytecode caching on (as Python's

@@ -57,6 +57,7 @@ def test_zoo_agents_load_without_gym():
     assert done.stdout.split() == ["True", "False"], done.stderr
 
 
+@pytest.mark.slow  # ten agents exported and checked: `make test-slow`
 def test_a_zoo_tree_gets_one_verdict_per_agent_through_our_export(conformance, tmp_path):
     """`--model <root>` of the tree as it lies on disk (with a run's best model and checkpoint,
     and a Hub metrics archive, which are not agents), on two pytest-xdist workers: every agent
