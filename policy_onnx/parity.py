@@ -115,18 +115,20 @@ def _bounded_shrinking(check):
     failed: set[bytes] = set()
     attempts = 0
 
+    def key(batch) -> bytes:
+        return hashlib.sha256(pickle.dumps(batch)).digest()
+
     @functools.wraps(check)
     def bounded(batch) -> None:
         nonlocal attempts
-        key = hashlib.sha256(pickle.dumps(batch)).digest()
-        if failed and key not in failed:
+        if failed and key(batch) not in failed:  # until a failure, no example is hashed
             attempts += 1
             if attempts > SHRINK_ATTEMPTS:
                 return
         try:
             check(batch)
         except Mismatch:
-            failed.add(key)
+            failed.add(key(batch))
             raise
     return bounded
 
@@ -296,7 +298,7 @@ def compare_discrete(reference: Reference, artifact: Artifact, obs: np.ndarray,
         return None
     differing = real.any(axis=1)
     extreme = _extreme(reference, obs[rows[differing]], obtained[rows[differing]])
-    worst = int(np.flatnonzero(differing)[np.argmax(~extreme) if (~extreme).any() else 0])
+    worst = _first_ordinary(np.flatnonzero(differing), extreme, np.zeros(len(extreme)))
     i = rows[worst]
     text = "\n".join([
         f"the action differs from predict() at row {i}, run in a batch of {ran_in[i]} "
