@@ -34,6 +34,8 @@ GUARDS = ("IsNaN", "IsInf")  # decide only on NaN or inf, which no observation i
 # Piecewise-linear units: a trigger can hide behind one without any comparison.
 UNITS = ("Relu", "LeakyRelu", "PRelu", "ThresholdedRelu", "Abs", "Max", "Min", "Clip",
          "HardSigmoid", "HardSwish", "Shrink")
+# Units too: which element of the reduced axes wins (a Max over many inputs at once).
+REDUCTIONS = ("ReduceMax", "ReduceMin")
 INTEGER_TYPES = {TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64,
                  TensorProto.UINT8, TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64,
                  TensorProto.BOOL}
@@ -73,11 +75,11 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
     """Every place the graph decides on data it is fed (a decision on constants is none; a
     Where, If or Cast on a comparison's or a guard's output is that comparison or guard)."""
     graph = proto.graph
-    constant = {i.name for i in graph.initializer}
-    inputs = {i.name for i in graph.input if i.name not in constant}
+    constants = _constant_values(graph)
+    inputs = {i.name for i in graph.input if i.name not in constants}
     reads: dict[str, set[str]] = {name: ({"values"} if name == obs_name else {"input"})
                                   for name in inputs}
-    compared = set()  # outputs of comparisons and guards
+    compared = set()  # outputs of comparisons and guards, and casts of them
     producers = {out: node for node in graph.node for out in node.output}
     places = []
     for node in graph.node:
@@ -88,11 +90,16 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
             sources &= {"batch"}
         for out in node.output:
             reads[out] = sources
-        condition = _condition(node.input[0], producers) if node.op_type in CONSUMERS else None
+        condition = (_condition(node.input[0], producers, constants)
+                     if node.op_type in CONSUMERS else None)
         kind = "decision" if condition is not None else _kind(node)
+        axes = _reduced_axes(node, constants) if node.op_type in REDUCTIONS else None
+        if node.op_type in REDUCTIONS and (axes is None or node.input[0] in compared):
+            continue  # across rows, or an All/Any of a condition: decided where it is cast
         if kind is None:
             continue
-        if node.op_type in COMPARISONS or node.op_type in GUARDS:
+        if node.op_type in COMPARISONS or node.op_type in GUARDS or \
+                (node.op_type == "Cast" and condition is not None):
             compared.update(node.output)  # a consumer of these is decided there
         tensors = _deciding_tensors(node)
         deciding = set().union(*(reads.get(t, set()) for t in tensors))
@@ -101,6 +108,8 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
         what = next(w for w in ("values", "input", "batch") if w in deciding)
         attributes = tuple((a.name, onnx.helper.get_attribute_value(a)) for a in node.attribute
                            if a.name in ("axis", "to", "min", "max", "alpha"))
+        if axes is not None:
+            attributes += (("axes", axes),)
         if condition is not None:
             tensors = (tensors[0], *_leaves(condition))
         places.append(Place(node.name or node.output[0], node.op_type, kind, tensors, what,
@@ -108,17 +117,50 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
     return places
 
 
-def _condition(tensor: str, producers: dict, depth: int = 0) -> tuple | None:
+def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """The graph's initializers and the outputs of its Constant nodes."""
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _reduced_axes(node: onnx.NodeProto, constants: dict) -> tuple[int, ...] | None:
+    """The axes a ReduceMax/ReduceMin reduces, when they are constants and leave the batch
+    axis alone (a reduction across rows is no per-row decision); None otherwise."""
+    if len(node.input) > 1 and node.input[1]:
+        if node.input[1] not in constants:
+            return None
+        axes = tuple(int(a) for a in np.ravel(constants[node.input[1]]))
+    else:
+        axes = tuple(_attribute(node, "axes", ()))
+    return axes if axes and 0 not in axes else None
+
+
+def _condition(tensor: str, producers: dict, constants: dict, depth: int = 0) -> tuple | None:
     """The comparisons a bool tensor is made of, as a tree: ("Greater", a, b), ("And", t, u),
-    ("Or", t, u), ("Not", t); None when it is made otherwise (an input, a cast, NaN tests)."""
+    ("Or", t, u), ("Not", t), and ("All", axes, keepdims, t) / ("Any", ...) for a ReduceMin /
+    ReduceMax over a condition cast to numbers (casts of a condition are that condition);
+    None when it is made otherwise (an input, NaN tests, a sum)."""
     node = producers.get(tensor)
     if node is None or depth > 16:
         return None
+    below = depth + 1
     if node.op_type in COMPARISONS:
         return (node.op_type, node.input[0], node.input[1])
     if node.op_type in ("And", "Or", "Not"):
-        parts = [_condition(i, producers, depth + 1) for i in node.input]
+        parts = [_condition(i, producers, constants, below) for i in node.input]
         return None if None in parts else (node.op_type, *parts)
+    if node.op_type == "Cast":
+        return _condition(node.input[0], producers, constants, below)
+    if node.op_type in REDUCTIONS:
+        axes = _reduced_axes(node, constants)
+        part = _condition(node.input[0], producers, constants, below)
+        if axes is None or part is None:
+            return None
+        which = "All" if node.op_type == "ReduceMin" else "Any"
+        return (which, axes, int(_attribute(node, "keepdims", 1)), part)
     return None
 
 
@@ -126,24 +168,39 @@ def _leaves(tree: tuple) -> tuple[str, ...]:
     """The tensors a condition tree compares."""
     if tree[0] in COMPARISONS:
         return tree[1:]
+    if tree[0] in ("All", "Any"):
+        return _leaves(tree[3])
     return tuple(t for part in tree[1:] for t in _leaves(part))
 
 
 def _condition_margin(tree: tuple, values: dict) -> np.ndarray:
     """How far a condition is from true (> 0 where true): a comparison's signed difference
     (the distance to equality, negated, for Equal), the smallest of an And's, the largest of
-    an Or's, a Not's negated."""
+    an Or's, a Not's negated; over the elements an All or Any reduces, likewise). A conjunction
+    adds a small share of what each of its parts lacks, so that a search gains from bringing
+    any part closer, not only the furthest."""
     op = tree[0]
     if op in COMPARISONS:
         a, b = _broadcast(values[tree[1]], values[tree[2]])
         if op == "Equal":
             return -np.abs(a - b)
         return (a - b) if op in ("Greater", "GreaterOrEqual") else (b - a)
+    if op in ("All", "Any"):
+        _, axes, keepdims, part = tree
+        m = _condition_margin(part, values)
+        axes = tuple(a % m.ndim for a in axes) if m.ndim else None
+        if op == "Any":
+            return np.max(m, axis=axes, keepdims=bool(keepdims))
+        lacking = np.sum(np.minimum(m, 0.0), axis=axes, keepdims=bool(keepdims))
+        return np.min(m, axis=axes, keepdims=bool(keepdims)) + LACKING_SHARE * lacking
     parts = [_condition_margin(part, values) for part in tree[1:]]
     if op == "Not":
         return -parts[0]
     parts = _broadcast(*parts)
-    return np.minimum(*parts) if op == "And" else np.maximum(*parts)
+    if op == "Or":
+        return np.maximum(*parts)
+    return np.minimum(*parts) + LACKING_SHARE * (np.minimum(parts[0], 0.0)
+                                                 + np.minimum(parts[1], 0.0))
 
 
 def _kind(node: onnx.NodeProto) -> str | None:
@@ -154,7 +211,7 @@ def _kind(node: onnx.NodeProto) -> str | None:
         return "decision"
     if op == "Cast":
         return "decision" if _attribute(node, "to", 0) in INTEGER_TYPES else None
-    if op in UNITS:
+    if op in UNITS or op in REDUCTIONS:
         return "unit"
     return None
 
@@ -208,11 +265,24 @@ def ways(place: Place, values: list[np.ndarray], rows: int) -> tuple[np.ndarray,
         stacked = np.stack(_broadcast(*values), axis=-1)
         choice = np.argmax(stacked if op == "Max" else -stacked, axis=-1)
         return _per_row(choice, rows), len(values)
+    if op in REDUCTIONS:
+        x = _competing(values[0], get("axes"))
+        return _per_row(np.argmax(x if op == "ReduceMax" else -x, axis=-1), rows), x.shape[-1]
     if op == "Clip":
         x, low, high = _clip_terms(values, get)
         return _per_row(np.where(x < low, 0, np.where(x > high, 2, 1)), rows), 3
     x = np.asarray(values[0], np.float64)  # Relu and friends, Abs: which side of their kink
     return _per_row((x > _kink(place)).astype(np.int64), rows), 2
+
+
+def _competing(x, axes) -> np.ndarray:
+    """x with the axes a reduction reduces moved to the end and flattened into one: the
+    elements that compete for each output element."""
+    x = np.asarray(x, np.float64)
+    axes = sorted({a % x.ndim for a in axes})
+    kept = [a for a in range(x.ndim) if a not in axes]
+    x = np.transpose(x, kept + axes)
+    return x.reshape(*x.shape[:len(kept)], -1)
 
 
 def _kink(place: Place) -> float:
@@ -250,13 +320,15 @@ def margins(place: Place, values: list[np.ndarray], rows: int, way: int) -> np.n
     if op == "Sign":
         x = np.asarray(values[0], np.float64)
         return _per_row(x if way == 2 else -x, rows)
-    if op in SELECTIONS or op in ("Max", "Min"):
+    if op in SELECTIONS or op in ("Max", "Min") or op in REDUCTIONS:
         if op in SELECTIONS:
             x = np.moveaxis(np.asarray(values[0], np.float64),
                             get("axis", -1 if op == "TopK" else 0), -1)
+        elif op in REDUCTIONS:
+            x = _competing(values[0], get("axes"))
         else:
             x = np.stack(_broadcast(*values), axis=-1)
-        x = -x if op in ("ArgMin", "Min") else x
+        x = -x if op in ("ArgMin", "Min", "ReduceMin") else x
         others = np.delete(x, way, axis=-1)
         return _per_row(x[..., way] - others.max(axis=-1), rows)
     if op == "Clip":
@@ -415,6 +487,8 @@ def mask_patterns(rows: int, width: int) -> list[np.ndarray]:
 # Values each float element is scanned across: zero, +-1, the magnitudes 1e-3 .. 3e38 of both
 # signs, and the element's finite bounds with the floats around them.
 SCAN_MAGNITUDES = tuple(10.0 ** k for k in range(-3, 39, 2)) + (3.4e38,)
+# What a conjunction's margin adds of what each part lacks (see _condition_margin)
+LACKING_SHARE = 1e-3
 ZOOM_POINTS = 33
 ZOOM_ROUNDS = 40
 BISECTION_STEPS = 30
@@ -428,6 +502,12 @@ MAX_ZOOMED_ELEMENTS = 4  # the elements whose scan moved the margin most
 SCAN_ELEMENTS = 4_000_000
 SCAN_VALUES = 3 + 2 * len(SCAN_MAGNITUDES) + 6  # as _scan_values makes them
 ZOOM_PASSES = 3
+# Integer elements (see Search._ascend_integers): at most this many tried one by one, a range
+# this small tried at every value, passes of one change each, group tests to find them
+MAX_INTEGER_ELEMENTS = 64
+SMALL_RANGE = 16
+INTEGER_PASSES = 64
+GROUP_TESTS = 64
 
 
 class Search:
@@ -443,6 +523,10 @@ class Search:
         self.rng = np.random.default_rng(seed)
         self.floats = np.flatnonzero(~domain.integral) if domain.integral is not None \
             else np.arange(domain.dim)
+        self.integers = np.flatnonzero(domain.integral) if domain.integral is not None \
+            else np.arange(0)
+        self.group_of = {c: (start, stop) for start, stop in domain.one_hot
+                         for c in range(start, stop)}
 
     def run(self, pool: np.ndarray) -> Coverage:
         """Observe `pool` (with mask patterns, for a masked graph), then search every way not
@@ -454,18 +538,24 @@ class Search:
                 self._observe(pool, masks)
         self._search_batch_sizes(pool)
         for kind in ("decision", "unit"):
-            for entry in [e for e in self.coverage.seen.values() if e.place.kind == kind
-                          and e.place.reads == "values"]:
-                for element, way in entry.missing():
-                    if time.perf_counter() > self.deadline:
-                        self.coverage.budget_spent = True
-                        return self.coverage
-                    self.coverage.searched += 1
-                    self.way_deadline = min(self.deadline, time.perf_counter() + WAY_SECONDS)
-                    found = self._search(entry, element, way, pool, pool_values)
-                    if found is not None:
-                        entry.flipped_by_search = True
-                        self._keep(found)
+            wanted = [(entry, element, way) for entry in self.coverage.seen.values()
+                      if entry.place.kind == kind and entry.place.reads == "values"
+                      for element, way in entry.missing()]
+            for done, (entry, element, way) in enumerate(wanted):
+                now = time.perf_counter()
+                if now > self.deadline:
+                    self.coverage.budget_spent = True
+                    return self.coverage
+                if (element, way) not in entry.missing():
+                    continue  # seen on the way to another
+                self.coverage.searched += 1
+                # a decision may take its share of what is left, a unit a way's budget
+                share = (self.deadline - now) / (len(wanted) - done) if kind == "decision" else 0
+                self.way_deadline = min(self.deadline, now + max(WAY_SECONDS, share))
+                found = self._search(entry, element, way, pool, pool_values)
+                if found is not None:
+                    entry.flipped_by_search = True
+                    self._keep(found)
         self._boundaries(pool)
         return self.coverage
 
@@ -501,9 +591,98 @@ class Search:
             return None
         for start in pool[np.argsort(-np.nan_to_num(margin, nan=-np.inf))[:MAX_STARTS]]:
             found = self._ascend(entry, element, way, start.astype(np.float64))
+            if found is None and len(self.integers) and not self._out_of_time():
+                found = self._ascend_integers(entry, element, way, start.astype(np.float64))
             if found is not None or self._out_of_time():
                 return found
         return None
+
+    def _ascend_integers(self, entry: Seen, element: int, way: int, row: np.ndarray):
+        """From `row`: change one integer element (a pixel, a flag, a one-hot group's choice)
+        at a time, each pass the change that brings the margin furthest, until the way is
+        reached or no change brings it closer. The elements tried are those that move the
+        margin (found by changing random groups of elements, for a large observation)."""
+        found, m = self._try(entry, self.domain.finish(row[None]), element, way)
+        if found is not None:
+            return found
+        current = float(np.nan_to_num(m[0], nan=-np.inf))
+        found, columns = self._moving_integers(entry, element, way, row, current)
+        if found is not None:
+            return found
+        most = max(1, SCAN_ELEMENTS // self.domain.dim)
+        for _ in range(INTEGER_PASSES):
+            if not len(columns) or self._out_of_time():
+                return None
+            rows = self._one_change_each(row, columns)
+            if not len(rows):
+                return None
+            if len(rows) > most:
+                rows = rows[np.sort(self.rng.choice(len(rows), most, replace=False))]
+            found, m = self._try(entry, rows, element, way)
+            if found is not None:
+                return found
+            m = np.nan_to_num(m, nan=-np.inf)
+            best = int(np.argmax(m))
+            if not m[best] > current:
+                return None
+            row, current = rows[best].astype(np.float64), float(m[best])
+        return None
+
+    def _one_change_each(self, row: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """Rows that differ from `row` in one integer element of `columns` each: a binary or
+        small-range element at each of its other values, a wider one by +-1, +-2, +-4, ...
+        and at its bounds, a one-hot element switched on (its group's others off)."""
+        changes = []
+        for c in columns:
+            low, high, value = self.domain.low[c], self.domain.high[c], row[c]
+            if high - low <= SMALL_RANGE:
+                values = np.arange(low, high + 1)
+            else:
+                steps = 2.0 ** np.arange(int(math.log2(high - low)) + 1)
+                values = np.clip(np.concatenate([value + steps, value - steps, [low, high]]),
+                                 low, high)
+            changes.extend((c, v) for v in np.unique(values) if v != value)
+        rows = np.repeat(row[None], len(changes), axis=0)
+        for i, (c, v) in enumerate(changes):
+            group = self.group_of.get(int(c))
+            if group is not None:
+                rows[i, group[0]:group[1]] = 0.0
+            rows[i, c] = v
+        return self.domain.finish(rows)
+
+    def _moving_integers(self, entry: Seen, element: int, way: int, row: np.ndarray,
+                         current: float):
+        """(rows found on the way, or None; the integer elements whose change moves the
+        margin): all of them, when there are few; otherwise group tests (rows that change
+        random subsets of them, some dense, some sparse): an element changed in a row whose
+        margin did not move is not one of them (a sample of those left, when most are)."""
+        if len(self.integers) <= MAX_INTEGER_ELEMENTS:
+            return None, self.integers
+        tests = min(GROUP_TESTS, max(1, SCAN_ELEMENTS // self.domain.dim))
+        rows = np.repeat(row[None], tests, axis=0)
+        low, high = self.domain.low[self.integers], self.domain.high[self.integers]
+        density = 0.5 ** (1 + 2 * (np.arange(tests) % 4))[:, None]  # 1/2, 1/8, 1/32, 1/128
+        changed = self.rng.random((tests, len(self.integers))) < density
+        fresh = np.floor(low + self.rng.random((tests, len(self.integers))) * (high - low + 1))
+        rows[:, self.integers] = np.where(changed, fresh, rows[:, self.integers])
+        rows = self.domain.finish(rows)
+        found, m = self._try(entry, rows, element, way)
+        if found is not None:
+            return found, self.integers
+        changed = rows[:, self.integers] != np.float32(row[self.integers])
+        still = np.nan_to_num(m, nan=-np.inf) == current
+        moving = self.integers[~changed[still].any(axis=0)]
+        if len(moving) > MAX_INTEGER_ELEMENTS:
+            moving = np.sort(self.rng.choice(moving, MAX_INTEGER_ELEMENTS, replace=False))
+        if not len(moving):
+            return None, moving
+        # each one alone, to its far bound: the group tests' chance survivors drop out
+        rows = np.repeat(row[None], len(moving), axis=0)
+        far = np.where(row[moving] - self.domain.low[moving] > self.domain.high[moving]
+                       - row[moving], self.domain.low[moving], self.domain.high[moving])
+        rows[np.arange(len(moving)), moving] = far
+        found, m = self._try(entry, self.domain.finish(rows), element, way)
+        return found, moving[np.nan_to_num(m, nan=-np.inf) != current]
 
     def _ascend(self, entry: Seen, element: int, way: int, row: np.ndarray):
         """From `row`: scan every float element (a sample, for a large observation) across its

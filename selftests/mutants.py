@@ -316,18 +316,41 @@ def _wrong_for_batches(first: int, last: int):
          const("bs_last", last, np.int64)])
 
 
+def _all_equal(indices, values) -> tuple[list, str, list]:
+    """(nodes, condition, initializers): obs[:, indices] all equal `values` (each its own, or
+    one for all), an All written as ReduceMin over the comparisons cast to floats."""
+    return ([helper.make_node("Gather", ["obs", "corner_indices"], ["corner_elements"], axis=1),
+             helper.make_node("Equal", ["corner_elements", "corner_value"], ["corner_equal"]),
+             helper.make_node("Cast", ["corner_equal"], ["corner_equal_f"],
+                              to=TensorProto.FLOAT),
+             helper.make_node("ReduceMin", ["corner_equal_f", "corner_axis"], ["corner_all_f"],
+                              keepdims=1),
+             helper.make_node("Cast", ["corner_all_f"], ["corner_all"], to=TensorProto.BOOL)],
+            "corner_all",
+            [const("corner_indices", indices, np.int64), const("corner_value", values),
+             const("corner_axis", [1], np.int64)])
+
+
 def _wrong_where_all_equal(indices, value: float):
     """0.5 added to every action where obs[:, indices] all equal `value`."""
+    nodes, condition, initializers = _all_equal(indices, value)
+    return _shifted_where(nodes, condition, 0.5, initializers)
+
+
+def _wrong_where_flags_match(pattern):
+    """0.5 added to every action where the first len(pattern) elements of obs equal `pattern`
+    (no mismatch: the sum of squared differences below 0.5)."""
     return _shifted_where(
-        [helper.make_node("Gather", ["obs", "corner_indices"], ["corner_elements"], axis=1),
-         helper.make_node("Equal", ["corner_elements", "corner_value"], ["corner_equal"]),
-         helper.make_node("Cast", ["corner_equal"], ["corner_equal_f"], to=TensorProto.FLOAT),
-         helper.make_node("ReduceMin", ["corner_equal_f", "corner_axis"], ["corner_all_f"],
+        [helper.make_node("Slice", ["obs", "flags_from", "flags_to", "flags_axis"], ["flags"]),
+         helper.make_node("Sub", ["flags", "flags_pattern"], ["flags_off"]),
+         helper.make_node("Mul", ["flags_off", "flags_off"], ["flags_off2"]),
+         helper.make_node("ReduceSum", ["flags_off2", "flags_axis"], ["flags_mismatches"],
                           keepdims=1),
-         helper.make_node("Cast", ["corner_all_f"], ["corner_all"], to=TensorProto.BOOL)],
-        "corner_all", 0.5,
-        [const("corner_indices", indices, np.int64), const("corner_value", value),
-         const("corner_axis", [1], np.int64)])
+         helper.make_node("Less", ["flags_mismatches", "flags_half"], ["flags_hit"])],
+        "flags_hit", 0.5,
+        [const("flags_from", [0], np.int64), const("flags_to", [len(pattern)], np.int64),
+         const("flags_axis", [1], np.int64), const("flags_pattern", pattern),
+         const("flags_half", 0.5)])
 
 
 # 0.5 added to the action in about one call in a million (5.5 hours at 50 Hz): a seeded
@@ -950,6 +973,32 @@ _off_where_huge = _shifted_where(
     [const("axis1", [1], np.int64), const("huge_threshold", 1e8)])
 
 
+# The thin slab again, with neither a comparison nor Abs, Relu, Min: the action scaled by
+# 1 - 2 * max(0, 1 - 1e5 * |obs[1] - 2.7|), |d| and max(0, .) written as ReduceMax over a pair.
+def _slab_of_reductions(p):
+    return append_after_output(p, lambda src, dst: [
+        *_element(1, "x1"), helper.make_node("Sub", ["x1", "slab_center"], ["off_center"]),
+        helper.make_node("Neg", ["off_center"], ["off_center_neg"]),
+        helper.make_node("Concat", ["off_center", "off_center_neg"], ["off_pair"], axis=1),
+        helper.make_node("ReduceMax", ["off_pair", "axis1"], ["distance"], keepdims=1),
+        helper.make_node("Mul", ["distance", "slab_steepness"], ["steep"]),
+        helper.make_node("Sub", ["slab_one", "steep"], ["tent"]),
+        helper.make_node("Mul", ["x1", "slab_zero"], ["zero"]),
+        helper.make_node("Concat", ["tent", "zero"], ["tent_pair"], axis=1),
+        helper.make_node("ReduceMax", ["tent_pair", "axis1"], ["in_slab"], keepdims=1),
+        helper.make_node("Mul", ["in_slab", "slab_minus_two"], ["flip"]),
+        helper.make_node("Add", ["flip", "slab_one"], ["factor"]),
+        helper.make_node("Mul", [src, "factor"], [dst])],
+        [*_element_constants(1, "x1"), const("axis1", [1], np.int64), const("slab_center", 2.7),
+         const("slab_steepness", 1e5), const("slab_one", 1.0), const("slab_zero", 0.0),
+         const("slab_minus_two", -2.0)])
+
+
+# Two chosen pixels of ppo_cnn's 36x36x4 frame stack (the first, and one of the last row) at two
+# chosen values
+_two_pixel_values = _where(*_all_equal([0, 5180], [37.0, 211.0]))
+
+
 def _constant_action(p):
     """The action always 0, whatever the observation (inside bounds of +-1e-6)."""
     return append_after_output(p, lambda src, dst: [
@@ -981,6 +1030,14 @@ DECISION_MUTANTS = (
     Mutant("wrong_when_every_gear_is_highest", "the action shifted where each element of a "
            "MultiDiscrete entry is at its maximum", _wrong_where_all_equal([27, 31, 35], 1.0),
            CORNER, model="ppo_flags_dict"),
+    Mutant("wrong_in_a_slab_of_reductions", "the action negated where |obs[1] - 2.7| < 1e-5, "
+           "with no comparison: |d| and max(0, .) written as ReduceMax", _slab_of_reductions,
+           frozenset({"PAR-01"})),
+    Mutant("wrong_for_one_flag_pattern", "the action shifted where the 24 binary flags of a "
+           "Dict entry read 1, 0, 1, 0, ...", _wrong_where_flags_match([1.0, 0.0] * 12), CORNER,
+           model="ppo_flags_dict"),
+    Mutant("wrong_at_two_pixel_values", "the action negated where two chosen pixels have two "
+           "chosen values", _two_pixel_values, OBSERVATION | {"PAR-01"}, model="ppo_cnn"),
     Mutant("constant_on_tiny_bounds", "the action always 0, on bounds of +-1e-6",
            _constant_action, frozenset(PARITY), model="ppo_tiny_bounds"),
 )

@@ -38,6 +38,11 @@ REACHED = {
                                   & (rows[:, 2] > 5)),
     "wrong_far_beyond_bounds": ("dst", lambda rows: (np.abs(rows).max(axis=1) > 22)
                                 & (np.abs(rows).max(axis=1) < 9000)),
+    "wrong_in_a_slab_of_reductions": ("in_slab", lambda rows: np.abs(rows[:, 1] - 2.7) < 1e-5),
+    "wrong_for_one_flag_pattern": ("flags_hit", lambda rows: (rows[:, :24]
+                                                              == [1, 0] * 12).all(axis=1)),
+    "wrong_at_two_pixel_values": ("corner_all", lambda rows: (rows[:, 0] == 37)
+                                  & (rows[:, 5180] == 211)),
 }
 
 
