@@ -110,6 +110,8 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
                            if a.name in ("axis", "to", "min", "max", "alpha"))
         if axes is not None:
             attributes += (("axes", axes),)
+        if node.op_type == "Clip":  # which of min and max are given (either may be omitted)
+            attributes += (("clip_inputs", tuple(bool(i) for i in node.input)),)
         if condition is not None:
             tensors = (tensors[0], *_leaves(condition))
         places.append(Place(node.name or node.output[0], node.op_type, kind, tensors, what,
@@ -117,12 +119,13 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
     return places
 
 
-def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """The graph's initializers and the outputs of its Constant nodes."""
-    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+def _constant_values(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """The graph's initializers and the outputs of its Constant nodes (read when needed: the
+    weights may be outside the file)."""
+    values = {i.name: i for i in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+            values[node.output[0]] = node.attribute[0].t
     return values
 
 
@@ -130,9 +133,10 @@ def _reduced_axes(node: onnx.NodeProto, constants: dict) -> tuple[int, ...] | No
     """The axes a ReduceMax/ReduceMin reduces, when they are constants and leave the batch
     axis alone (a reduction across rows is no per-row decision); None otherwise."""
     if len(node.input) > 1 and node.input[1]:
-        if node.input[1] not in constants:
+        try:
+            axes = tuple(int(a) for a in np.ravel(numpy_helper.to_array(constants[node.input[1]])))
+        except Exception:  # not a constant, or one that cannot be read
             return None
-        axes = tuple(int(a) for a in np.ravel(constants[node.input[1]]))
     else:
         axes = tuple(_attribute(node, "axes", ()))
     return axes if axes and 0 not in axes else None
@@ -252,6 +256,8 @@ def ways(place: Place, values: list[np.ndarray], rows: int) -> tuple[np.ndarray,
     if op == "Sign":
         x = np.asarray(values[0], np.float64)
         return _per_row(np.sign(x).astype(np.int64) + 1, rows), 3
+    if op == "Cast" and get("to") == TensorProto.BOOL:
+        return _per_row((np.asarray(values[0], np.float64) != 0).astype(np.int64), rows), 2
     if op in STEPS or op == "Cast":
         x = np.nan_to_num(np.asarray(values[0], np.float64))
         step = {"Round": np.round, "Floor": np.floor, "Ceil": np.ceil, "Cast": np.trunc}
@@ -291,16 +297,18 @@ def _kink(place: Place) -> float:
 
 def _clip_terms(values, get):
     """x, low, high of a Clip, broadcast (bounds from inputs, or attributes before opset 11)."""
-    low = values[1] if len(values) > 1 else get("min", -np.inf)
-    high = values[2] if len(values) > 2 else get("max", np.inf)
+    present = get("clip_inputs") or (True,) * len(values)
+    given = dict(zip([i for i, there in enumerate(present) if there], values))
+    low = given.get(1, get("min", -np.inf))
+    high = given.get(2, get("max", np.inf))
     return _broadcast(values[0], low, high)
 
 
 def needed_ways(place: Place, count: int) -> set[int]:
     """The ways a place must be seen to go: both sides of a comparison or a kink, every input
-    of a Max/Min, every index of an argmax, both signs (zero is not needed), below, inside and
-    above a Clip."""
-    return {0, 2} if place.op == "Sign" else set(range(count))
+    of a Max/Min, every index of an argmax, every sign (zero too: 1 - Sign(x)^2 tests x == 0),
+    below, inside and above a Clip."""
+    return set(range(count))
 
 
 def margins(place: Place, values: list[np.ndarray], rows: int, way: int) -> np.ndarray | None:
@@ -319,7 +327,10 @@ def margins(place: Place, values: list[np.ndarray], rows: int, way: int) -> np.n
         return _per_row(sign * d if way == 1 else -sign * d, rows)
     if op == "Sign":
         x = np.asarray(values[0], np.float64)
-        return _per_row(x if way == 2 else -x, rows)
+        return _per_row({0: -x, 1: -np.abs(x), 2: x}[way], rows)
+    if op == "Cast" and get("to") == TensorProto.BOOL:  # x != 0
+        x = np.abs(np.asarray(values[0], np.float64))
+        return _per_row(x if way == 1 else -x, rows)
     if op in SELECTIONS or op in ("Max", "Min") or op in REDUCTIONS:
         if op in SELECTIONS:
             x = np.moveaxis(np.asarray(values[0], np.float64),
@@ -438,6 +449,9 @@ class Coverage:
     searched: int = 0  # ways searched for
     budget_spent: bool = False
     not_run: str = ""  # why the graph could not be instrumented and run, if it could not
+    # decisions whose values could not be exposed (inside an If, Loop or Scan body; or of a
+    # type shape inference does not know, after a custom op): counted, named, not searched
+    not_exposed: list[str] = field(default_factory=list)
 
     @property
     def found(self) -> np.ndarray | None:
@@ -464,10 +478,13 @@ class Coverage:
                          if s.place.kind == "unit" for j, _ in s.missing()}
         guards = [s for s in self.seen.values() if s.place.kind == "guard"]
         return {
-            "decisions": len(decisions), "decisions_every_way": len(both),
+            "decisions": len(decisions) + len(self.not_exposed),
+            "decisions_every_way": len(both),
             "units": len(units), "units_every_way": len(units) - len(missing_units),
             "guards": len(guards),
-            "not_every_way": [f"{s.place.label}" for s in decisions if not s.complete],
+            "not_every_way": [f"{s.place.label}" for s in decisions if not s.complete]
+            + [f"{label} (its values cannot be exposed: not searched)"
+               for label in self.not_exposed],
             "batch_sizes_found": sorted(self.batch_sizes),
             "rows_found": sum(len(r) for r in self.rows),
             "search_budget_spent": self.budget_spent,
@@ -873,4 +890,23 @@ def cover(artifact, domain, seeds=(), seconds: float = SEARCH_SECONDS) -> Covera
         instrumented.values(pool[:1])
     except Exception as exc:
         return Coverage(not_run=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
-    return Search(instrumented, domain, seconds).run(pool)
+    coverage = Search(instrumented, domain, seconds).run(pool)
+    coverage.not_exposed = [p.label for p in instrumented.unseen if p.kind == "decision"] + \
+        _decisions_in_bodies(artifact.proto.graph)
+    return coverage
+
+
+def _decisions_in_bodies(graph: onnx.GraphProto, inside: str = "") -> list[str]:
+    """The decisions inside the bodies of If, Loop and Scan nodes (and theirs): their values
+    cannot be graph outputs."""
+    found = []
+    for node in graph.node:
+        if inside and (_kind(node) == "decision" or node.op_type in COMPARISONS):
+            found.append(f"{node.op_type} '{node.name or node.output[0]}' (in {inside})")
+        for attribute in node.attribute:
+            bodies = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH \
+                else list(attribute.graphs)
+            for body in bodies:
+                found += _decisions_in_bodies(
+                    body, f"{node.op_type} '{node.name or node.output[0]}'")
+    return found

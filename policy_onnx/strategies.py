@@ -314,7 +314,12 @@ class ObservationDomain:
         if regime in SEEDED and seeds is not None and len(seeds):
             picks = seeds[rng.integers(0, len(seeds), n)]
             jitter = rng.normal(0.0, 1.0, picks.shape) * 10.0 ** rng.uniform(-4, -1, (n, 1))
-            return self.finish(picks * (1.0 + jitter))
+            rows = picks * (1.0 + jitter)
+            # up to half the rows are the found rows themselves: a choice won only in a small
+            # region may have been found at its edge, where every jittered copy falls outside
+            exact = rng.permutation(len(seeds))[:n // 2]
+            rows[:len(exact)] = seeds[exact]
+            return self.finish(rows)
         rows = self.inside(rng, n) if regime == "inside" else self.beyond(rng, n)
         return self._corners(self._special(rows, rng, regime), rng)
 

@@ -994,6 +994,28 @@ def _slab_of_reductions(p):
          const("slab_minus_two", -2.0)])
 
 
+# obs[1] == 0.3712345 exactly, tested with no comparison: Not(Cast(obs[1] - c, to=BOOL))
+_cast_to_bool_is_false = _where(
+    [*_element(1, "x1"), helper.make_node("Sub", ["x1", "exact_value"], ["off_value"]),
+     helper.make_node("Cast", ["off_value"], ["off_any"], to=TensorProto.BOOL),
+     helper.make_node("Not", ["off_any"], ["at_value"])], "at_value",
+    [*_element_constants(1, "x1"), const("axis1", [1], np.int64),
+     const("exact_value", 0.3712345)])
+
+
+# obs[1] == 0.3712345 exactly, tested by Sign's zero: the action times 1 - 2 (1 - Sign(d)^2)
+def _sign_is_zero(p):
+    return append_after_output(p, lambda src, dst: [
+        *_element(1, "x1"), helper.make_node("Sub", ["x1", "exact_value"], ["off_value"]),
+        helper.make_node("Sign", ["off_value"], ["off_sign"]),
+        helper.make_node("Mul", ["off_sign", "off_sign"], ["off_sign2"]),
+        helper.make_node("Mul", ["off_sign2", "sign_two"], ["off_twice"]),
+        helper.make_node("Sub", ["off_twice", "sign_one"], ["factor"]),
+        helper.make_node("Mul", [src, "factor"], [dst])],
+        [*_element_constants(1, "x1"), const("axis1", [1], np.int64),
+         const("exact_value", 0.3712345), const("sign_two", 2.0), const("sign_one", 1.0)])
+
+
 # Two chosen pixels of ppo_cnn's 36x36x4 frame stack (the first, and one of the last row) at two
 # chosen values
 _two_pixel_values = _where(*_all_equal([0, 5180], [37.0, 211.0]))
@@ -1033,6 +1055,11 @@ DECISION_MUTANTS = (
     Mutant("wrong_in_a_slab_of_reductions", "the action negated where |obs[1] - 2.7| < 1e-5, "
            "with no comparison: |d| and max(0, .) written as ReduceMax", _slab_of_reductions,
            frozenset({"PAR-01"})),
+    Mutant("wrong_where_a_cast_to_bool_is_false", "the action negated where obs[1] is exactly "
+           "0.3712345, tested as Not(Cast(obs[1] - c, to=BOOL))", _cast_to_bool_is_false,
+           frozenset({"PAR-01"})),
+    Mutant("wrong_where_a_sign_is_zero", "the action negated where obs[1] is exactly "
+           "0.3712345, tested by 1 - Sign(obs[1] - c)^2", _sign_is_zero, frozenset({"PAR-01"})),
     Mutant("wrong_for_one_flag_pattern", "the action shifted where the 24 binary flags of a "
            "Dict entry read 1, 0, 1, 0, ...", _wrong_where_flags_match([1.0, 0.0] * 12), CORNER,
            model="ppo_flags_dict"),

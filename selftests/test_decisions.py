@@ -38,6 +38,9 @@ REACHED = {
                                   & (rows[:, 2] > 5)),
     "wrong_far_beyond_bounds": ("dst", lambda rows: (np.abs(rows).max(axis=1) > 22)
                                 & (np.abs(rows).max(axis=1) < 9000)),
+    "wrong_where_a_cast_to_bool_is_false": ("off_any", lambda rows: rows[:, 1]
+                                            == np.float32(0.3712345)),
+    "wrong_where_a_sign_is_zero": ("off_sign", lambda rows: rows[:, 1] == np.float32(0.3712345)),
     "wrong_in_a_slab_of_reductions": ("in_slab", lambda rows: np.abs(rows[:, 1] - 2.7) < 1e-5),
     "wrong_for_one_flag_pattern": ("flags_hit", lambda rows: (rows[:, :24]
                                                               == [1, 0] * 12).all(axis=1)),
