@@ -75,6 +75,8 @@ def _check(args: argparse.Namespace) -> int:
         command += ["--onnx", str(args.onnx)]
     if args.report:
         command += ["--report", str(args.report)]
+    if args.html:
+        command += ["--html", str(args.html)]
     if args.vecnormalize:
         command += ["--vecnormalize", args.vecnormalize]
     if args.image_layout:
@@ -210,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--level", choices=("basic", "standard", "extended"), default="standard",
                        help="the level to reach (default: standard)")
     check.add_argument("--report", type=Path, help="write the JSON report here")
+    check.add_argument("--html", type=Path,
+                       help="write the run as one self-contained HTML page here (needs "
+                            "pip install policy-onnx[report])")
     check.add_argument("--image-layout", choices=IMAGE_LAYOUTS,
                        help=IMAGE_LAYOUT_HELP + ", for the suite's own export (default: HWC; "
                             "with an artifact, its observation_space says)")

@@ -68,6 +68,14 @@ class Margin:
     gap_tolerances: float = math.inf  # the same, in tie tolerances (spec section 6)
     gap_element: int | None = None
     gap_observation: list | None = None
+    # What was drawn: per observation element the range the compared rows covered, beside the
+    # declared bounds; for discrete actions how often predict() and the artifact made each
+    # choice ("element:value").
+    drawn_low: np.ndarray | None = None
+    drawn_high: np.ndarray | None = None
+    bounds: tuple | None = None
+    chosen: Counter = field(default_factory=Counter)
+    answered: Counter = field(default_factory=Counter)
 
     def add(self, ratio: np.ndarray, obs: np.ndarray, expected: np.ndarray,
             obtained: np.ndarray, excused: np.ndarray | None = None) -> None:
@@ -75,6 +83,10 @@ class Margin:
         elements judged rounding ties (in the histogram, but not the worst: they passed)."""
         if not len(ratio):
             return
+        flat = obs.reshape(len(obs), -1)
+        low, high = flat.min(axis=0), flat.max(axis=0)
+        self.drawn_low = low if self.drawn_low is None else np.minimum(self.drawn_low, low)
+        self.drawn_high = high if self.drawn_high is None else np.maximum(self.drawn_high, high)
         with np.errstate(divide="ignore"):
             decade = np.log10(ratio.max(axis=1))
         self.histogram += np.bincount(np.searchsorted(RATIO_EDGES, decade),
@@ -88,6 +100,13 @@ class Margin:
             self.worst, self.element = float(judged[i, j]), int(j)
             self.row = {"observation": _kept(obs[i]), "predict": expected[i].tolist(),
                         "final": obtained[i].tolist()}
+
+    def count_choices(self, expected: np.ndarray, obtained: np.ndarray) -> None:
+        """Discrete actions [B, elements] of predict() and of the artifact."""
+        for counter, actions in ((self.chosen, expected), (self.answered, obtained)):
+            for j in range(actions.shape[1]):
+                values, counts = np.unique(actions[:, j], return_counts=True)
+                counter.update({f"{j}:{v:g}": int(n) for v, n in zip(values, counts)})
 
     def add_gaps(self, gaps: np.ndarray, allowed: np.ndarray, obs: np.ndarray) -> None:
         """Discrete actions: predict()'s score gap to its runner-up per row and element
@@ -115,6 +134,16 @@ class Margin:
             "ratio_histogram": {"bins": list(RATIO_BINS),
                                 "counts": self.histogram.tolist()},
         }
+        if self.drawn_low is not None and self.drawn_low.size <= KEPT_OBSERVATION:
+            low, high = self.bounds if self.bounds is not None else (None, None)
+            found["drawn"] = {
+                "observation_low": self.drawn_low.tolist(),
+                "observation_high": self.drawn_high.tolist(),
+                "declared_low": None if low is None else [_finite_or_none(v) for v in low],
+                "declared_high": None if high is None else [_finite_or_none(v) for v in high]}
+        if self.chosen:
+            found["choices"] = {"predict": dict(sorted(self.chosen.items())),
+                                "final": dict(sorted(self.answered.items()))}
         if self.gap_element is not None or math.isfinite(self.gap):
             found.update(closest_score_gap=_finite_or_none(self.gap),
                          closest_score_gap_tolerances=_finite_or_none(self.gap_tolerances),
@@ -436,6 +465,7 @@ def compare_discrete(reference: Reference, artifact: Artifact, obs: np.ndarray,
     obtained, ran_in = obtained[copies], ran_in[copies]
     differs = ~(obtained == expected)
     margin = stats.margin(clause_id)
+    margin.count_choices(expected, obtained)
     if not differs.any():
         margin.add(np.zeros(differs.shape), obs, expected, obtained)
         return None
@@ -539,8 +569,11 @@ def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, 
         schedule = batch.schedule(len(obs))
         problem = compare_any(reference, artifact, obs, policy.stats, clause.id, masks,
                               schedule)
+        margin = policy.stats.margin(clause.id)
+        if margin.bounds is None:
+            margin.bounds = (reference.domain.low, reference.domain.high)
         if reference.kind != "Box":
-            policy.stats.margin(clause.id).add_gaps(
+            margin.add_gaps(
                 *runner_up_gaps(reference, raw[decided], masks), obs)
         # Counted once both sides have acted on them (an artifact that cannot run raises above).
         policy.stats.record(clause.id, len(obs), out_of_bounds,

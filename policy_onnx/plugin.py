@@ -79,6 +79,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "SHA-256, the settings and the parity statistics of every policy to this JSON "
              "file. Default: none.")
     group.addoption(
+        "--html", metavar="PATH",
+        help="write the run as one self-contained HTML page (no network access when opened): "
+             "the verdicts, each parity clause's margin and ratio histogram, what was drawn, "
+             "the decision coverage and the counterexample of a failure. Needs matplotlib: "
+             "pip install policy-onnx[report]. Default: none.")
+    group.addoption(
         "--vecnormalize", metavar="PKL", action="append",
         help="the VecNormalize statistics (a .pkl) the model was trained behind: the artifact "
              "must take raw observations and act like predict() of the normalized ones. "
@@ -226,6 +232,12 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"--hypothesis-profile {profile}: no such profile; the suite registers 'quick' "
                 "(the local default) and 'ci' (derandomized, the default when CI is set)"
             ) from None
+    if config.getoption("html"):
+        from .html import INSTALL_HINT, available
+
+        if not available():
+            raise pytest.UsageError(f"--html needs matplotlib, which is not installed: "
+                                    f"{INSTALL_HINT}")
     transform = config.getoption("action_transform")
     trust_code = config.getoption("trust_model_code")
     found = _models(config)
@@ -419,6 +431,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             else pytest.ExitCode.TESTS_FAILED
     if run.report_path:
         write_json(run.report_path, record.document())
+    html = session.config.getoption("html")
+    if html:
+        from .html import write_html
+
+        write_html(Path(html).expanduser(), record)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
@@ -431,7 +448,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     problems_only = verbosity < 0 or (len(run.policies) > 1 and verbosity < 1)
     terminal_summary(run.record, terminalreporter.write_line,
                      lambda title: terminalreporter.write_sep("-", title), problems_only,
-                     run.report_path)
+                     run.report_path, config.getoption("html"))
     failed = len(terminalreporter.stats.get("failed", []))
     if failed and run.record.level_met:
         terminalreporter.write_line(

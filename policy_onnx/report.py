@@ -176,7 +176,7 @@ def policies_line(run: RunRecord) -> str:
 
 
 def terminal_summary(run: RunRecord, write, section, problems_only: bool,
-                     report_path: Path | None) -> None:
+                     report_path: Path | None, html_path: str | None = None) -> None:
     """The run in the terminal: `write(line)`; `section(title)` starts a policy's part when
     there are several; `problems_only` lists only the clauses that stop a policy."""
     several = len(run.policies) > 1
@@ -204,6 +204,8 @@ def terminal_summary(run: RunRecord, write, section, problems_only: bool,
         write(policies_line(run))
     if report_path:
         write(f"report: {report_path}")
+    if html_path:
+        write(f"page: {html_path}")
 
 
 def write_json(path: Path, document: dict) -> None:
