@@ -84,9 +84,12 @@ class Margin:
         if not len(ratio):
             return
         flat = obs.reshape(len(obs), -1)
-        low, high = flat.min(axis=0), flat.max(axis=0)
-        self.drawn_low = low if self.drawn_low is None else np.minimum(self.drawn_low, low)
-        self.drawn_high = high if self.drawn_high is None else np.maximum(self.drawn_high, high)
+        if flat.shape[1] <= KEPT_OBSERVATION:  # larger ones are not reported: not tracked
+            low, high = flat.min(axis=0), flat.max(axis=0)
+            self.drawn_low = low if self.drawn_low is None \
+                else np.minimum(self.drawn_low, low)
+            self.drawn_high = high if self.drawn_high is None \
+                else np.maximum(self.drawn_high, high)
         with np.errstate(divide="ignore"):
             decade = np.log10(ratio.max(axis=1))
         self.histogram += np.bincount(np.searchsorted(RATIO_EDGES, decade),
@@ -134,7 +137,7 @@ class Margin:
             "ratio_histogram": {"bins": list(RATIO_BINS),
                                 "counts": self.histogram.tolist()},
         }
-        if self.drawn_low is not None and self.drawn_low.size <= KEPT_OBSERVATION:
+        if self.drawn_low is not None:
             low, high = self.bounds if self.bounds is not None else (None, None)
             found["drawn"] = {
                 "observation_low": self.drawn_low.tolist(),
