@@ -11,8 +11,10 @@ page (html.py) and `policy-onnx compare`, which reads the JSON back (`RunRecord`
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from . import spec
 from .parity import STATISTICS
@@ -159,3 +161,33 @@ class RunRecord:
             "level_met": self.level_met,
             "policies": [p.as_dict(self.requested_level) for p in self.policies],
         }
+
+
+class ReportError(ValueError):
+    """A file that is not a JSON report this suite can read back."""
+
+
+def read_document(path: Path) -> dict:
+    """A JSON report (`RunRecord.document`, as --report writes it) read back, checked to be one
+    of this layout (`report_version`); ReportError says in a line why not."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ReportError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReportError(f"{path}: not readable as JSON ({exc})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("policies"), list) \
+            or "report_version" not in document:
+        raise ReportError(f"{path}: not a policy-onnx JSON report (no report_version and "
+                          "policies); pass the file --report wrote")
+    if document["report_version"] != REPORT_VERSION:
+        raise ReportError(
+            f"{path}: a report of layout {document['report_version']!r} (policy-onnx "
+            f"{document.get('suite_version', '?')}); this policy-onnx reads layout "
+            f"{REPORT_VERSION}: compare with the policy-onnx that wrote it, or write both "
+            "again with one version")
+    if not all(isinstance(p, dict) and isinstance(p.get("name"), str)
+               and isinstance(p.get("clauses"), list) for p in document["policies"]):
+        raise ReportError(f"{path}: a policy of the report has no name or clauses; pass the "
+                          "file --report wrote, unedited")
+    return document
