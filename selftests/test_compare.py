@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
 from policy_onnx.__main__ import main
 
-from .conftest import REAL_MODEL, REAL_ONNX
+from .conftest import REAL_MODEL, REAL_ONNX, ROOT
 
 RUNS = {  # name -> (artifact, hypothesis profile); the unclamped one is the fixture's
     "conforming": (REAL_ONNX, "ci"),
@@ -180,3 +185,38 @@ def test_unusable_input_is_one_line_of_error(reports, capsys, tmp_path):
         main(["compare", str(report), str(report), "--max-growth", "0.5"])
     assert usage.value.code == 2
     assert "--max-growth: 0.5: a factor of at least 1" in capsys.readouterr().err
+
+
+def _ci_example_step(name: str) -> str:
+    """The script of a step of examples/github-actions.yml, as written."""
+    text = (ROOT / "examples" / "github-actions.yml").read_text()
+    block = re.search(rf"- name: {name}\n(?:\s+if: .*\n)?\s+run: \|\n((?:\s{{10}}.*\n)+)", text)
+    return textwrap.dedent(block.group(1))
+
+
+def test_the_ci_example_compares_with_the_last_release(reports, tmp_path):
+    """The step runs as written in a project laid out as the workflow leaves it (the suite's
+    venv as .policy-onnx: this checkout's)."""
+    script = _ci_example_step("Compare with the last release")
+    (tmp_path / ".policy-onnx").symlink_to(Path(sys.prefix))
+    (tmp_path / "conformance").mkdir()
+    (tmp_path / "conformance" / "report.json").write_bytes(reports["unclamped"].read_bytes())
+    env = {**os.environ, "LAST_RELEASE_REPORT": "reports/last-release.json"}
+
+    def step():
+        return subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    first = step()  # no release yet
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == "no reports/last-release.json: nothing to compare with yet\n"
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "last-release.json").write_bytes(reports["conforming"].read_bytes())
+    regressed = step()
+    assert regressed.returncode == 1, regressed.stdout + regressed.stderr
+    kept = (tmp_path / "conformance" / "compare.txt").read_text()  # uploaded with the report
+    assert kept == regressed.stdout and "  PAR-01: passed -> failed  REGRESSED" in kept
+    (tmp_path / "conformance" / "report.json").write_bytes(reports["conforming"].read_bytes())
+    same = step()
+    assert same.returncode == 0 and same.stdout.endswith(
+        "no regression (no worst ratio grew more than x10)\n"), same.stdout + same.stderr
