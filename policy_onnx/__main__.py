@@ -7,6 +7,7 @@ Examples:
   policy-onnx check m.zip -- -k PAR-01                      # further pytest arguments after --
   policy-onnx check zoo/ -- -n auto                         # every .zip in zoo/, on all cores
   policy-onnx replay counterexamples/m/PAR-01.json         # a failing parity clause, again
+  policy-onnx compare last-release.json report.json --max-growth 2   # release over release
   policy-onnx spec              # where POLICY_ONNX_SPEC.md is; it matches the clause registry
 """
 
@@ -75,6 +76,8 @@ def _check(args: argparse.Namespace) -> int:
         command += ["--onnx", str(args.onnx)]
     if args.report:
         command += ["--report", str(args.report)]
+    if args.html:
+        command += ["--html", str(args.html)]
     if args.vecnormalize:
         command += ["--vecnormalize", args.vecnormalize]
     if args.image_layout:
@@ -147,6 +150,26 @@ def _batch_sizes(saved: dict, rows: int) -> tuple[int, ...] | None:
     return tuple(min(size, rows - i) for i in range(0, rows, size)) if size else None
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+    from .record import ReportError
+
+    try:
+        found = compare(args.old, args.new, args.max_growth)
+    except ReportError as exc:
+        return _error(str(exc))
+    print("\n".join(found.lines))
+    return 1 if found.regressions else 0
+
+
+def _growth(text: str) -> float:
+    value = float(text)
+    if not value >= 1:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text}: a factor of at least 1 (2 fails when a worst "
+                                         "ratio more than doubles)")
+    return value
+
+
 def _error(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -210,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--level", choices=("basic", "standard", "extended"), default="standard",
                        help="the level to reach (default: standard)")
     check.add_argument("--report", type=Path, help="write the JSON report here")
+    check.add_argument("--html", type=Path,
+                       help="write the run as one self-contained HTML page here (needs "
+                            "pip install policy-onnx[report])")
     check.add_argument("--image-layout", choices=IMAGE_LAYOUTS,
                        help=IMAGE_LAYOUT_HELP + ", for the suite's own export (default: HWC; "
                             "with an artifact, its observation_space says)")
@@ -226,6 +252,25 @@ def main(argv: list[str] | None = None) -> int:
                     "policy-onnx replay counterexamples/m/PAR-01.json")
     replay.add_argument("counterexample", type=Path, help="the .json file the failure names")
     replay.set_defaults(run=_replay)
+
+    compare = commands.add_parser(
+        "compare", help="compare two JSON reports: outcomes and margins, release over release",
+        description="Compare the JSON report of a new run (--report) with an old one, e.g. the "
+                    "last release's: the clauses whose outcome changed, per parity clause how its "
+                    "worst |final - predict| / tolerance moved (old -> new, xgrowth), the "
+                    "policies in one report only. Policies are matched by name, clauses by ID. "
+                    "Exit status 1 on a regression: a clause that passed (or did not apply) now "
+                    "failed or errored, a policy reaches a lower level, or (with --max-growth) a "
+                    "worst ratio grew more than FACTOR times; 2 when a file is not a report this "
+                    "policy-onnx reads; 0 otherwise. Example: policy-onnx compare "
+                    "reports/last-release.json conformance/report.json --max-growth 2")
+    compare.add_argument("old", type=Path, help="the earlier report (e.g. the last release's)")
+    compare.add_argument("new", type=Path, help="the report of the run to judge")
+    compare.add_argument("--max-growth", type=_growth, metavar="FACTOR",
+                         help="fail when a clause's worst ratio grew more than FACTOR times "
+                              "(new / old, an old ratio below 1e-6 counted as 1e-6); default: "
+                              "margins are shown, never fail")
+    compare.set_defaults(run=_compare)
 
     spec_cmd = commands.add_parser(
         "spec", help="check or regenerate the clause tables of POLICY_ONNX_SPEC.md",

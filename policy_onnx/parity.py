@@ -36,6 +36,142 @@ STATISTICS = ("observations", "mean_outside_bounds", "rounding_ties", "observati
               "choices_searched", "search_stopped")
 
 
+# The margin of a parity clause: per compared observation, the worst element's
+# |final - predict| / tolerance (the tolerance the comparison applied: its fixed term, or the
+# whole rule where the fixed term was exceeded, spec section 6), counted in decades; the last
+# bin is beyond the tolerance (a rounding tie, excused, or a failure).
+RATIO_EDGES = np.arange(-6, 1)  # log10 of the ratio: bins (.., 1e-6], (1e-6, 1e-5], ... (0.1, 1], (1, ..)
+RATIO_BINS = ("<=1e-6", "1e-6..1e-5", "1e-5..1e-4", "1e-4..1e-3", "1e-3..0.01", "0.01..0.1",
+              "0.1..1", ">1")
+# The observation the worst ratio came from is kept up to this many elements (larger ones: its
+# counterexample file, for a failure).
+KEPT_OBSERVATION = 1024
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+@dataclass
+class Margin:
+    """How close one parity clause came to failing, accumulated over its examples without
+    keeping their rows: a histogram of the per-observation ratio, the worst ratio per action
+    element and the row where the worst of all was; for discrete actions also the closest
+    score gap between predict()'s choice and its runner-up (how near the draws came to a
+    decision boundary of the model)."""
+    histogram: np.ndarray = field(default_factory=lambda: np.zeros(len(RATIO_BINS), np.int64))
+    worst: float = -1.0
+    by_element: np.ndarray | None = None
+    element: int | None = None
+    row: dict | None = None  # observation, predict, final of the worst
+    gap: float = math.inf  # discrete: the closest score gap, in the scores' units
+    gap_tolerances: float = math.inf  # the same, in tie tolerances (spec section 6)
+    gap_element: int | None = None
+    gap_observation: list | None = None
+    # What was drawn: per observation element the range the compared rows covered, beside the
+    # declared bounds; for discrete actions how often predict() and the artifact made each
+    # choice ("element:value").
+    drawn_low: np.ndarray | None = None
+    drawn_high: np.ndarray | None = None
+    bounds: tuple | None = None
+    chosen: Counter = field(default_factory=Counter)
+    answered: Counter = field(default_factory=Counter)
+
+    def add(self, ratio: np.ndarray, obs: np.ndarray, expected: np.ndarray,
+            obtained: np.ndarray, excused: np.ndarray | None = None) -> None:
+        """`ratio` [B, elements] of compared rows (inf where either side is NaN); `excused`:
+        elements judged rounding ties (in the histogram, but not the worst: they passed)."""
+        if not len(ratio):
+            return
+        flat = obs.reshape(len(obs), -1)
+        if flat.shape[1] <= KEPT_OBSERVATION:  # larger ones are not reported: not tracked
+            low, high = flat.min(axis=0), flat.max(axis=0)
+            self.drawn_low = low if self.drawn_low is None \
+                else np.minimum(self.drawn_low, low)
+            self.drawn_high = high if self.drawn_high is None \
+                else np.maximum(self.drawn_high, high)
+        with np.errstate(divide="ignore"):
+            decade = np.log10(ratio.max(axis=1))
+        self.histogram += np.bincount(np.searchsorted(RATIO_EDGES, decade),
+                                      minlength=len(RATIO_BINS))
+        judged = ratio if excused is None else np.where(excused, 0.0, ratio)
+        per_element = judged.max(axis=0)
+        self.by_element = per_element if self.by_element is None \
+            else np.maximum(self.by_element, per_element)
+        i, j = np.unravel_index(int(np.argmax(judged)), judged.shape)
+        if judged[i, j] > self.worst:
+            self.worst, self.element = float(judged[i, j]), int(j)
+            self.row = {"observation": _kept(obs[i]), "predict": expected[i].tolist(),
+                        "final": obtained[i].tolist()}
+
+    def count_choices(self, expected: np.ndarray, obtained: np.ndarray) -> None:
+        """Discrete actions [B, elements] of predict() and of the artifact."""
+        for counter, actions in ((self.chosen, expected), (self.answered, obtained)):
+            for j in range(actions.shape[1]):
+                values, counts = np.unique(actions[:, j], return_counts=True)
+                counter.update({f"{j}:{v:g}": int(n) for v, n in zip(values, counts)})
+
+    def add_gaps(self, gaps: np.ndarray, allowed: np.ndarray, obs: np.ndarray) -> None:
+        """Discrete actions: predict()'s score gap to its runner-up per row and element
+        [B, elements] (inf where a choice has no rival) and the tie tolerance of each."""
+        if not gaps.size:
+            return
+        with np.errstate(over="ignore"):
+            in_tolerances = gaps / allowed
+        i, j = np.unravel_index(int(np.argmin(in_tolerances)), gaps.shape)
+        if in_tolerances[i, j] < self.gap_tolerances:
+            self.gap, self.gap_tolerances = float(gaps[i, j]), float(in_tolerances[i, j])
+            self.gap_element, self.gap_observation = int(j), _kept(obs[i])
+
+    def as_dict(self) -> dict:
+        """As the report holds it (JSON has no infinity: a ratio that is not finite is null,
+        with `worst_ratio_finite` false)."""
+        found = {
+            "observations": int(self.histogram.sum()),
+            "worst_ratio": _finite_or_none(max(self.worst, 0.0)),
+            "worst_ratio_finite": math.isfinite(self.worst),
+            "action_element": self.element,
+            "worst_by_element": [_finite_or_none(v) for v in self.by_element]
+            if self.by_element is not None else [],
+            **(self.row or {"observation": None, "predict": None, "final": None}),
+            "ratio_histogram": {"bins": list(RATIO_BINS),
+                                "counts": self.histogram.tolist()},
+        }
+        if self.drawn_low is not None:
+            low, high = self.bounds if self.bounds is not None else (None, None)
+            found["drawn"] = {
+                "observation_low": self.drawn_low.tolist(),
+                "observation_high": self.drawn_high.tolist(),
+                "declared_low": None if low is None else [_finite_or_none(v) for v in low],
+                "declared_high": None if high is None else [_finite_or_none(v) for v in high]}
+        if self.chosen:
+            found["choices"] = {"predict": dict(sorted(self.chosen.items())),
+                                "final": dict(sorted(self.answered.items()))}
+        if self.gap_element is not None or math.isfinite(self.gap):
+            found.update(closest_score_gap=_finite_or_none(self.gap),
+                         closest_score_gap_tolerances=_finite_or_none(self.gap_tolerances),
+                         closest_score_gap_element=self.gap_element,
+                         closest_score_gap_observation=self.gap_observation)
+        return found
+
+
+def _kept(observation: np.ndarray) -> list | None:
+    return observation.tolist() if observation.size <= KEPT_OBSERVATION else None
+
+
+def margin_properties(margin: dict) -> list[tuple[str, object]]:
+    """A clause's margin as report properties: whole (for the run's record) and flat (JUnit)."""
+    return [("margin", margin),
+            ("margin_worst_ratio", "inf" if not margin["worst_ratio_finite"]
+             else margin["worst_ratio"]),
+            ("margin_action_element", margin["action_element"]),
+            ("ratio_histogram", " ".join(f"{b}:{n}" for b, n in
+                                         zip(margin["ratio_histogram"]["bins"],
+                                             margin["ratio_histogram"]["counts"]))),
+            *((("margin_closest_score_gap", margin["closest_score_gap"]),)
+              if "closest_score_gap" in margin else ())]
+
+
 @dataclass
 class ParityStats:
     """What the parity clauses actually exercised, per clause ID."""
@@ -49,6 +185,10 @@ class ParityStats:
     possible: Counter = field(default_factory=Counter)
     searched: Counter = field(default_factory=Counter)
     stopped: Counter = field(default_factory=Counter)
+    margins: dict = field(default_factory=dict)  # clause -> Margin
+
+    def margin(self, clause_id: str) -> Margin:
+        return self.margins.setdefault(clause_id, Margin())
 
     def record(self, clause_id: str, checked: int, out_of_bounds: int, at_clip: int = 0,
                overflows: int = 0, reach: int = 0) -> None:
@@ -66,7 +206,11 @@ class ParityStats:
                   self.overflows, self.reach,
                   {clause_id: len(self.choices.get(clause_id, ()))}, self.possible,
                   self.searched, self.stopped)
-        return [(name, count[clause_id]) for name, count in zip(STATISTICS, counts, strict=True)]
+        found = [(name, count[clause_id])
+                 for name, count in zip(STATISTICS, counts, strict=True)]
+        if clause_id in self.margins and self.margins[clause_id].histogram.any():
+            found += margin_properties(self.margins[clause_id].as_dict())
+        return found
 
     def record_search(self, clause_id: str, search) -> None:
         """How far the each-action search (model.ChoiceSearch) got, for a clause drawing near
@@ -176,14 +320,17 @@ def compare(reference: Reference, artifact: Artifact, obs: np.ndarray, stats: Pa
     if suspects.any():
         tolerance[suspects] = reference.tolerance(obs[suspects])
     bad = ~(diff <= tolerance)
+    excess = np.where(np.isnan(diff), np.inf, diff / tolerance)
+    excused = np.zeros_like(bad)
     rows = np.flatnonzero(bad.any(axis=1))
     if len(rows):
         ties = reference.within_rounding(obs[rows], obtained[rows], expected[rows])
         stats.near_ties[clause_id] += int((bad[rows] & ties).any(axis=1).sum())
+        excused[rows] = bad[rows] & ties
         bad[rows] &= ~ties
+    stats.margin(clause_id).add(excess, obs, expected, obtained, excused)
     if not bad.any():
         return None
-    excess = np.where(np.isnan(diff), np.inf, diff / tolerance)
     rows = np.flatnonzero(bad.any(axis=1))
     extreme = _extreme(reference, obs[rows], obtained[rows])
     worst = _first_ordinary(rows, extreme, excess[rows].max(axis=1, where=bad[rows],
@@ -270,6 +417,39 @@ def _beyond_ties(differs, gaps, chosen, noise, stats: ParityStats, clause_id: st
     return real, allowed
 
 
+def _disagreement_ratio(differs: np.ndarray, gaps: np.ndarray, allowed: np.ndarray
+                        ) -> np.ndarray:
+    """A discrete action's ratio to its tolerance: 0 where it equals predict()'s, else the
+    score gap over the tie tolerance (a tie at most 1; inf for an action that is no choice)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(differs, np.abs(gaps) / allowed, 0.0)
+
+
+def runner_up_gaps(reference: Reference, scores: np.ndarray, masks: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Per row and action element [B, elements]: how far predict()'s choice scores above the
+    best other choice (inf where it has no rival: one choice, or one allowed by the mask), and
+    the tie tolerance of that gap (its fixed term, spec section 6)."""
+    if masks is not None and masks.shape[1] == scores.shape[1]:
+        scores = np.where(masks, scores, -np.inf)
+    if reference.kind == "MultiBinary":  # the choice flips at logit 0
+        return np.abs(scores), magnitude_tolerance(scores)
+    splits = [scores] if reference.kind == "Discrete" else \
+        np.split(scores, np.cumsum(reference.action_space.nvec)[:-1], axis=1)
+    gaps, allowed = [], []
+    for split in splits:
+        if split.shape[1] < 2:
+            top, gap = split[:, 0], np.full(len(split), np.inf)
+        else:
+            two = np.partition(split, split.shape[1] - 2, axis=1)[:, -2:]
+            top = two[:, 1]
+            with np.errstate(invalid="ignore"):
+                gap = np.nan_to_num(top - two[:, 0], nan=np.inf)
+        gaps.append(gap)
+        allowed.append(magnitude_tolerance(np.where(np.isfinite(top), top, 0.0)))
+    return np.stack(gaps, axis=1), np.stack(allowed, axis=1)
+
+
 def compare_discrete(reference: Reference, artifact: Artifact, obs: np.ndarray,
                      stats: ParityStats, clause_id: str, masks: np.ndarray | None = None,
                      batch_sizes: tuple[int, ...] | None = None) -> Problem | None:
@@ -287,13 +467,21 @@ def compare_discrete(reference: Reference, artifact: Artifact, obs: np.ndarray,
     copies = _worst_copies(origin, (~(obtained == expected[origin])).sum(axis=1))
     obtained, ran_in = obtained[copies], ran_in[copies]
     differs = ~(obtained == expected)
+    margin = stats.margin(clause_id)
+    margin.count_choices(expected, obtained)
     if not differs.any():
+        margin.add(np.zeros(differs.shape), obs, expected, obtained)
         return None
     rows = np.flatnonzero(differs.any(axis=1))
     scores = reference.scores(obs[rows], None if masks is None else masks[rows])
     gaps, chosen = _score_gaps(reference, expected[rows], obtained[rows], scores)
     noise = reference.rounding_noise(obs[rows], raw=True)
     real, allowed = _beyond_ties(differs[rows], gaps, chosen, noise, stats, clause_id)
+    ratio = np.zeros(differs.shape)
+    ratio[rows] = _disagreement_ratio(differs[rows], gaps, allowed)
+    excused = np.zeros_like(differs)
+    excused[rows] = differs[rows] & ~real
+    margin.add(ratio, obs, expected, obtained, excused)
     if not real.any():
         return None
     differing = real.any(axis=1)
@@ -384,6 +572,12 @@ def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, 
         schedule = batch.schedule(len(obs))
         problem = compare_any(reference, artifact, obs, policy.stats, clause.id, masks,
                               schedule)
+        margin = policy.stats.margin(clause.id)
+        if margin.bounds is None:
+            margin.bounds = (reference.domain.low, reference.domain.high)
+        if reference.kind != "Box":
+            margin.add_gaps(
+                *runner_up_gaps(reference, raw[decided], masks), obs)
         # Counted once both sides have acted on them (an artifact that cannot run raises above).
         policy.stats.record(clause.id, len(obs), out_of_bounds,
                             int(reference.at_clip(obs).sum()), undecided)
@@ -493,10 +687,17 @@ def rollout_problem(reference: Reference, artifact: Artifact, steps: np.ndarray,
         # noise every comparison of this step allows for.
         f32 = reference.step_outputs(obs, mine, start, scores=discrete)
         f64 = reference.step_outputs(obs, mine, start, double=True, scores=discrete)
+        ratios = []  # both runs of the artifact, compared eagerly: the step's margin
         problem = (_step_problem(reference, obs, expected, own, f32[0], f64[0], stats,
-                                 clause_id)
-                   or _step_problem(reference, obs, expected, fed, f32[0], f64[0], stats,
-                                    clause_id, "fed predict()'s state")
+                                 clause_id, ratios=ratios),
+                   _step_problem(reference, obs, expected, fed, f32[0], f64[0], stats,
+                                 clause_id, "fed predict()'s state", ratios))
+        if len(ratios) == 2:
+            own_worse = (ratios[0].max(axis=1) >= ratios[1].max(axis=1))[:, None]
+            stats.margin(clause_id).add(np.maximum(*ratios), obs, expected,
+                                        np.where(own_worse, own.reshape(len(obs), -1),
+                                                 fed.reshape(len(obs), -1)))
+        problem = (problem[0] or problem[1]
                    or _state_problem(next_mine, (fed_h, fed_c), f32[1:], f64[1:]))
         if problem:
             return (f"at step {t} of a rollout of {envs} environments: {problem}\n"
@@ -506,20 +707,26 @@ def rollout_problem(reference: Reference, artifact: Artifact, steps: np.ndarray,
 
 
 def _step_problem(reference, obs, expected, obtained, f32, f64, stats, clause_id,
-                  how="carrying its own state"):
+                  how="carrying its own state", ratios=None):
     """The artifact's action at one step against predict()'s; `f32` and `f64` are the reference
-    step's action (Box) or scores (discrete) in float32 and float64."""
+    step's action (Box) or scores (discrete) in float32 and float64. Each row's ratio to the
+    tolerance is appended to `ratios`."""
     if obtained.reshape(len(obs), -1).shape != expected.shape:
         return f"the action has shape {obtained.shape}, predict() returns {expected.shape}"
     obtained = obtained.reshape(len(obs), -1)
     if reference.kind == "Box":
         allowed = tolerance(reference.low, reference.high, np.abs(f32 - f64))
-        bad = ~(np.abs(obtained - expected) <= allowed)
+        diff = np.abs(obtained - expected)
+        bad = ~(diff <= allowed)
+        ratio = np.where(np.isnan(diff), np.inf, diff / allowed)
     else:
         noise = np.abs(f32 - f64)
         gaps, chosen = _score_gaps(reference, expected, obtained, f32)
-        bad, allowed = _beyond_ties(~(obtained == expected), gaps, chosen, noise, stats,
-                                    clause_id)
+        differs = ~(obtained == expected)
+        bad, allowed = _beyond_ties(differs, gaps, chosen, noise, stats, clause_id)
+        ratio = np.where(differs & ~bad, 0.0, _disagreement_ratio(differs, gaps, allowed))
+    if ratios is not None:
+        ratios.append(ratio)
     if not bad.any():
         return None
     i = int(np.argmax(bad.any(axis=1)))

@@ -1,5 +1,6 @@
-"""The pytest plugin of the conformance suite: options, the policies under test, session
-fixtures, report header, summary and JSON report.
+"""The pytest plugin of the conformance suite: its options, hooks and session fixtures. The
+policies under test and the run are in session.py, what the run found in record.py, its
+renderings in report.py (terminal, JUnit, JSON) and html.py; process tuning in tuning.py.
 
 Loaded by the repository's conftest.py, or by its entry point once installed. The models are
 opened (safely) while pytest configures, so that a bad --model or --onnx is a usage error before
@@ -9,17 +10,8 @@ is done once per model (and once per worker under pytest-xdist).
 
 from __future__ import annotations
 
-import atexit
-import gc
-import json
 import os
 import shlex
-import shutil
-import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +21,16 @@ from hypothesis import settings
 from . import __version__, spec
 from .artifact import Artifact, ArtifactError, sha256
 from .check import VERDICTS, suite_limitation
-from .layouts import Found, find_models, find_statistics, unique_names
-from .load import LoadedModel, ModelLoadError, load_model
+from .layouts import Found, find_models, unique_names
+from .load import ModelLoadError
 from .metadata import TRANSFORMS
 from .observations import IMAGE_LAYOUTS
-from .parity import ParityStats
-
-from .report import (Verdicts, all_met, coverage_properties, normalization_line, policies_line,
-                     report_document, write_json)
+from .report import coverage_properties, normalization_line, terminal_summary, write_json
+from .session import Policy, Run, _deferred, _loaded, command_for
 from .tolerance import RULE, tolerance
+from .tuning import (_keep_hypothesis_storage_out_of_the_project,
+                     _seed_hypothesis_while_the_heap_is_small, _share_the_cores,
+                     _skip_the_last_collections_at_exit)
 
 # No example database: a run writes nothing into the user's folder (failures are saved as
 # counterexample files and reproduction blobs instead).
@@ -86,6 +79,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "SHA-256, the settings and the parity statistics of every policy to this JSON "
              "file. Default: none.")
     group.addoption(
+        "--html", metavar="PATH",
+        help="write the run as one self-contained HTML page (no network access when opened): "
+             "the verdicts, each parity clause's margin and ratio histogram, what was drawn, "
+             "the decision coverage and the counterexample of a failure. Needs matplotlib: "
+             "pip install policy-onnx[report]. Default: none.")
+    group.addoption(
         "--vecnormalize", metavar="PKL", action="append",
         help="the VecNormalize statistics (a .pkl) the model was trained behind: the artifact "
              "must take raw observations and act like predict() of the normalized ones. "
@@ -101,331 +100,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "allow-listed classes are unpickled).")
 
 
-@dataclass(eq=False)
-class Policy:
-    """One policy under test: a model and its artifact (given with --onnx, or exported here),
-    or an artifact alone."""
-    key: str  # its name in test ids, the summary, the report and the counterexample folder
-    model_path: Path | None
-    onnx_path: Path | None
-    transform: str
-    loaded: LoadedModel | None
-    given_artifact: Artifact | None  # the --onnx artifact
-    trust_code: bool = False
-    vecnormalize: str | None = None  # --vecnormalize as given for this model (None: by layout)
-    open_failure: str | None = None  # why the model or artifact cannot be opened (then unchecked)
-    image_layout: str = "HWC"  # --image-layout, for the suite's own export
-    # A model of a zoo is opened where its tests run (each pytest-xdist worker opens only its
-    # own): until then `loaded` is None, and the controller learns what it needs from the
-    # reports (`facts`).
-    deferred: bool = False
-    facts: dict = field(default_factory=dict)
-    facts_reported: bool = False  # a pytest-xdist worker tells its controller once
-    stats: ParityStats = field(default_factory=ParityStats)  # filled where the tests run
-    coverage: object = None  # decisions.Coverage of the artifact, where the tests run
-    coverage_reported: bool = False  # its summary went with a clause's report
-    verdicts: Verdicts = field(default_factory=Verdicts)  # filled from the test reports
-    exported_path: Path | None = None
-    export_failure: str | None = None
-    counterexample_dir: Path | None = None  # set by the `policy` fixture
-    suite_command: tuple[str, ...] = ("pytest", "--pyargs", "policy_onnx.conformance")
-
-    def ensure_open(self) -> None:
-        """Open a deferred model (and check the transform fits it), once; a failure is kept
-        in `open_failure`."""
-        if not self.deferred:
-            return
-        self.deferred = False
-        try:  # its artifact (if given) was opened with the run
-            self.loaded = _loaded(self.model_path, self.given_artifact, self.vecnormalize,
-                                  self.transform, self.trust_code, self.image_layout)
-        except (ModelLoadError, ValueError) as exc:
-            self.open_failure = str(exc)
-
-    def current_facts(self) -> dict:
-        """What the pytest-xdist controller needs to sum up a policy it never opened."""
-        return {"algorithm": self.loaded.algorithm if self.loaded else None,
-                "action_kind": self.action_kind, "structure": self.structure,
-                "normalization": self.normalization_facts}
-
-    @property
-    def normalization(self):
-        return self.loaded.normalization if self.loaded else None
-
-    @property
-    def normalization_facts(self) -> dict | None:
-        """The statistics the model was checked with, as the report describes them (from a
-        pytest-xdist worker's facts when this process never opened the model)."""
-        normalization = self.normalization
-        return normalization.describe() if normalization else self.facts.get("normalization")
-
-    @property
-    def statistics_path(self) -> Path | None:
-        """The statistics file given or found by layout (unread): what a header names before
-        the model is opened."""
-        if self.vecnormalize == "none" or self.model_path is None:
-            return None
-        return Path(self.vecnormalize) if self.vecnormalize else find_statistics(self.model_path)
-
-    @property
-    def action_kind(self) -> str:
-        """The model's action space type, or else the one the artifact declares."""
-        if self.loaded:
-            return type(self.loaded.sb3.action_space).__name__
-        if "action_kind" in self.facts:
-            return self.facts["action_kind"]
-        return self.given_artifact.declared_kind if self.given_artifact else "Box"
-
-    @property
-    def observation_features(self) -> frozenset[str]:
-        """"image", "dict": what the observation holds beyond a vector (the model's, else the
-        artifact's declared observation space)."""
-        if self.loaded:
-            return self.loaded.layout.features
-        return self.given_artifact.observation_features if self.given_artifact else frozenset()
-
-    @property
-    def structure(self) -> str:
-        """plain, masked (action masks) or recurrent: the model's, else the artifact's."""
-        if self.loaded:
-            return self.loaded.structure
-        if "structure" in self.facts:
-            return self.facts["structure"]
-        return self.given_artifact.structure if self.given_artifact else "plain"
-
-    @cached_property
-    def reference(self):
-        from .model import Reference
-
-        return Reference(self.loaded) if self.loaded else None
-
-    @cached_property
-    def clip_seeds(self):
-        return self.reference.find_out_of_bounds()
-
-    def cover(self, artifact: Artifact, domain):
-        """The decision coverage of `artifact` (made once; decisions.cover), starting from the
-        searches' seeds too, with a model."""
-        if self.coverage is None:
-            from .decisions import cover
-
-            seeds = [self.clip_seeds, self.action_seeds] if self.reference is not None else []
-            self.coverage = cover(artifact, domain, seeds)
-        return self.coverage
-
-    @cached_property
-    def action_seeds(self):
-        return self.reference.find_each_action()
-
-    def artifact(self, workdir: Path, announce) -> Artifact:
-        """The --onnx artifact, or the suite's own export of the model, made once."""
-        if self.given_artifact:
-            return self.given_artifact
-        if self.exported_path is None and self.export_failure is None:
-            from .export import export
-
-            target = workdir / f"{self.model_path.stem}.onnx"
-            started = time.perf_counter()
-            try:
-                self.exported_path = export(self.loaded, target, transform=self.transform)
-            except Exception as exc:  # the exporter's own failure: a verdict, not a traceback
-                self.export_failure = (f"the exporter failed on {self.model_path}: "
-                                       f"{type(exc).__name__}: {exc}")
-            else:
-                announce(f"policy-onnx: exported {self.model_path} to {target} in "
-                         f"{time.perf_counter() - started:.1f} s")
-        if self.export_failure:
-            pytest.fail(self.export_failure, pytrace=False)
-        return Artifact(self.exported_path)
-
-    @property
-    def artifact_path(self) -> Path | None:
-        return self.onnx_path or self.exported_path
-
-    @cached_property
-    def model_sha256(self) -> str:
-        return sha256(self.model_path)
-
-    @cached_property
-    def artifact_sha256(self) -> str | None:
-        """Read when the run is summed up, once the suite's own export (if any) exists."""
-        if self.given_artifact:
-            return self.given_artifact.sha256
-        path = self.artifact_path
-        return sha256(path) if path and path.is_file() else None
-
-    def save_counterexample(self, clause_id: str, arrays: dict) -> Path:
-        """The failing input of a parity clause (observations, and masks or episode starts), as
-        a file `policy-onnx replay` reads."""
-        path = self.counterexample_dir / f"{clause_id}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        normalization = self.normalization
-        path.write_text(json.dumps({
-            "clause": clause_id, "model": str(self.model_path.resolve()),
-            "artifact": str(self.artifact_path.resolve()), "trust_model_code": self.trust_code,
-            "vecnormalize": str(normalization.path.resolve()) if normalization else "none",
-            **{name: array.tolist() if isinstance(array, np.ndarray) else array
-               for name, array in arrays.items()}}))
-        return path
-
-    def reproduce(self, clause_id: str) -> str:
-        """The command that runs this clause on this policy alone, with the same draws."""
-        words = list(self.suite_command)
-        if self.model_path:
-            words += ["--model", str(self.model_path)]
-        if self.onnx_path:
-            words += ["--onnx", str(self.onnx_path)]
-        elif self.transform != "none":
-            words += ["--action-transform", self.transform]
-        if self.trust_code:
-            words.append("--trust-model-code")
-        if self.vecnormalize:
-            words += ["--vecnormalize", self.vecnormalize]
-        words += ["-k", clause_id, "--hypothesis-profile", settings.get_current_profile_name()]
-        return shlex.join(words)
-
-    def replay(self, counterexample: Path) -> str:
-        """The command that replays a saved counterexample, runnable where it is printed."""
-        return shlex.join([*command_for("policy-onnx", "policy_onnx"), "replay",
-                           str(counterexample)])
-
-    def describe(self) -> dict:
-        """The model and the artifact, as the JSON report names them: the same fields for
-        every policy, whether its model could be opened or not (then `open_failure` says why,
-        and what only the opened model tells is null)."""
-        artifact = self.artifact_path
-        readable = self.model_path is not None and self.model_path.is_file()
-        opened = not self.open_failure
-        return {
-            "name": self.key,
-            "model": {"path": str(self.model_path),
-                      "sha256": self.model_sha256 if readable else None,
-                      "algorithm": self.loaded.algorithm if self.loaded
-                      else self.facts.get("algorithm")} if self.model_path else None,
-            "normalization": self.normalization_facts,
-            "artifact": {"path": str(artifact), "sha256": self.artifact_sha256,
-                         "exported_by_suite": self.onnx_path is None} if artifact else None,
-            "action_space": self.action_kind if opened else None,
-            "structure": self.structure if opened else None,
-            "open_failure": self.open_failure,
-        }
-
-
-@dataclass(eq=False)  # hashable by identity: pluggy keeps its plugins in sets
-class Run:
-    """What this pytest run checks and how: its policies, the level and the report. Registered
-    as a plugin of the run, it gathers the verdicts from the test reports."""
-    policies: list[Policy]
-    requested_level: spec.Level
-    report_path: Path | None
-    announce: Callable[[str], None]  # a line on the terminal, now
-    # Best models and checkpoints of RL Zoo runs in the folders given (not checked: layouts.py).
-    passed_over: list[Path] = field(default_factory=list)
-    # How this run's clause tests are run again from where it started (set at collection).
-    suite_command: tuple[str, ...] = ("pytest", "--pyargs", "policy_onnx.conformance")
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        """Called in the process that runs the tests, and in the pytest-xdist controller for
-        the reports of its workers."""
-        properties = dict(report.user_properties)
-        if "policy" not in properties:
-            return
-        policy = next(p for p in self.policies if p.key == properties["policy"])
-        policy.verdicts.record(report)
-        if "policy_facts" in properties and policy.loaded is None:
-            policy.facts = properties["policy_facts"]
-        if "open_failure" in properties:  # a worker could not open it
-            policy.open_failure = properties["open_failure"]
-        if "exported_artifact" in properties and policy.exported_path is None:
-            # The pytest-xdist controller: a worker exported this model.
-            policy.exported_path = Path(properties["exported_artifact"])
-            worker = getattr(report, "worker_id", "a worker")
-            self.announce(f"policy-onnx: {policy.key} exported by {worker}: "
-                          f"{policy.exported_path}")
-
-    @property
-    def openable(self) -> list[Policy]:
-        """The policies whose model and artifact could be opened: they get clause tests."""
-        return [p for p in self.policies if not p.open_failure]
-
-    @property
-    def unopened(self) -> list[Policy]:
-        return [p for p in self.policies if p.open_failure]
-
-    @property
-    def checked(self) -> list[Policy]:
-        """The policies that have verdicts (a run deselecting all of a policy's tests has none)."""
-        return [p for p in self.openable if p.verdicts.by_clause]
-
-    @property
-    def judged(self) -> list[Policy]:
-        """What the verdict of the run is about: the policies checked and those that could not
-        be opened (each a failing verdict)."""
-        return [p for p in self.policies if p.open_failure or p.verdicts.by_clause]
-
-    @property
-    def level_met(self) -> bool:
-        return not self.unopened and all_met(self.checked, self.requested_level)
-
-
 RUN = pytest.StashKey[Run]()
 BY_POLICY = pytest.StashKey[bool]()  # pytest-xdist: one worker per policy
-
-
-def command_for(tool: str, module: str) -> list[str]:
-    """How a shell where the suite runs starts `tool` of this installation: by name when the
-    PATH finds this installation's, else by its full path, else as `python -m module`."""
-    installed = Path(sys.executable).parent / tool
-    if not installed.exists():
-        return [sys.executable, "-m", module]
-    found = shutil.which(tool)
-    if found and Path(found).resolve() == installed.resolve():
-        return [tool]
-    return [str(installed)]
-
-
-def _keep_hypothesis_storage_out_of_the_project() -> None:
-    """Hypothesis caches what it reads of the loaded modules in `.hypothesis/` of the working
-    folder: the user's project. Unless told otherwise, keep it in the user's cache instead."""
-    if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = str(cache / "policy-onnx" / "hypothesis")
-
-
-def _seed_hypothesis_while_the_heap_is_small() -> None:
-    """Hypothesis registers its own PRNG at its first test, and checks the registration with a
-    full gc.collect(): after torch and its exporter are loaded that takes about 0.3 s (a
-    twentieth of a check). Registered here, before the models are opened, it takes
-    milliseconds."""
-    try:
-        from hypothesis.internal.entropy import deterministic_PRNG
-    except ImportError:  # another hypothesis than the pinned one: skip the shortcut
-        return
-    with deterministic_PRNG():
-        pass
-
-
-def _skip_the_last_collections_at_exit() -> None:
-    """At exit the interpreter's last full collections walk the whole heap of torch, SB3 and
-    the dynamo exporter (about a second, a sixth of a run) to free memory the finished process
-    gives back anyway. Frozen at exit, they are skipped; atexit handlers still run and the
-    standard streams are still flushed. Only at exit: a caller running pytest in-process keeps a
-    collector that collects."""
-    atexit.unregister(gc.freeze)  # once, however many sessions a process runs
-    atexit.register(gc.freeze)
-
-
-def _share_the_cores(busy_workers: int) -> None:
-    """pytest-xdist starts a worker per core: torch and ONNX Runtime each using every core in
-    every worker made a zoo slower in parallel than serially. Each worker that has a policy to
-    check gets its share of the cores (all of them when there is one policy: one worker works)."""
-    import torch
-
-    from . import artifact
-
-    threads = max(1, (os.cpu_count() or 1) // max(busy_workers, 1))
-    torch.set_num_threads(threads)
-    artifact.SESSION_THREADS = threads
 
 
 def _suite_command(config: pytest.Config, items: list[pytest.Item]) -> tuple[str, ...]:
@@ -514,40 +190,6 @@ def _statistics(config: pytest.Config, pairs) -> list[str | None]:
     return given
 
 
-def _loaded(model_path: Path | None, given_artifact: Artifact | None, vecnormalize: str | None,
-            transform: str, trust_code: bool, image_layout: str) -> LoadedModel | None:
-    """The model of a policy, opened (safely) to be checked against `given_artifact` (or its
-    own export); ModelLoadError or ValueError (a transform that does not fit) when it cannot
-    be."""
-    from .normalization import attach
-
-    loaded = load_model(model_path, trust_code=trust_code) if model_path else None
-    if loaded:
-        loaded.image_layout = image_layout
-        if given_artifact:
-            given_artifact.adopt_layout(loaded)
-        attach(loaded, vecnormalize)
-    if loaded and not given_artifact:
-        from .heads import head_for
-
-        try:
-            head_for(loaded, transform)
-        except ValueError as exc:
-            raise ValueError(f"--action-transform {transform}: {exc}") from None
-    return loaded
-
-
-def _deferred(key: str, model_path: Path, onnx_path: Path | None, **options) -> Policy:
-    """A model of a zoo: its files checked now (cheaply: no torch, no SB3), opened where its
-    tests run."""
-    from .load import read_zip
-
-    read_zip(model_path)
-    given_artifact = Artifact(onnx_path) if onnx_path else None
-    return Policy(key, model_path, onnx_path, loaded=None, given_artifact=given_artifact,
-                  deferred=True, **options)
-
-
 def _keys(pairs) -> list[str]:
     """Unique readable names (layouts.unique_names): a Zoo run's `ppo/CartPole-v1_1`, else
     the file's stem."""
@@ -590,6 +232,12 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"--hypothesis-profile {profile}: no such profile; the suite registers 'quick' "
                 "(the local default) and 'ci' (derandomized, the default when CI is set)"
             ) from None
+    if config.getoption("html"):
+        from .html import INSTALL_HINT, available
+
+        if not available():
+            raise pytest.UsageError(f"--html needs matplotlib, which is not installed: "
+                                    f"{INSTALL_HINT}")
     transform = config.getoption("action_transform")
     trust_code = config.getoption("trust_model_code")
     found = _models(config)
@@ -769,58 +417,43 @@ def _header_lines(policy: Policy) -> list[str]:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """The exit status follows the requested level; the JSON report is written."""
+    """The run's record is made; the exit status follows the requested level; the JSON report
+    is written."""
     run = session.config.stash.get(RUN, None)
     if run is None or _worker(session.config) or not run.judged:
         return
+    record = run.finish({"suite_version": __version__, "spec_version": spec.SPEC_VERSION,
+                         "hypothesis_profile": settings.get_current_profile_name(),
+                         "tolerance": RULE})
     if exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED,
                       pytest.ExitCode.NO_TESTS_COLLECTED):
-        session.exitstatus = pytest.ExitCode.OK if run.level_met else pytest.ExitCode.TESTS_FAILED
+        session.exitstatus = pytest.ExitCode.OK if record.level_met \
+            else pytest.ExitCode.TESTS_FAILED
     if run.report_path:
-        settings_used = {"suite_version": __version__, "spec_version": spec.SPEC_VERSION,
-                         "hypothesis_profile": settings.get_current_profile_name(),
-                         "tolerance": RULE}
-        write_json(run.report_path, report_document(settings_used, run.judged,
-                                                   run.requested_level))
+        write_json(run.report_path, record.document())
+    html = session.config.getoption("html")
+    if html:
+        from .html import write_html
+
+        write_html(Path(html).expanduser(), record)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     run = config.stash.get(RUN, None)
-    if run is None or not run.judged:
+    if run is None or run.record is None:
         return
-    write = terminalreporter.write_line
     terminalreporter.section("policy-onnx")
-    for policy in run.judged:
-        if len(run.policies) > 1:
-            terminalreporter.write_sep("-", policy.key)
-        if policy.open_failure:
-            write(f"NOT CHECKED: {policy.open_failure}")
-            write(f"level: none; requested {run.requested_level.label}: NOT MET")
-            continue
-        # A model zoo (or -q): a row per clause for every model would bury the ones that matter.
-        verbosity = config.get_verbosity()
-        problems_only = verbosity < 0 or (len(run.policies) > 1 and verbosity < 1)
-        for line in policy.verdicts.summary_lines(policy.structure, policy.action_kind,
-                                                  run.requested_level, problems_only):
-            write(line)
-        if policy.exported_path:
-            write(f"exported artifact: {policy.exported_path} "
-                  f"(sha256 {policy.artifact_sha256})")
-        line = normalization_line(policy.normalization_facts, policy.vecnormalize)
-        if line:
-            write(line)
-        for line in (*policy.verdicts.statistics_lines(policy.action_kind),
-                     *policy.verdicts.coverage_lines()):
-            write(line)
-    if len(run.judged) > 1:
-        terminalreporter.write_sep("-", "all policies")
-        write(policies_line(run.judged, run.requested_level))
-    if run.report_path:
-        write(f"report: {run.report_path}")
+    # A model zoo (or -q): a row per clause for every model would bury the ones that matter.
+    verbosity = config.get_verbosity()
+    problems_only = verbosity < 0 or (len(run.policies) > 1 and verbosity < 1)
+    terminal_summary(run.record, terminalreporter.write_line,
+                     lambda title: terminalreporter.write_sep("-", title), problems_only,
+                     run.report_path, config.getoption("html"))
     failed = len(terminalreporter.stats.get("failed", []))
-    if failed and run.level_met:
-        write(f"exit status 0: every policy meets the requested level "
-              f"{run.requested_level.label}; the {failed} failing clause test(s) are above it")
+    if failed and run.record.level_met:
+        terminalreporter.write_line(
+            f"exit status 0: every policy meets the requested level "
+            f"{run.requested_level.label}; the {failed} failing clause test(s) are above it")
 
 
 def _announce(config: pytest.Config, line: str) -> None:

@@ -153,6 +153,7 @@ def test_the_ci_example_runs_as_written(installed, project, unclamped_real):
     assert done.returncode == 1, done.stdout + done.stderr  # the unclamped artifact fails
     kept = project / "conformance"  # the folder the workflow uploads
     assert (kept / "report.json").is_file() and (kept / "junit.xml").is_file()
+    assert "PAR-01: margin" in (kept / "report.html").read_text()  # the page it uploads
     saved = sorted(p.name for p in (kept / "counterexamples" / "policy").iterdir())
     assert saved == ["PAR-01.json", "PAR-02.json"]
 

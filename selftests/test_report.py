@@ -22,8 +22,9 @@ from .test_mutants import materialize
 
 def test_conforming_run_reports_every_clause_and_the_level(conformance, tmp_path):
     report = tmp_path / "out" / "report.json"
+    junit = tmp_path / "out" / "junit.xml"
     run = conformance.run("--model", str(REAL_MODEL), "--onnx", str(REAL_ONNX),
-                          "--report", str(report))
+                          "--report", str(report), "--junitxml", str(junit))
     assert run.ret == 0
     assert "level: Basic PASS, Standard PASS, Extended PASS; requested Standard: met" in run.stdout
     document = json.loads(report.read_text())
@@ -49,6 +50,37 @@ def test_conforming_run_reports_every_clause_and_the_level(conformance, tmp_path
     assert set(policy["statistics"]) == {"PAR-01", "PAR-02"}
     assert policy["statistics"]["PAR-01"]["observations"] >= 10_000
     assert policy["statistics"]["PAR-02"]["mean_outside_bounds"] > 0
+    _margins_agree(policy, run.stdout, junit, failing=set())
+
+
+def _margins_agree(policy: dict, stdout: str, junit, failing: set[str]) -> None:
+    """Every parity clause that compared something has a margin, the same in the JSON report,
+    the terminal and JUnit XML: its histogram counts the observations the statistics count, and
+    its worst ratio is past 1 exactly for the failing clauses."""
+    import xml.etree.ElementTree as ET
+
+    junit_margins = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        properties = {p.get("name"): p.get("value") for p in case.iter("property")}
+        if "margin_worst_ratio" in properties:
+            junit_margins[properties["clause"]] = properties
+    clauses = {c["id"]: c for c in policy["clauses"]}
+    with_margin = {cid for cid, c in clauses.items() if c["margin"] is not None}
+    assert with_margin == set(policy["statistics"]) == set(junit_margins)
+    for clause_id in with_margin:
+        margin, histogram = clauses[clause_id]["margin"], clauses[clause_id]["ratio_histogram"]
+        observations = policy["statistics"][clause_id]["observations"]
+        assert margin["observations"] == sum(histogram["counts"]) == observations
+        assert len(histogram["bins"]) == len(histogram["counts"]) == 8
+        worst = margin["worst_ratio"]
+        assert (worst > 1) == (clause_id in failing), (clause_id, worst)
+        assert (histogram["counts"][-1] > 0) == (clause_id in failing)
+        assert 0 <= max(margin["worst_by_element"]) == worst
+        assert len(margin["observation"]) == 4 and len(margin["final"]) == 2  # cartpole, 2 actions
+        assert float(junit_margins[clause_id]["margin_worst_ratio"]) == worst
+        assert junit_margins[clause_id]["margin_action_element"] == str(margin["action_element"])
+        assert (f"{clause_id} worst {worst:.2g}x tolerance (action {margin['action_element']}) "
+                f"over {observations:,} observations") in stdout
 
 
 @pytest.mark.parametrize("level, status, verdict", [
@@ -59,8 +91,10 @@ def test_conforming_run_reports_every_clause_and_the_level(conformance, tmp_path
 def test_exit_status_follows_the_requested_level(conformance, tmp_path, unclamped_real, level,
                                                  status, verdict):
     report = tmp_path / "report.json"
+    junit = tmp_path / "junit.xml"
     run = conformance.run("--model", str(REAL_MODEL), "--onnx", str(unclamped_real),
-                          "--level", level, "--report", str(report), profile="mutation")
+                          "--level", level, "--report", str(report), "--junitxml", str(junit),
+                          profile="mutation")
     assert run.ret == status
     assert "level: Basic PASS, Standard FAIL (BEH-05 failed, PAR-01 failed, PAR-02 failed)" \
         in run.stdout
@@ -76,6 +110,7 @@ def test_exit_status_follows_the_requested_level(conformance, tmp_path, unclampe
     failed = {c["id"]: c["detail"] for c in policy["clauses"] if c["outcome"] == "failed"}
     assert set(failed) == {"BEH-05", "PAR-01", "PAR-02"}
     assert "obs       = [" in failed["PAR-01"]  # the failing observation is in the report
+    _margins_agree(policy, run.stdout, junit, failing={"PAR-01", "PAR-02"})
 
 
 def test_onnx_alone_cannot_establish_a_level(conformance):
@@ -91,10 +126,20 @@ def test_discrete_policy_needs_its_extended_parity_for_standard(conformance, fix
     argmin = next(m for m in MUTANTS if m.name == "dqn_argmin")
     base = export(load_model(fixture_models["dqn"]), tmp_path / "dqn.onnx").read_bytes()
     path = materialize(argmin, lambda mutant: base, tmp_path)
+    report = tmp_path / "report.json"
     run = conformance.run("--model", str(fixture_models["dqn"]), "--onnx", path,
-                          profile="mutation")
+                          "--report", str(report), profile="mutation")
     assert run.ret == 1
     assert "Standard FAIL (DISC-05 failed)" in run.stdout
+    # Its margin: beyond the tolerance; predict()'s own closest score gap, in tie tolerances.
+    [policy] = json.loads(report.read_text())["policies"]
+    [disc] = [c for c in policy["clauses"] if c["id"] == "DISC-05"]
+    margin = disc["margin"]
+    assert not margin["worst_ratio_finite"] or margin["worst_ratio"] > 1
+    assert disc["ratio_histogram"]["counts"][-1] > 0
+    assert margin["closest_score_gap"] >= 0 and margin["closest_score_gap_tolerances"] >= 0
+    assert margin["closest_score_gap_observation"] is not None
+    assert "DISC-05 worst " in run.stdout and "predict()'s closest score gap" in run.stdout
 
 
 def test_junit_xml_carries_the_clause_of_each_test(conformance, tmp_path):

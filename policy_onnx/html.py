@@ -1,0 +1,254 @@
+"""The record of a run (record.py) as one self-contained HTML page: `--html PATH`.
+
+Everything is inline (the plots are SVG drawn by matplotlib, the style a <style> element): the
+page loads nothing when opened, works offline and can be kept as a CI artifact. matplotlib is an
+optional extra (`pip install policy-onnx[report]`); `available()` says whether it is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import math
+import re
+from html import escape
+from pathlib import Path
+
+from . import spec
+from .record import PolicyRecord, RunRecord
+
+INSTALL_HINT = "pip install policy-onnx[report]"
+SHOWN_ELEMENTS = 64  # observation elements listed in "what was drawn" (the rest are counted)
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 70em; }
+h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; } h3 { margin-top: 1.5em; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+td, th { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; vertical-align: top; }
+.passed { background: #e3f4e1; } .failed, .error { background: #fbe0e0; }
+.skipped { background: #f2f2f2; } tr.clause td:first-child { white-space: nowrap; }
+.verdict { font-size: 1.3em; font-weight: bold; padding: 0.4em 0.8em; display: inline-block; }
+.met { background: #c9ecc4; } .not-met { background: #f6c4c4; }
+.level { display: inline-block; padding: 0.3em 0.7em; margin-right: 0.3em; }
+.pass { background: #c9ecc4; } .fail { background: #f6c4c4; }
+pre { background: #f6f6f6; padding: 0.5em; overflow-x: auto; font-size: 0.85em; }
+code { font-size: 0.9em; } figure { margin: 0.5em 0; }
+"""
+
+
+def available() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def write_html(path: Path, run: RunRecord) -> None:
+    """Write the page of `run` to `path`, whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(render(run), encoding="utf-8")
+    partial.replace(path)
+
+
+def render(run: RunRecord) -> str:
+    settings = run.settings
+    verdict = "met" if run.level_met else "NOT MET"
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<title>policy-onnx conformance report</title>",
+        f"<style>{STYLE}</style></head><body>",
+        "<h1>policy-onnx conformance report</h1>",
+        f'<p id="run-verdict" class="verdict {"met" if run.level_met else "not-met"}">'
+        f"Requested level {escape(run.requested_level.label)}: {verdict}</p>",
+        _table(["suite", "spec", "hypothesis profile", "parity tolerance"],
+               [[settings.get("suite_version"), f"POLICY_ONNX_SPEC {settings.get('spec_version')}",
+                 settings.get("hypothesis_profile"), settings.get("tolerance")]]),
+    ]
+    if len(run.policies) > 1:
+        parts += ["<h2>All policies</h2>", _table(
+            ["policy", "level reached", "requested level"],
+            [[f'<a href="#{_anchor(p.key)}">{escape(p.key)}</a>',
+              escape(_reached(p)), "met" if p.level_met(run.requested_level) else "NOT MET"]
+             for p in run.policies], raw=True)]
+    for policy in run.policies:
+        parts.append(_policy_section(policy, run.requested_level))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _policy_section(policy: PolicyRecord, requested: spec.Level) -> str:
+    described = policy.description
+    model, artifact = described.get("model") or {}, described.get("artifact") or {}
+    out = [f'<section class="policy" id="{_anchor(policy.key)}">',
+           f"<h2>{escape(policy.key)}</h2>",
+           _table(["", "path", "SHA-256"],
+                  [["model", model.get("path"), model.get("sha256")],
+                   ["artifact" + (" (exported by the suite)" if artifact.get("exported_by_suite")
+                                  else ""), artifact.get("path"), artifact.get("sha256")]])]
+    if model.get("algorithm"):
+        out.append(f"<p>{escape(str(model['algorithm']))}, {escape(policy.structure)} policy, "
+                   f"{escape(policy.action_kind)} actions</p>")
+    if policy.open_failure:
+        out += [f'<p class="verdict not-met">NOT CHECKED: {escape(policy.open_failure)}</p>',
+                "</section>"]
+        return "\n".join(out)
+    reached, why = policy.level_reached()
+    levels = []
+    for level in spec.Level:
+        ok = reached is not None and level <= reached
+        levels.append(f'<span class="level {"pass" if ok else "fail"}">{level.label} '
+                      f'{"PASS" if ok else "FAIL"}</span>')
+    met = policy.level_met(requested)
+    out.append(f'<p class="levels">{"".join(levels)} <span class="verdict '
+               f'{"met" if met else "not-met"}">requested {requested.label}: '
+               f'{"met" if met else "NOT MET"}</span>'
+               + (f" <em>({escape(why)})</em>" if why else "") + "</p>")
+    out += ["<h3>Clauses</h3>", _clause_table(policy)]
+    for clause_id, margin in sorted(policy.margins.items()):
+        out.append(_margin_part(clause_id, margin, policy.statistics.get(clause_id, {})))
+    out.append(_coverage_part(policy.coverage))
+    failures = [v for v in policy.by_clause.values() if v.outcome in ("failed", "error")]
+    if failures:
+        out.append("<h3>Failures</h3>")
+        for verdict in failures:
+            out.append(f'<h4 id="{_anchor(policy.key + "-" + verdict.id)}-failure">'
+                       f"{escape(verdict.id)} {escape(verdict.outcome)}</h4>"
+                       f"<pre>{escape(verdict.detail)}</pre>")
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def _clause_table(policy: PolicyRecord) -> str:
+    rows = []
+    for clause in spec.CLAUSES:
+        verdict = policy.by_clause.get(clause.id)
+        if verdict is None:
+            continue
+        reason = (verdict.detail.splitlines() or [""])[0]
+        rows.append(f'<tr class="clause {escape(verdict.outcome)}" data-clause="{clause.id}">'
+                    f"<td>{clause.id}</td><td>{clause.level.label}</td>"
+                    f"<td>{escape(verdict.outcome)}</td><td>{escape(clause.title)}</td>"
+                    f"<td>{escape(reason)}</td></tr>")
+    return ('<table class="clauses"><tr><th>clause</th><th>level</th><th>outcome</th>'
+            "<th>title</th><th>reason or first line of the failure</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _margin_part(clause_id: str, margin: dict, counts: dict) -> str:
+    if margin["worst_ratio_finite"]:
+        worst = f"{margin['worst_ratio']:.3g}x tolerance"
+    else:
+        worst = "not finite (NaN or inf)"
+    text = (f"worst |final - predict| / tolerance: <b>{worst}</b> (action element "
+            f"{margin['action_element']}) over {margin['observations']:,} observations")
+    if counts.get("rounding_ties"):
+        text += f"; {counts['rounding_ties']:,} rounding ties (excused, in the last bin)"
+    if margin.get("closest_score_gap") is not None:
+        text += (f"; predict()'s closest score gap to its runner-up "
+                 f"{margin['closest_score_gap']:.3g} ({margin['closest_score_gap_tolerances']:,.3g}"
+                 f" tie tolerances, action element {margin['closest_score_gap_element']})")
+    out = [f'<div class="margin" data-clause="{escape(clause_id)}">',
+           f"<h3>{escape(clause_id)}: margin</h3><p>{text}</p>",
+           f'<figure class="plot">{_histogram_svg(clause_id, margin)}</figure>']
+    if margin.get("observation") is not None:
+        out.append(_table(["worst row", "values"],
+                          [["observation", _numbers(margin["observation"])],
+                           ["predict()", _numbers(margin["predict"])],
+                           ["final action", _numbers(margin["final"])]]))
+    drawn = margin.get("drawn")
+    if drawn:
+        rows = []
+        for i, (lo, hi) in enumerate(zip(drawn["observation_low"], drawn["observation_high"])):
+            if i == SHOWN_ELEMENTS:
+                break
+            dlo = (drawn["declared_low"] or [None] * (i + 1))[i]
+            dhi = (drawn["declared_high"] or [None] * (i + 1))[i]
+            rows.append([i, f"{_bound(dlo, '-inf')} .. {_bound(dhi, 'inf')}",
+                         f"{lo:.4g} .. {hi:.4g}"])
+        more = len(drawn["observation_low"]) - len(rows)
+        out += ["<p>What was drawn: per observation element, the range the compared rows "
+                "covered beside the declared bounds"
+                + (f" (the first {len(rows)}; {more} more elements)" if more else "") + "</p>",
+                _table(["element", "declared bounds", "drawn range"], rows)]
+    if "mean_outside_bounds" in counts and counts.get("observations"):
+        out.append(f"<p>The mean left the action bounds in {counts['mean_outside_bounds']:,} of "
+                   f"{counts['observations']:,} observations.</p>")
+    choices = margin.get("choices")
+    if choices:
+        keys = sorted(set(choices["predict"]) | set(choices["final"]),
+                      key=lambda k: tuple(float(x) for x in k.split(":")))
+        out += ["<p>How often predict() and the artifact made each choice "
+                "(action element:value)</p>",
+                _table(["choice", "predict()", "artifact"],
+                       [[k, choices["predict"].get(k, 0), choices["final"].get(k, 0)]
+                        for k in keys])]
+    out.append("</div>")
+    return "\n".join(out)
+
+
+def _histogram_svg(clause_id: str, margin: dict) -> str:
+    """The ratio histogram as inline SVG: observations per decade of the ratio, log scale, the
+    tolerance (ratio 1) as a vertical line."""
+    from matplotlib.figure import Figure
+
+    bins, counts = margin["ratio_histogram"]["bins"], margin["ratio_histogram"]["counts"]
+    figure = Figure(figsize=(6.4, 2.6), dpi=100)
+    axes = figure.subplots()
+    colors = ["#4c9a2a"] * (len(bins) - 1) + ["#c0392b"]
+    axes.bar(range(len(bins)), [max(c, 0) for c in counts], color=colors, log=any(counts))
+    axes.axvline(len(bins) - 1.5, color="#c0392b", linestyle="--", linewidth=1.5)
+    axes.text(len(bins) - 1.6, 0.95, "tolerance", transform=axes.get_xaxis_transform(),
+              color="#c0392b", fontsize=8, va="top", ha="right")
+    axes.set_xticks(range(len(bins)), bins, fontsize=7)
+    axes.set_xlabel("|final - predict| / tolerance (worst element of each observation)",
+                    fontsize=8)
+    axes.set_ylabel("observations", fontsize=8)
+    axes.set_title(f"{clause_id}: {margin['observations']:,} observations", fontsize=9)
+    figure.tight_layout()
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg", metadata={"Date": None})
+    svg = buffer.getvalue()
+    # matplotlib's RDF block names namespaces by URL; the page needs none of it.
+    return re.sub(r"<metadata>.*?</metadata>", "", svg[svg.index("<svg"):], flags=re.DOTALL)
+
+
+def _coverage_part(coverage: dict | None) -> str:
+    if coverage is None:
+        return ""
+    if coverage.get("not_run"):
+        return ("<h3>Decisions in the graph</h3><p>not searched: the graph could not be run "
+                f"with its decisions exposed ({escape(str(coverage['not_run']))})</p>")
+    rows = [[name.replace("_", " "), ", ".join(map(str, value)) if isinstance(value, list)
+             else value] for name, value in coverage.items()
+            if name not in ("not_every_way", "not_run")]
+    out = ["<h3>Decisions in the graph</h3>", _table(["", "found"], rows)]
+    if coverage.get("not_every_way"):
+        out.append("<p>Not seen every way (a fault behind them would go unseen): "
+                   + escape(", ".join(coverage["not_every_way"])) + "</p>")
+    return "\n".join(out)
+
+
+def _table(header: list, rows: list[list], raw: bool = False) -> str:
+    """A table; cells are escaped unless `raw` (cells the caller escaped)."""
+    def cell(value) -> str:
+        text = "" if value is None else str(value)
+        return text if raw else escape(text)
+    return ("<table><tr>" + "".join(f"<th>{escape(str(h))}</th>" for h in header) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>"
+                      for row in rows) + "</table>")
+
+
+def _numbers(values: list) -> str:
+    shown = ", ".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in values[:16])
+    return f"[{shown}{', ...' if len(values) > 16 else ''}]"
+
+
+def _bound(value, infinite: str) -> str:
+    return infinite if value is None or not math.isfinite(value) else f"{value:.4g}"
+
+
+def _reached(policy: PolicyRecord) -> str:
+    reached, _ = policy.level_reached()
+    return reached.label if reached else "none"
+
+
+def _anchor(key: str) -> str:
+    return "policy-" + "".join(c if c.isalnum() else "-" for c in key)

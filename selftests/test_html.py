@@ -1,0 +1,97 @@
+"""The HTML page of a run (--html), opened in a real browser: Debian's Chromium, driven by
+Playwright through its executable (no browser is downloaded). A passing run (the real clankers
+pair) and a failing one (its artifact without the clamp): no console errors, no network
+request, the verdict and every clause row there, every plot drawn."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from policy_onnx import spec
+
+from .conftest import REAL_MODEL, REAL_ONNX, ROOT
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOTS = ROOT / "build" / "html-report"  # kept by CI as an artifact
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium "
+                                "(apt-get install -y chromium; .ci/run installs it)")
+
+
+def _open(page_path: Path, screenshot: Path):
+    """The page as Chromium shows it: (console errors, requests that were not file: or data:,
+    clause rows, verdict text, plot images as numpy arrays with their sizes)."""
+    from playwright.sync_api import sync_playwright
+
+    from PIL import Image  # matplotlib's dependency
+    import io
+
+    errors, requests = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url)
+                if not r.url.startswith(("file:", "data:")) else None)
+        page.route("**/*", lambda route: route.continue_()
+                   if route.request.url.startswith(("file:", "data:")) else route.abort())
+        page.goto(page_path.resolve().as_uri())
+        page.wait_for_load_state("load")
+        rows = page.eval_on_selector_all("tr.clause", "rows => rows.map(r => "
+                                         "[r.dataset.clause, r.className])")
+        verdict = page.inner_text("#run-verdict")
+        plots = []
+        for figure in page.query_selector_all("figure.plot svg"):
+            box = figure.bounding_box()
+            image = Image.open(io.BytesIO(figure.screenshot())).convert("L")
+            plots.append((np.asarray(image, dtype=np.float64), box))
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+    return errors, requests, rows, verdict, plots
+
+
+@pytest.mark.slow  # two suite runs and a browser: `make test-slow`
+@pytest.mark.parametrize("broken", [False, True], ids=["passing", "failing"])
+def test_the_page_opens_offline_in_chromium(conformance, tmp_path, unclamped_real, broken):
+    page_path = tmp_path / "page.html"
+    onnx = unclamped_real if broken else REAL_ONNX
+    run = conformance.run("--model", str(REAL_MODEL), "--onnx", str(onnx), "--html",
+                          str(page_path), profile="mutation" if broken else "ci")
+    assert run.ret == (1 if broken else 0)
+    assert f"page: {page_path}" in run.stdout
+    name = "failing" if broken else "passing"
+    errors, requests, rows, verdict, plots = _open(page_path, SCREENSHOTS / f"{name}.png")
+    assert errors == [] and requests == []
+    assert verdict == ("Requested level Standard: NOT MET" if broken
+                       else "Requested level Standard: met")
+    assert [clause for clause, _ in rows] == [c.id for c in spec.CLAUSES]
+    outcomes = {clause: classes.split()[1] for clause, classes in rows}
+    assert outcomes == run.verdicts
+    assert len(plots) == 2  # PAR-01 and PAR-02: a histogram each
+    for pixels, box in plots:
+        assert (round(box["width"]), round(box["height"])) == (614, 250)  # 6.4 x 2.6 in
+        assert pixels.std() > 10  # drawn: bars, axes and text, not a blank box
+    text = page_path.read_text()
+    if broken:  # the counterexample and the command that replays it
+        assert "obs       = [" in text and "replay it:" in text
+    assert "<script" not in text and "http" not in text.replace("http://www.w3.org/", "")
+
+
+def test_html_without_matplotlib_is_a_usage_error(conformance, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    run = conformance.run("--model", str(REAL_MODEL), "--onnx", str(REAL_ONNX), "--html",
+                          str(tmp_path / "page.html"))
+    assert run.ret == 4  # usage error
+    assert "pip install policy-onnx[report]" in run.stderr
