@@ -221,3 +221,42 @@ def test_the_ci_example_compares_with_the_last_release(reports, tmp_path):
     same = step()
     assert same.returncode == 0 and same.stdout.endswith(
         "no regression (no worst ratio grew more than x10)\n"), same.stdout + same.stderr
+
+
+def _biased(tmp_path, delta: float) -> Path:
+    """The real artifact with the bias of its first action element moved by `delta`: every row
+    whose mean is not clamped is off by delta (the tolerance is 1e-5 for its [-1, 1] bounds)."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(REAL_ONNX))
+    [bias] = [i for i in proto.graph.initializer if i.name == "policy.action_net.bias"]
+    values = numpy_helper.to_array(bias).copy()
+    values[0] += delta
+    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+    path = tmp_path / f"biased-{delta:g}.onnx"
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_a_creeping_export_is_caught_before_it_fails(reports, conformance, capsys, tmp_path):
+    """The issue's degraded artifact: weights perturbed so that the worst error rises from far
+    below the tolerance to just below it (a pass: only --max-growth catches it), then past it."""
+    old = reports["conforming_quick"]  # the same profile: the same draws
+    before = margins(old)["PAR-01"]
+    new = {}
+    for delta in (4e-6, 2e-5):
+        new[delta] = tmp_path / f"{delta:g}.json"
+        conformance.run("--model", str(REAL_MODEL), "--onnx", str(_biased(tmp_path, delta)),
+                        "--report", str(new[delta]), profile="mutation")
+    creeping = margins(new[4e-6])["PAR-01"]
+    assert before < 0.1 and 0.3 < creeping < 1, (before, creeping)
+    status, out, _ = compare(capsys, old, new[4e-6])
+    assert status == 0 and "no clause changed outcome" in out  # still conforming
+    status, out, _ = compare(capsys, old, new[4e-6], "--max-growth", "5")
+    assert status == 1
+    assert (f"  PAR-01 worst ratio to tolerance: {before:.3g} -> {creeping:.3g} "
+            f"(x{creeping / before:.3g})  GREW past x5\n") in out
+    status, out, _ = compare(capsys, old, new[2e-5])
+    assert status == 1 and "  PAR-01: passed -> failed  REGRESSED\n" in out
+    assert margins(new[2e-5])["PAR-01"] > 1
