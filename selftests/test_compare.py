@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from policy_onnx import __version__
 from policy_onnx.__main__ import main
 
 from .conftest import REAL_MODEL, REAL_ONNX, ROOT
@@ -55,7 +56,7 @@ def test_two_conforming_runs_are_no_regression(reports, capsys):
     old, new = reports["conforming_quick"], reports["conforming"]
     status, out, err = compare(capsys, old, new)
     assert (status, err) == (0, ""), out
-    assert f"old: {old} (policy-onnx 0.1.0, profile mutation, level Standard met)" in out
+    assert f"old: {old} (policy-onnx {__version__}, profile mutation, level Standard met)" in out
     assert "note: hypothesis_profile differs (mutation -> ci)" in out
     assert f"{REAL_MODEL.stem}:\n  level reached: Extended -> Extended\n  no clause changed " \
            "outcome\n" in out
@@ -174,7 +175,8 @@ def test_unusable_input_is_one_line_of_error(reports, capsys, tmp_path):
         tmp_path / "nope.json": "nope.json: no such file",
         not_a_report: "other.json: not a policy-onnx JSON report",
         REAL_MODEL: "not readable as JSON",
-        newer: "a report of layout 2 (policy-onnx 0.1.0); this policy-onnx reads layout 1",
+        newer: f"a report of layout 2 (policy-onnx {__version__}); this policy-onnx reads "
+               "layout 1",
         renamed: "have no policy in common (old: walker; new: cartpole_ppo_model)",
         counterexample: "PAR-01.json: not a policy-onnx JSON report",
     }
