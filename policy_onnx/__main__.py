@@ -1,4 +1,5 @@
-"""policy-onnx (or python -m policy_onnx): the reference exporter, the suite, the spec document.
+"""policy-onnx (or python -m policy_onnx): the reference exporter, the suite, the spec document,
+the comparison of two reports.
 
 Examples:
   policy-onnx export m.zip -o m.onnx

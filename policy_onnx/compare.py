@@ -86,7 +86,8 @@ def compare(old_path: Path, new_path: Path, max_growth: float | None = None) -> 
         if names:
             say(f"only in the {which} report: {', '.join(names)}")
     if found.regressions:
-        say(f"REGRESSED ({len(found.regressions)}): " + "; ".join(found.regressions))
+        say(f"REGRESSED ({len(found.regressions)}):")
+        found.lines += [f"  {regression}" for regression in found.regressions]
     else:
         say("no regression" + (f" (no worst ratio grew more than x{max_growth:g})"
                                if max_growth is not None else ""))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from policy_onnx import __version__
 from policy_onnx.__main__ import main
 
 from .conftest import REAL_MODEL, REAL_ONNX, ROOT
@@ -55,7 +56,7 @@ def test_two_conforming_runs_are_no_regression(reports, capsys):
     old, new = reports["conforming_quick"], reports["conforming"]
     status, out, err = compare(capsys, old, new)
     assert (status, err) == (0, ""), out
-    assert f"old: {old} (policy-onnx 0.1.0, profile mutation, level Standard met)" in out
+    assert f"old: {old} (policy-onnx {__version__}, profile mutation, level Standard met)" in out
     assert "note: hypothesis_profile differs (mutation -> ci)" in out
     assert f"{REAL_MODEL.stem}:\n  level reached: Extended -> Extended\n  no clause changed " \
            "outcome\n" in out
@@ -76,9 +77,10 @@ def test_a_clause_that_now_fails_is_a_regression(reports, capsys):
     assert "  level reached: Extended -> Basic  REGRESSED\n" in out
     assert re.search(r"  PAR-01 worst ratio to tolerance: [0-9.e-]+ -> [0-9.e+]+ \(x[0-9.e+]+\)",
                      out)
-    last = out.splitlines()[-1]
-    assert last.startswith("REGRESSED (4): ") and f"{REAL_MODEL.stem} PAR-01 passed -> failed" \
-        in last
+    assert out.endswith(f"REGRESSED (4):\n  {REAL_MODEL.stem}: level Extended -> Basic\n"
+                        f"  {REAL_MODEL.stem} BEH-05 passed -> failed\n"
+                        f"  {REAL_MODEL.stem} PAR-01 passed -> failed\n"
+                        f"  {REAL_MODEL.stem} PAR-02 passed -> failed\n")
     # The other way round is a fix, not a regression.
     status, out, _ = compare(capsys, new, old)
     assert status == 0 and "  PAR-01: failed -> passed\n" in out and "REGRESSED" not in out
@@ -112,8 +114,8 @@ def test_a_margin_that_grew_past_the_factor_is_a_regression(reports, capsys, tmp
     assert f"  PAR-01 worst ratio to tolerance: {worst:.3g} -> {worst * 2.5:.3g} (x2.5)  GREW " \
            "past x2\n" in out
     assert "  PAR-02 worst ratio to tolerance" in out and "x1)  GREW" not in out
-    assert out.splitlines()[-1] == (f"REGRESSED (1): {REAL_MODEL.stem} PAR-01 worst ratio "
-                                    f"{worst:.3g} -> {worst * 2.5:.3g}, more than x2")
+    assert out.endswith(f"REGRESSED (1):\n  {REAL_MODEL.stem} PAR-01 worst ratio "
+                        f"{worst:.3g} -> {worst * 2.5:.3g}, more than x2\n")
     status, out, _ = compare(capsys, old, new, "--max-growth", "3")
     assert status == 0 and out.endswith("no regression (no worst ratio grew more than x3)\n")
 
@@ -173,7 +175,8 @@ def test_unusable_input_is_one_line_of_error(reports, capsys, tmp_path):
         tmp_path / "nope.json": "nope.json: no such file",
         not_a_report: "other.json: not a policy-onnx JSON report",
         REAL_MODEL: "not readable as JSON",
-        newer: "a report of layout 2 (policy-onnx 0.1.0); this policy-onnx reads layout 1",
+        newer: f"a report of layout 2 (policy-onnx {__version__}); this policy-onnx reads "
+               "layout 1",
         renamed: "have no policy in common (old: walker; new: cartpole_ppo_model)",
         counterexample: "PAR-01.json: not a policy-onnx JSON report",
     }
@@ -220,3 +223,42 @@ def test_the_ci_example_compares_with_the_last_release(reports, tmp_path):
     same = step()
     assert same.returncode == 0 and same.stdout.endswith(
         "no regression (no worst ratio grew more than x10)\n"), same.stdout + same.stderr
+
+
+def _biased(tmp_path, delta: float) -> Path:
+    """The real artifact with the bias of its first action element moved by `delta`: every row
+    whose mean is not clamped is off by delta (the tolerance is 1e-5 for its [-1, 1] bounds)."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(REAL_ONNX))
+    [bias] = [i for i in proto.graph.initializer if i.name == "policy.action_net.bias"]
+    values = numpy_helper.to_array(bias).copy()
+    values[0] += delta
+    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+    path = tmp_path / f"biased-{delta:g}.onnx"
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_a_creeping_export_is_caught_before_it_fails(reports, conformance, capsys, tmp_path):
+    """The issue's degraded artifact: weights perturbed so that the worst error rises from far
+    below the tolerance to just below it (a pass: only --max-growth catches it), then past it."""
+    old = reports["conforming_quick"]  # the same profile: the same draws
+    before = margins(old)["PAR-01"]
+    new = {}
+    for delta in (4e-6, 2e-5):
+        new[delta] = tmp_path / f"{delta:g}.json"
+        conformance.run("--model", str(REAL_MODEL), "--onnx", str(_biased(tmp_path, delta)),
+                        "--report", str(new[delta]), profile="mutation")
+    creeping = margins(new[4e-6])["PAR-01"]
+    assert before < 0.1 and 0.3 < creeping < 1, (before, creeping)
+    status, out, _ = compare(capsys, old, new[4e-6])
+    assert status == 0 and "no clause changed outcome" in out  # still conforming
+    status, out, _ = compare(capsys, old, new[4e-6], "--max-growth", "5")
+    assert status == 1
+    assert (f"  PAR-01 worst ratio to tolerance: {before:.3g} -> {creeping:.3g} "
+            f"(x{creeping / before:.3g})  GREW past x5\n") in out
+    status, out, _ = compare(capsys, old, new[2e-5])
+    assert status == 1 and "  PAR-01: passed -> failed  REGRESSED\n" in out
+    assert margins(new[2e-5])["PAR-01"] > 1
