@@ -197,6 +197,7 @@ def _ci_example_step(name: str) -> str:
     return textwrap.dedent(block.group(1))
 
 
+@pytest.mark.slow  # runs the suite again, beyond the shared reports
 def test_the_ci_example_compares_with_the_last_release(reports, tmp_path):
     """The step runs as written in a project laid out as the workflow leaves it (the suite's
     venv as .policy-onnx: this checkout's)."""
@@ -241,6 +242,7 @@ def _biased(tmp_path, delta: float) -> Path:
     return path
 
 
+@pytest.mark.slow  # runs the suite again, beyond the shared reports
 def test_a_creeping_export_is_caught_before_it_fails(reports, conformance, capsys, tmp_path):
     """The issue's degraded artifact: weights perturbed so that the worst error rises from far
     below the tolerance to just below it (a pass: only --max-growth catches it), then past it."""
