@@ -842,6 +842,16 @@ class Search:
 
         for size in (1, 2, 3, *BATCH_SIZES[-6:]):
             at(size)
+        # a size that alone of those tried makes a batch decision go some way is found already
+        # (a fault for one robot alone is decided at size 1, which the first tries see)
+        at(min(len(pool), limit))
+        for entry in entries:
+            codes = {size: ways(entry.place, [tried[size][t] for t in entry.place.tensors],
+                                size)[0][0] for size in tried}
+            if len({c.shape for c in codes.values()}) == 1:
+                stacked = np.stack(list(codes.values()))
+                alone = np.array([(stacked == row).all(axis=1).sum() == 1 for row in stacked])
+                self.coverage.batch_sizes.extend(np.array(list(codes))[alone].tolist())
         for entry in entries:
             for element, way in entry.missing():
                 if way == -1 or self._out_of_time():
