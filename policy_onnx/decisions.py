@@ -364,14 +364,15 @@ class Instrumented:
     """The artifact's graph with every deciding tensor exposed as an output, run by ONNX
     Runtime (constants are read from the file)."""
 
-    def __init__(self, artifact, places: list[Place]):
+    def __init__(self, artifact, places: list[Place], graph: onnx.ModelProto | None = None):
+        """`graph`: the artifact's graph as it is searched (with constant If nodes inlined)."""
         import onnxruntime as ort
 
         from .artifact import SESSION_THREADS
 
         self.artifact = artifact
         proto = onnx.ModelProto()
-        proto.CopyFrom(artifact.proto)
+        proto.CopyFrom(graph if graph is not None else artifact.proto)
         self.constants = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
         try:
             typed = onnx.shape_inference.infer_shapes(proto)
@@ -380,18 +381,30 @@ class Instrumented:
         known = {v.name: v for v in (*typed.graph.value_info, *typed.graph.input,
                                      *typed.graph.output)}
         outputs = [o.name for o in proto.graph.output]
-        self.places = [p for p in places
-                       if all(t in known or t in self.constants for t in p.tensors)]
-        self.unseen = [p for p in places if p not in self.places]  # of tensors of unknown type
-        wanted = sorted({t for p in self.places for t in p.tensors}
-                        - set(self.constants) - set(outputs))
-        proto.graph.output.extend(known[t] for t in wanted)
-        self.names = outputs + wanted
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = SESSION_THREADS
-        self.session = ort.InferenceSession(proto.SerializeToString(), options,
-                                            providers=["CPUExecutionProvider"])
+        # Tensors shape inference cannot type (after a custom domain's operator) are exposed
+        # untyped, which ONNX Runtime types itself; if it cannot, their places are not seen.
+        for typed_only in (False, True):
+            self.places = [p for p in places if not typed_only or
+                           all(t in known or t in self.constants for t in p.tensors)]
+            wanted = sorted({t for p in self.places for t in p.tensors}
+                            - set(self.constants) - set(outputs))
+            exposed = onnx.ModelProto()
+            exposed.CopyFrom(proto)
+            exposed.graph.output.extend(known[t] if t in known
+                                        else onnx.helper.make_empty_tensor_value_info(t)
+                                        for t in wanted)
+            try:
+                self.session = ort.InferenceSession(exposed.SerializeToString(), options,
+                                                    providers=["CPUExecutionProvider"])
+                break
+            except Exception:
+                if typed_only:
+                    raise
+        self.unseen = [p for p in places if p not in self.places]
+        self.names = outputs + wanted
 
     def values(self, obs: np.ndarray, masks: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Every exposed tensor for a batch of flat observations (masks all allowed unless
@@ -894,16 +907,65 @@ def cover(artifact, domain, seeds=(), seconds: float = SEARCH_SECONDS) -> Covera
     rows = max(16, min(256, POOL_ELEMENTS // domain.dim))
     pool = np.vstack([domain.probe(n=4 * rows), *seeds,
                       *(domain.sample(regime, rng, rows) for regime in domain.regimes)])
-    places = find_places(artifact.proto, artifact.obs.name if artifact.obs else "obs")
     try:  # the artifact's own faults (it does not load or run) are the clauses' to report
-        instrumented = Instrumented(artifact, places)
+        graph = _constant_ifs_inlined(artifact.proto)
+        places = find_places(graph, artifact.obs.name if artifact.obs else "obs")
+        instrumented = Instrumented(artifact, places, graph)
         instrumented.values(pool[:1])
     except Exception as exc:
         return Coverage(not_run=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
     coverage = Search(instrumented, domain, seconds).run(pool)
     coverage.not_exposed = [p.label for p in instrumented.unseen if p.kind == "decision"] + \
-        _decisions_in_bodies(artifact.proto.graph)
+        _decisions_in_bodies(graph.graph)
     return coverage
+
+
+def _constant_ifs_inlined(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `proto` in which every If whose condition is a constant of the main graph is
+    replaced by the branch it always takes (its tensors renamed apart), so that the decisions
+    inside are exposed and searched like any other; `proto` itself when there is none."""
+    constants = _constant_values(proto.graph)
+
+    def taken(node):
+        if node.op_type != "If" or node.input[0] not in constants:
+            return None
+        try:
+            condition = bool(np.ravel(numpy_helper.to_array(constants[node.input[0]]))[0])
+        except Exception:
+            return None
+        branch = "then_branch" if condition else "else_branch"
+        return next((a.g for a in node.attribute if a.name == branch), None)
+
+    if not any(taken(node) is not None for node in proto.graph.node):
+        return proto
+    inlined = onnx.ModelProto()
+    inlined.CopyFrom(proto)
+    nodes = []
+    for k, node in enumerate(proto.graph.node):
+        branch = taken(node)
+        if branch is None:
+            nodes.append(node)
+            continue
+        prefix = f"inlined_if_{k}/"
+        inner = {t for n in branch.node for t in n.output} | {i.name for i in branch.initializer}
+        for initializer in branch.initializer:
+            renamed = onnx.TensorProto()
+            renamed.CopyFrom(initializer)
+            renamed.name = prefix + initializer.name
+            inlined.graph.initializer.append(renamed)
+        for inner_node in branch.node:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(inner_node)
+            copy.input[:] = [prefix + t if t in inner else t for t in inner_node.input]
+            copy.output[:] = [prefix + t for t in inner_node.output]
+            copy.name = prefix + (inner_node.name or inner_node.output[0])
+            nodes.append(copy)
+        for out, branch_out in zip(node.output, branch.output):
+            source = prefix + branch_out.name if branch_out.name in inner else branch_out.name
+            nodes.append(onnx.helper.make_node("Identity", [source], [out]))
+    del inlined.graph.node[:]
+    inlined.graph.node.extend(nodes)
+    return inlined
 
 
 def _decisions_in_bodies(graph: onnx.GraphProto, inside: str = "") -> list[str]:

@@ -1016,6 +1016,28 @@ def _sign_is_zero(p):
          const("exact_value", 0.3712345), const("sign_two", 2.0), const("sign_one", 1.0)])
 
 
+# The thin slab of _thin_slab inside the then-branch of an If whose condition is constant true
+def _slab_in_a_constant_if(p):
+    def branch(name, nodes, out, initializers=()):
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(
+            out, TensorProto.FLOAT, None)], list(initializers))
+
+    def build(src, dst):
+        then_branch = branch("slab_branch", [
+            *_element(1, "x1"), helper.make_node("Sub", ["x1", "slab_center"], ["off_center"]),
+            helper.make_node("Abs", ["off_center"], ["distance"]),
+            helper.make_node("Less", ["distance", "slab_width"], ["in_slab"]),
+            helper.make_node("Neg", [src], ["negated"]),
+            helper.make_node("Where", ["in_slab", "negated", src], ["slab_out"])], "slab_out",
+            [*_element_constants(1, "x1"), const("axis1", [1], np.int64),
+             const("slab_center", 2.7), const("slab_width", 1e-5)])
+        else_branch = branch("plain_branch", [helper.make_node("Identity", [src], ["plain"])],
+                             "plain")
+        return [helper.make_node("If", ["always"], [dst], then_branch=then_branch,
+                                 else_branch=else_branch)]
+    return append_after_output(p, build, [const("always", True, np.bool_)])
+
+
 # Two chosen pixels of ppo_cnn's 36x36x4 frame stack (the first, and one of the last row) at two
 # chosen values
 _two_pixel_values = _where(*_all_equal([0, 5180], [37.0, 211.0]))
@@ -1060,6 +1082,9 @@ DECISION_MUTANTS = (
            frozenset({"PAR-01"})),
     Mutant("wrong_where_a_sign_is_zero", "the action negated where obs[1] is exactly "
            "0.3712345, tested by 1 - Sign(obs[1] - c)^2", _sign_is_zero, frozenset({"PAR-01"})),
+    Mutant("wrong_in_a_slab_inside_an_if", "the action negated where |obs[1] - 2.7| < 1e-5, "
+           "inside the branch of an If on a constant", _slab_in_a_constant_if,
+           frozenset({"PAR-01"})),
     Mutant("wrong_for_one_flag_pattern", "the action shifted where the 24 binary flags of a "
            "Dict entry read 1, 0, 1, 0, ...", _wrong_where_flags_match([1.0, 0.0] * 12), CORNER,
            model="ppo_flags_dict"),

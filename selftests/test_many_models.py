@@ -19,6 +19,7 @@ ALL = {c.id for c in spec.CLAUSES}
 FAILS_UNCLAMPED = {"BEH-05", "PAR-01", "PAR-02"}
 
 
+@pytest.mark.slow  # a whole folder of models: `make test-slow`
 def test_a_folder_of_models_is_one_set_of_clauses_per_model(conformance, fixture_models,
                                                             tmp_path):
     zoo = tmp_path / "zoo"
@@ -140,6 +141,7 @@ def test_a_zoo_run_survives_a_model_it_cannot_open(conformance, fixture_models, 
     assert conformance.run("--model", str(zoo / "broken.zip")).ret == 4
 
 
+@pytest.mark.slow  # a zoo of models: `make test-slow`
 def test_a_zoo_model_refused_where_its_tests_run_is_not_checked(conformance, fixture_models,
                                                                  tmp_path):
     """A zoo's models are opened where their tests run (each pytest-xdist worker its own): one

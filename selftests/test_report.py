@@ -169,7 +169,7 @@ def test_export_is_announced_while_it_runs(conformance):
     assert f"policy-onnx: exported {REAL_MODEL} to " in run.stdout
 
 
-@pytest.mark.parametrize("clause_id", ["PAR-01", "REC-02"])
+@pytest.mark.parametrize("clause_id", ["PAR-01", pytest.param("REC-02", marks=pytest.mark.slow)])
 def test_failing_parity_saves_a_counterexample_that_replays(conformance, tmp_path, fixture_models,
                                                             unclamped_real, clause_id):
     import subprocess

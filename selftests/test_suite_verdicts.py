@@ -57,7 +57,12 @@ def assert_all_pass(run, skipped: dict[str, str], status: int = 0) -> None:
     assert run.ret == status
 
 
-@pytest.mark.parametrize("name", [f.name for f in FIXTURES])
+# The slowest own exports (recurrent rollouts, images) run in `make test-slow`.
+SLOW_OWN_EXPORTS = {"recurrent_multiinput", "recurrent_cnn", "recurrent_ppo_discrete", "ppo_cnn"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(f.name, marks=pytest.mark.slow)
+                                  if f.name in SLOW_OWN_EXPORTS else f.name for f in FIXTURES])
 def test_own_export_of_every_fixture_model_conforms(conformance, fixture_models, name):
     run = conformance.run("--model", str(fixture_models[name]), *OPTIONS[name],
                           profile="mutation")
