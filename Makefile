@@ -31,7 +31,8 @@ conformance: $(INSTALLED) $(if $(filter $(FIXTURES_DIR)/%,$(MODEL)),$(FIXTURES))
 		--hypothesis-profile $(PROFILE)
 
 # The self-tests, but for the slow ones (marked `slow`: fresh venvs, command-line subprocesses,
-# the size limit, a zoo tree), which `make test-slow` runs; CI runs both.
+# the browser, the size limit, zoos of models, recurrent and image own exports), which
+# `make test-slow` runs; CI runs both.
 test: $(INSTALLED)
 	$(PY) -m pytest selftests -n 2 --dist worksteal -m "not slow" --hypothesis-profile $(PROFILE)
 

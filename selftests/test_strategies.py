@@ -50,7 +50,8 @@ def _domains(size: int) -> dict[str, tuple[ObservationDomain, tuple[str, ...]]]:
             "float16": (half, seeded)}
 
 
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size", [pytest.param(size, marks=pytest.mark.slow) if size > 10_000
+                                  else size for size in SIZES])  # the largest: make test-slow
 def test_every_strategy_draws_at_every_size(size):
     """Each regime on its own: a clause that draws from one regime alone (NORM-02 draws at the
     normalization clip only) meets that regime's smallest example."""

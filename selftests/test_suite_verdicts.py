@@ -58,7 +58,9 @@ def assert_all_pass(run, skipped: dict[str, str], status: int = 0) -> None:
 
 
 # The slowest own exports (recurrent rollouts, images) run in `make test-slow`.
-SLOW_OWN_EXPORTS = {"recurrent_multiinput", "recurrent_cnn", "recurrent_ppo_discrete", "ppo_cnn"}
+SLOW_OWN_EXPORTS = {"recurrent_multiinput", "recurrent_cnn", "recurrent_ppo_discrete",
+                    "recurrent_ppo", "ppo_cnn", "dqn_cnn", "qrdqn_cnn", "sac_cnn",
+                    "trpo_cnn_channel_first", "maskable_multiinput"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(f.name, marks=pytest.mark.slow)
