@@ -1038,6 +1038,20 @@ def _slab_in_a_constant_if(p):
     return append_after_output(p, build, [const("always", True, np.bool_)])
 
 
+# The thin slab, with obs[1] read through ONNX Runtime's own FusedMatMul (com.microsoft), whose
+# output shape inference cannot type
+def _slab_behind_a_runtime_op(p):
+    p.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    picks = np.zeros((4, 1), np.float32)
+    picks[1, 0] = 1.0
+    return _where(
+        [helper.make_node("FusedMatMul", ["obs", "pick_x1"], ["x1"], domain="com.microsoft"),
+         helper.make_node("Sub", ["x1", "slab_center"], ["off_center"]),
+         helper.make_node("Abs", ["off_center"], ["distance"]),
+         helper.make_node("Less", ["distance", "slab_width"], ["in_slab"])], "in_slab",
+        [const("pick_x1", picks), const("slab_center", 2.7), const("slab_width", 1e-5)])(p)
+
+
 # Two chosen pixels of ppo_cnn's 36x36x4 frame stack (the first, and one of the last row) at two
 # chosen values
 _two_pixel_values = _where(*_all_equal([0, 5180], [37.0, 211.0]))
@@ -1084,6 +1098,9 @@ DECISION_MUTANTS = (
            "0.3712345, tested by 1 - Sign(obs[1] - c)^2", _sign_is_zero, frozenset({"PAR-01"})),
     Mutant("wrong_in_a_slab_inside_an_if", "the action negated where |obs[1] - 2.7| < 1e-5, "
            "inside the branch of an If on a constant", _slab_in_a_constant_if,
+           frozenset({"PAR-01"})),
+    Mutant("wrong_in_a_slab_behind_a_runtime_op", "the action negated where |obs[1] - 2.7| < "
+           "1e-5, obs[1] read through com.microsoft FusedMatMul", _slab_behind_a_runtime_op,
            frozenset({"PAR-01"})),
     Mutant("wrong_for_one_flag_pattern", "the action shifted where the 24 binary flags of a "
            "Dict entry read 1, 0, 1, 0, ...", _wrong_where_flags_match([1.0, 0.0] * 12), CORNER,
