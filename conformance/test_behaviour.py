@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from policy_onnx.artifact import nodes_with_bodies
 from policy_onnx.check import clause_test, fail, require, row, running
 from policy_onnx.strategies import BATCH_SIZES, rows_for
 
@@ -69,19 +70,9 @@ RANDOM_OPERATORS = {"RandomUniform", "RandomNormal", "RandomUniformLike", "Rando
                     "Multinomial", "Bernoulli"}
 
 
-def _all_nodes(graph):
-    """Every node of `graph` and of the subgraphs of its If, Loop and Scan nodes."""
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            for subgraph in (*([attribute.g] if attribute.HasField("g") else ()),
-                             *attribute.graphs):
-                yield from _all_nodes(subgraph)
-
-
 @clause_test("BEH-03")
 def test_repeatable(clause, artifact, probe_observations):
-    drawing = sorted({f"{n.op_type} '{n.name}'" for n in _all_nodes(artifact.proto.graph)
+    drawing = sorted({f"{n.op_type} '{n.name}'" for n, _ in nodes_with_bodies(artifact.proto.graph)
                       if n.op_type in RANDOM_OPERATORS and n.domain in ("", "ai.onnx")})
     if drawing:
         fail(clause, f"the graph draws random numbers ({', '.join(drawing[:5])}): its output "

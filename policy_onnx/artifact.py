@@ -61,6 +61,18 @@ def _tensor_facts(value_info: onnx.ValueInfoProto) -> TensorFacts:
     return TensorFacts(value_info.name, tensor.elem_type, dims)
 
 
+def nodes_with_bodies(graph: onnx.GraphProto, inside: str = ""):
+    """(node, the If/Loop/Scan node whose body holds it, as "Op 'name'"; "" in the main
+    graph) for every node of `graph` and of the bodies of its nodes, theirs too."""
+    for node in graph.node:
+        yield node, inside
+        for attribute in node.attribute:
+            for body in (*([attribute.g] if attribute.HasField("g") else ()),
+                         *attribute.graphs):
+                yield from nodes_with_bodies(body, f"{node.op_type} "
+                                                   f"'{node.name or node.output[0]}'")
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -371,8 +371,7 @@ class Instrumented:
         from .artifact import SESSION_THREADS
 
         self.artifact = artifact
-        proto = onnx.ModelProto()
-        proto.CopyFrom(graph if graph is not None else artifact.proto)
+        proto = graph if graph is not None else artifact.proto  # read only: `exposed` is a copy
         self.constants = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
         try:
             typed = onnx.shape_inference.infer_shapes(proto)
@@ -936,13 +935,13 @@ def _constant_ifs_inlined(proto: onnx.ModelProto) -> onnx.ModelProto:
         branch = "then_branch" if condition else "else_branch"
         return next((a.g for a in node.attribute if a.name == branch), None)
 
-    if not any(taken(node) is not None for node in proto.graph.node):
+    branches = [taken(node) for node in proto.graph.node]
+    if all(branch is None for branch in branches):
         return proto
     inlined = onnx.ModelProto()
     inlined.CopyFrom(proto)
     nodes = []
-    for k, node in enumerate(proto.graph.node):
-        branch = taken(node)
+    for k, (node, branch) in enumerate(zip(proto.graph.node, branches)):
         if branch is None:
             nodes.append(node)
             continue
@@ -968,17 +967,11 @@ def _constant_ifs_inlined(proto: onnx.ModelProto) -> onnx.ModelProto:
     return inlined
 
 
-def _decisions_in_bodies(graph: onnx.GraphProto, inside: str = "") -> list[str]:
+def _decisions_in_bodies(graph: onnx.GraphProto) -> list[str]:
     """The decisions inside the bodies of If, Loop and Scan nodes (and theirs): their values
     cannot be graph outputs."""
-    found = []
-    for node in graph.node:
-        if inside and (_kind(node) == "decision" or node.op_type in COMPARISONS):
-            found.append(f"{node.op_type} '{node.name or node.output[0]}' (in {inside})")
-        for attribute in node.attribute:
-            bodies = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH \
-                else list(attribute.graphs)
-            for body in bodies:
-                found += _decisions_in_bodies(
-                    body, f"{node.op_type} '{node.name or node.output[0]}'")
-    return found
+    from .artifact import nodes_with_bodies
+
+    return [f"{node.op_type} '{node.name or node.output[0]}' (in {inside})"
+            for node, inside in nodes_with_bodies(graph)
+            if inside and (_kind(node) == "decision" or node.op_type in COMPARISONS)]

@@ -387,12 +387,8 @@ def _score_gaps(reference: Reference, expected: np.ndarray, obtained: np.ndarray
     if reference.kind == "MultiBinary":
         # round(sigmoid(logit)): the choice flips at logit 0, so the gap is |logit|.
         return np.abs(scores), scores
-    if reference.kind == "Discrete":
-        splits = [scores]
-    else:
-        splits = np.split(scores, np.cumsum(reference.action_space.nvec)[:-1], axis=1)
     gaps, chosen = [], []
-    for j, split in enumerate(splits):
+    for j, split in enumerate(_per_element(reference, scores)):
         n = split.shape[1]
         mine = np.clip(expected[:, j].astype(np.int64), 0, n - 1)
         theirs = obtained[:, j]
@@ -403,6 +399,13 @@ def _score_gaps(reference: Reference, expected: np.ndarray, obtained: np.ndarray
         gaps.append(np.where(valid, gap, np.inf))
         chosen.append(split[rows, mine])
     return np.stack(gaps, axis=1), np.stack(chosen, axis=1)
+
+
+def _per_element(reference: Reference, scores: np.ndarray) -> list[np.ndarray]:
+    """A Discrete or MultiDiscrete policy's scores [B, choices], split per action element."""
+    if reference.kind == "Discrete":
+        return [scores]
+    return np.split(scores, np.cumsum(reference.action_space.nvec)[:-1], axis=1)
 
 
 def _beyond_ties(differs, gaps, chosen, noise, stats: ParityStats, clause_id: str):
@@ -434,10 +437,8 @@ def runner_up_gaps(reference: Reference, scores: np.ndarray, masks: np.ndarray |
         scores = np.where(masks, scores, -np.inf)
     if reference.kind == "MultiBinary":  # the choice flips at logit 0
         return np.abs(scores), magnitude_tolerance(scores)
-    splits = [scores] if reference.kind == "Discrete" else \
-        np.split(scores, np.cumsum(reference.action_space.nvec)[:-1], axis=1)
     gaps, allowed = [], []
-    for split in splits:
+    for split in _per_element(reference, scores):
         if split.shape[1] < 2:
             top, gap = split[:, 0], np.full(len(split), np.inf)
         else:

@@ -936,12 +936,14 @@ def _element_constants(index: int, name: str) -> list[onnx.TensorProto]:
 
 
 # |obs[1] - 2.7| < 1e-5: a slab 2e-5 wide, which uniform draws over [-10, 10] hit once in 1e6.
-_thin_slab = _where(
-    [*_element(1, "x1"), helper.make_node("Sub", ["x1", "slab_center"], ["off_center"]),
-     helper.make_node("Abs", ["off_center"], ["distance"]),
-     helper.make_node("Less", ["distance", "slab_width"], ["in_slab"])], "in_slab",
-    [*_element_constants(1, "x1"), const("axis1", [1], np.int64), const("slab_center", 2.7),
-     const("slab_width", 1e-5)])
+# The condition "in_slab" on a tensor "x1" made elsewhere, and its constants.
+_SLAB = [helper.make_node("Sub", ["x1", "slab_center"], ["off_center"]),
+         helper.make_node("Abs", ["off_center"], ["distance"]),
+         helper.make_node("Less", ["distance", "slab_width"], ["in_slab"])]
+_SLAB_CONSTANTS = [const("slab_center", 2.7), const("slab_width", 1e-5)]
+_thin_slab = _where([*_element(1, "x1"), *_SLAB], "in_slab",
+                    [*_element_constants(1, "x1"), const("axis1", [1], np.int64),
+                     *_SLAB_CONSTANTS])
 
 # 2.3 < obs[0] < 2.3001 and obs[2] > 5: a region no random draw reaches, behind one Where on an And.
 _planted_region = _where(
@@ -1024,13 +1026,9 @@ def _slab_in_a_constant_if(p):
 
     def build(src, dst):
         then_branch = branch("slab_branch", [
-            *_element(1, "x1"), helper.make_node("Sub", ["x1", "slab_center"], ["off_center"]),
-            helper.make_node("Abs", ["off_center"], ["distance"]),
-            helper.make_node("Less", ["distance", "slab_width"], ["in_slab"]),
-            helper.make_node("Neg", [src], ["negated"]),
+            *_element(1, "x1"), *_SLAB, helper.make_node("Neg", [src], ["negated"]),
             helper.make_node("Where", ["in_slab", "negated", src], ["slab_out"])], "slab_out",
-            [*_element_constants(1, "x1"), const("axis1", [1], np.int64),
-             const("slab_center", 2.7), const("slab_width", 1e-5)])
+            [*_element_constants(1, "x1"), const("axis1", [1], np.int64), *_SLAB_CONSTANTS])
         else_branch = branch("plain_branch", [helper.make_node("Identity", [src], ["plain"])],
                              "plain")
         return [helper.make_node("If", ["always"], [dst], then_branch=then_branch,
@@ -1046,10 +1044,7 @@ def _slab_behind_a_runtime_op(p):
     picks[1, 0] = 1.0
     return _where(
         [helper.make_node("FusedMatMul", ["obs", "pick_x1"], ["x1"], domain="com.microsoft"),
-         helper.make_node("Sub", ["x1", "slab_center"], ["off_center"]),
-         helper.make_node("Abs", ["off_center"], ["distance"]),
-         helper.make_node("Less", ["distance", "slab_width"], ["in_slab"])], "in_slab",
-        [const("pick_x1", picks), const("slab_center", 2.7), const("slab_width", 1e-5)])(p)
+         *_SLAB], "in_slab", [const("pick_x1", picks), *_SLAB_CONSTANTS])(p)
 
 
 # Two chosen pixels of ppo_cnn's 36x36x4 frame stack (the first, and one of the last row) at two
