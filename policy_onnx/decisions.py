@@ -521,6 +521,8 @@ LACKING_SHARE = 1e-3
 ZOOM_POINTS = 33
 ZOOM_ROUNDS = 40
 BISECTION_STEPS = 30
+# Budgets in seconds of the searching thread's CPU time (time.thread_time), so that a busy
+# machine does not cut a search short and change a verdict.
 SEARCH_SECONDS = 2.0  # per policy; what is left unseen is reported
 WAY_SECONDS = 0.25  # per way searched for
 MAX_SCANNED_ELEMENTS = 64  # a larger observation scans this many of its elements
@@ -548,7 +550,7 @@ class Search:
         self.instrumented = instrumented
         self.domain = domain
         self.coverage = Coverage()
-        self.deadline = self.way_deadline = time.perf_counter() + seconds
+        self.deadline = self.way_deadline = time.thread_time() + seconds
         self.rng = np.random.default_rng(seed)
         self.floats = np.flatnonzero(~domain.integral) if domain.integral is not None \
             else np.arange(domain.dim)
@@ -571,7 +573,7 @@ class Search:
                       if entry.place.kind == kind and entry.place.reads == "values"
                       for element, way in entry.missing()]
             for done, (entry, element, way) in enumerate(wanted):
-                now = time.perf_counter()
+                now = time.thread_time()
                 if now > self.deadline:
                     self.coverage.budget_spent = True
                     return self.coverage
@@ -590,7 +592,7 @@ class Search:
 
     def _out_of_time(self) -> bool:
         """Past the search's time budget (recorded), or past the budget of the way at hand."""
-        now = time.perf_counter()
+        now = time.thread_time()
         self.coverage.budget_spent |= now > self.deadline
         return now > min(self.deadline, self.way_deadline)
 
@@ -785,7 +787,9 @@ class Search:
         margin = -np.inf
         for _ in range(ZOOM_ROUNDS):
             rows = np.repeat(row[None], ZOOM_POINTS, axis=0)
-            rows[:, column] = np.linspace(value - half, value + half, ZOOM_POINTS)
+            largest = float(np.finfo(np.float32).max)
+            rows[:, column] = np.clip(np.linspace(value - half, value + half, ZOOM_POINTS),
+                                      -largest, largest)
             rows = self.domain.finish(rows)
             found, m = self._try(entry, rows, element, way)
             if found is not None:
@@ -794,8 +798,8 @@ class Search:
             i = int(np.argmax(m))
             row, value, margin = rows[i].astype(np.float64), float(rows[i, column]), m[i]
             half = 2 * half / (ZOOM_POINTS - 1) if 0 < i < ZOOM_POINTS - 1 else 2 * half
-            if self._out_of_time() or not half > np.spacing(np.float32(value)) or \
-                    not math.isfinite(half):
+            below_float32_step = not half > abs(value) * 2.0 ** -23
+            if self._out_of_time() or below_float32_step or not math.isfinite(half):
                 break
         return None, row, margin
 

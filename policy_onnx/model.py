@@ -26,7 +26,8 @@ FLOAT32_UNIT = 2.0 ** -24  # unit roundoff of float32
 # float32's largest value, with a margin for the reductions a graph may fuse or reorder (sums of
 # up to 1,024 such values, e.g. QR-DQN's mean over its quantiles) and for rounding.
 SAFE_MAGNITUDE = FLOAT32_MAX * 2.0 ** -10
-# Seconds the each-action search (Reference.find_each_action) may take: past them its ascent
+# Seconds of the searching thread's CPU time (time.thread_time: a busy machine does not cut it
+# short) the each-action search (Reference.find_each_action) may take: past them its ascent
 # stops where it is, and the search reports that it stopped (a Discrete(200) policy took over
 # 15 minutes without one).
 SEARCH_BUDGET = 5.0
@@ -415,12 +416,12 @@ class Reference:
                          budget: float = SEARCH_BUDGET) -> np.ndarray:
         """Observations where predict() makes each of its choices: random draws over the domain,
         then gradient ascent on the margin of every choice not found yet, all of them in one
-        batch, until the ascent ends or `budget` seconds have passed since the search began.
+        batch, until the ascent ends or it has taken `budget` seconds of CPU time.
         Up to `keep` rows a choice; a choice with none is one the search could not reach. How
         far it got is kept in `choice_search`."""
         if self.kind == "Box" or self.structure == "recurrent":
             return np.empty((0, self.obs_dim), dtype=np.float32)
-        deadline = time.monotonic() + budget
+        deadline = time.thread_time() + budget
         rng = np.random.default_rng(seed)
         rows = self._pool(rng, pool)
         wins = self._winning_rows(rows)
@@ -463,7 +464,7 @@ class Reference:
         their own bounds). `objective(rows, owner)` is each row's objective (`owner`: the
         index of the objective each row ascends). The step shrinks geometrically from a quarter
         of the range to ASCENT_FINEST of it, so that the ascent crosses the range and then
-        settles into small regions. Stops early at `deadline` (time.monotonic()). Returns each
+        settles into small regions. Stops early at `deadline` (time.thread_time()). Returns each
         row at the best value it reached, and whether every step ran."""
         widening = 10 * self.domain.width
         if self.domain.integral is not None:
@@ -483,7 +484,7 @@ class Reference:
         best_value = torch.full((len(x),), -math.inf)
         complete = True
         for k in range(steps):
-            if deadline is not None and time.monotonic() >= deadline:
+            if deadline is not None and time.thread_time() >= deadline:
                 complete = False
                 break
             value = objective(x, owner)
