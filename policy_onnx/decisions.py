@@ -58,6 +58,9 @@ class Place:
     # A Where's or If's condition made of comparisons (And, Or, Not): the tree its margin is
     # computed from, e.g. ("And", ("Greater", a, b), ("Less", c, d)); None otherwise.
     condition: tuple | None = None
+    # For a decision on the batch size: the scalar constants on its way from Shape or Size
+    # (a Mod's divisor, a compared size), the sizes it most likely singles out.
+    batch_constants: tuple[float, ...] = ()
 
     @property
     def label(self) -> str:
@@ -79,6 +82,7 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
     inputs = {i.name for i in graph.input if i.name not in constants}
     reads: dict[str, set[str]] = {name: ({"values"} if name == obs_name else {"input"})
                                   for name in inputs}
+    batch_constants: dict[str, frozenset] = {}  # per tensor computed from the batch size
     compared = set()  # outputs of comparisons and guards, and casts of them
     producers = {out: node for node in graph.node for out in node.output}
     places = []
@@ -90,6 +94,10 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
             sources &= {"batch"}
         for out in node.output:
             reads[out] = sources
+            if "batch" in sources:
+                batch_constants[out] = frozenset().union(
+                    *(batch_constants.get(i, ()) for i in node.input),
+                    _scalars(node.input, constants))
         condition = (_condition(node.input[0], producers, constants)
                      if node.op_type in CONSUMERS else None)
         kind = "decision" if condition is not None else _kind(node)
@@ -114,9 +122,25 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
             attributes += (("clip_inputs", tuple(bool(i) for i in node.input)),)
         if condition is not None:
             tensors = (tensors[0], *_leaves(condition))
+        on_the_way = frozenset().union(*(batch_constants.get(t, ()) for t in node.input),
+                                       _scalars(node.input, constants))
         places.append(Place(node.name or node.output[0], node.op_type, kind, tensors, what,
-                            attributes, condition))
+                            attributes, condition,
+                            tuple(sorted(on_the_way)) if what == "batch" else ()))
     return places
+
+
+def _scalars(names, constants: dict) -> set[float]:
+    """The values of the one-element constants among `names`."""
+    found = set()
+    for name in names:
+        proto = constants.get(name)
+        if proto is not None and np.prod(proto.dims, dtype=np.int64) == 1:
+            try:
+                found.add(float(np.ravel(numpy_helper.to_array(proto))[0]))
+            except Exception:  # an unreadable constant tells nothing about sizes
+                pass
+    return found
 
 
 def _constant_values(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
@@ -856,18 +880,22 @@ class Search:
                 tried[size] = self._observe(rows)
             return tried[size]
 
-        for size in (1, 2, 3, *BATCH_SIZES[-6:]):
+        for size in (1, 2, 3, *BATCH_SIZES[-6:], *self._sizes_near_constants(entries, limit)):
             at(size)
-        # a size that alone of those tried makes a batch decision go some way is found already
-        # (a fault for one robot alone is decided at size 1, which the first tries see)
         at(min(len(pool), limit))
+        # where the sizes tried make a batch decision go more than one way, the smallest size
+        # of each less common way is found already (a fault for one robot alone is decided at
+        # size 1, which the first tries see)
         for entry in entries:
             codes = {size: ways(entry.place, [tried[size][t] for t in entry.place.tensors],
-                                size)[0][0] for size in tried}
+                                size)[0][0] for size in sorted(tried)}
             if len({c.shape for c in codes.values()}) == 1:
-                stacked = np.stack(list(codes.values()))
-                alone = np.array([(stacked == row).all(axis=1).sum() == 1 for row in stacked])
-                self.coverage.batch_sizes.extend(np.array(list(codes))[alone].tolist())
+                patterns: dict[bytes, list[int]] = {}
+                for size, code in codes.items():
+                    patterns.setdefault(code.tobytes(), []).append(size)
+                common = max(patterns.values(), key=len)
+                self.coverage.batch_sizes.extend(sizes[0] for sizes in patterns.values()
+                                                 if sizes is not common)
         for entry in entries:
             for element, way in entry.missing():
                 if way == -1 or self._out_of_time():
@@ -896,6 +924,17 @@ class Search:
                         self.coverage.batch_sizes.extend(hits)
                         break
         self.coverage.batch_sizes = sorted(set(self.coverage.batch_sizes))
+
+
+    @staticmethod
+    def _sizes_near_constants(entries: list[Seen], limit: int, most: int = 32) -> list[int]:
+        """Sizes a batch decision's own constants point to: each whole constant c from 1 to
+        `limit` (a compared size, a Mod's divisor), its neighbours, and 2c and its neighbours
+        (the next multiple), the smallest constants first."""
+        constants = sorted({int(c) for e in entries for c in e.place.batch_constants
+                            if c == int(c) and 1 <= c <= limit})[:most]
+        return sorted({n for c in constants for n in (c - 1, c, c + 1, 2 * c - 1, 2 * c, 2 * c + 1)
+                       if 1 <= n <= limit})
 
 
 # Elements of the observations the coverage starts from, in each regime (at most 256 rows; an

@@ -316,6 +316,16 @@ def _wrong_for_batches(first: int, last: int):
          const("bs_last", last, np.int64)])
 
 
+def _wrong_for_multiples_of(divisor: int):
+    """0.5 added to every action of a batch whose size is a multiple of `divisor`."""
+    return _shifted_where(
+        [helper.make_node("Shape", ["obs"], ["bs_shape"]),
+         helper.make_node("Gather", ["bs_shape", "bs_zero"], ["bs_rows"], axis=0),
+         helper.make_node("Mod", ["bs_rows", "bs_divisor"], ["bs_remainder"]),
+         helper.make_node("Equal", ["bs_remainder", "bs_zero"], ["bs_multiple"])],
+        "bs_multiple", 0.5, [const("bs_zero", 0, np.int64), const("bs_divisor", divisor, np.int64)])
+
+
 def _all_equal(indices, values) -> tuple[list, str, list]:
     """(nodes, condition, initializers): obs[:, indices] all equal `values` (each its own, or
     one for all), an All written as ReduceMin over the comparisons cast to floats."""
@@ -1174,6 +1184,9 @@ MUTANTS: tuple[Mutant, ...] = (
            _wrong_for_batches(1, 1), frozenset({"BEH-02"} | PARITY)),
     Mutant("wrong_at_batch_7", "wrong actions for a batch of exactly 7 rows",
            _wrong_for_batches(7, 7), frozenset({"BEH-02"} | PARITY)),
+    Mutant("wrong_for_multiples_of_4999", "wrong actions for batches of 4999 rows, 9998 rows, "
+           "... (a Mod on the batch size)", _wrong_for_multiples_of(4999),
+           frozenset({"BEH-02"} | PARITY)),
     Mutant("observations_clipped_at_1e4", "observations clipped to +-1e4 on the way in",
            _observations_clipped, frozenset(PARITY), model="ppo_unbounded_slow"),
     Mutant("observations_overflow_on_the_way_in", "obs rebuilt as sign(obs) * sqrt(obs * obs), "
