@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from .inlining import constant_values, control_flow_inlined
+
 COMPARISONS = {"Greater": "Greater", "Less": "Less", "GreaterOrEqual": "GreaterOrEqual",
                "LessOrEqual": "LessOrEqual", "Equal": "Equal"}
 # Their outputs are rounded or truncated to integers: each value is a way the node went.
@@ -78,7 +80,7 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
     """Every place the graph decides on data it is fed (a decision on constants is none; a
     Where, If or Cast on a comparison's or a guard's output is that comparison or guard)."""
     graph = proto.graph
-    constants = _constant_values(graph)
+    constants = constant_values(graph)
     inputs = {i.name for i in graph.input if i.name not in constants}
     reads: dict[str, set[str]] = {name: ({"values"} if name == obs_name else {"input"})
                                   for name in inputs}
@@ -141,16 +143,6 @@ def _scalars(names, constants: dict) -> set[float]:
             except Exception:  # an unreadable constant tells nothing about sizes
                 pass
     return found
-
-
-def _constant_values(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
-    """The graph's initializers and the outputs of its Constant nodes (read when needed: the
-    weights may be outside the file)."""
-    values = {i.name: i for i in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = node.attribute[0].t
-    return values
 
 
 def _reduced_axes(node: onnx.NodeProto, constants: dict) -> tuple[int, ...] | None:
@@ -389,7 +381,7 @@ class Instrumented:
     Runtime (constants are read from the file)."""
 
     def __init__(self, artifact, places: list[Place], graph: onnx.ModelProto | None = None):
-        """`graph`: the artifact's graph as it is searched (with constant If nodes inlined)."""
+        """`graph`: the artifact's graph as it is searched (inlining.control_flow_inlined)."""
         import onnxruntime as ort
 
         from .artifact import SESSION_THREADS
@@ -925,7 +917,6 @@ class Search:
                         break
         self.coverage.batch_sizes = sorted(set(self.coverage.batch_sizes))
 
-
     @staticmethod
     def _sizes_near_constants(entries: list[Seen], limit: int, most: int = 32) -> list[int]:
         """Sizes a batch decision's own constants point to: each whole constant c from 1 to
@@ -949,65 +940,28 @@ def cover(artifact, domain, seeds=(), seconds: float = SEARCH_SECONDS) -> Covera
     rows = max(16, min(256, POOL_ELEMENTS // domain.dim))
     pool = np.vstack([domain.probe(n=4 * rows), *seeds,
                       *(domain.sample(regime, rng, rows) for regime in domain.regimes)])
-    try:  # the artifact's own faults (it does not load or run) are the clauses' to report
-        graph = _constant_ifs_inlined(artifact.proto)
+
+    def instrument(graph):
         places = find_places(graph, artifact.obs.name if artifact.obs else "obs")
-        instrumented = Instrumented(artifact, places, graph)
-        instrumented.values(pool[:1])
+        made = Instrumented(artifact, places, graph)
+        made.values(pool[:1])
+        return made
+
+    graph = control_flow_inlined(artifact.proto)
+    try:  # the artifact's own faults (it does not load or run) are the clauses' to report
+        try:
+            instrumented = instrument(graph)
+        except Exception:
+            if graph is artifact.proto:
+                raise
+            graph = artifact.proto  # what inlining made does not run: search the graph as is
+            instrumented = instrument(graph)
     except Exception as exc:
         return Coverage(not_run=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
     coverage = Search(instrumented, domain, seconds).run(pool)
     coverage.not_exposed = [p.label for p in instrumented.unseen if p.kind == "decision"] + \
         _decisions_in_bodies(graph.graph)
     return coverage
-
-
-def _constant_ifs_inlined(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `proto` in which every If whose condition is a constant of the main graph is
-    replaced by the branch it always takes (its tensors renamed apart), so that the decisions
-    inside are exposed and searched like any other; `proto` itself when there is none."""
-    constants = _constant_values(proto.graph)
-
-    def taken(node):
-        if node.op_type != "If" or node.input[0] not in constants:
-            return None
-        try:
-            condition = bool(np.ravel(numpy_helper.to_array(constants[node.input[0]]))[0])
-        except Exception:
-            return None
-        branch = "then_branch" if condition else "else_branch"
-        return next((a.g for a in node.attribute if a.name == branch), None)
-
-    branches = [taken(node) for node in proto.graph.node]
-    if all(branch is None for branch in branches):
-        return proto
-    inlined = onnx.ModelProto()
-    inlined.CopyFrom(proto)
-    nodes = []
-    for k, (node, branch) in enumerate(zip(proto.graph.node, branches)):
-        if branch is None:
-            nodes.append(node)
-            continue
-        prefix = f"inlined_if_{k}/"
-        inner = {t for n in branch.node for t in n.output} | {i.name for i in branch.initializer}
-        for initializer in branch.initializer:
-            renamed = onnx.TensorProto()
-            renamed.CopyFrom(initializer)
-            renamed.name = prefix + initializer.name
-            inlined.graph.initializer.append(renamed)
-        for inner_node in branch.node:
-            copy = onnx.NodeProto()
-            copy.CopyFrom(inner_node)
-            copy.input[:] = [prefix + t if t in inner else t for t in inner_node.input]
-            copy.output[:] = [prefix + t for t in inner_node.output]
-            copy.name = prefix + (inner_node.name or inner_node.output[0])
-            nodes.append(copy)
-        for out, branch_out in zip(node.output, branch.output):
-            source = prefix + branch_out.name if branch_out.name in inner else branch_out.name
-            nodes.append(onnx.helper.make_node("Identity", [source], [out]))
-    del inlined.graph.node[:]
-    inlined.graph.node.extend(nodes)
-    return inlined
 
 
 def _decisions_in_bodies(graph: onnx.GraphProto) -> list[str]:

@@ -1046,6 +1046,26 @@ def _slab_in_a_constant_if(p):
     return append_after_output(p, build, [const("always", True, np.bool_)])
 
 
+# The thin slab of _thin_slab inside the body of a Loop of one trip that passes the action on
+def _slab_in_a_loop(p):
+    def build(src, dst):
+        scalar = []
+        body = helper.make_graph(
+            [helper.make_node("Identity", ["keep_going"], ["keep_going_out"]),
+             *_element(1, "x1"), *_SLAB, helper.make_node("Neg", ["carried"], ["negated"]),
+             helper.make_node("Where", ["in_slab", "negated", "carried"], ["carried_out"])],
+            "slab_body",
+            [helper.make_tensor_value_info("trip", TensorProto.INT64, scalar),
+             helper.make_tensor_value_info("keep_going", TensorProto.BOOL, scalar),
+             helper.make_tensor_value_info("carried", TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info("keep_going_out", TensorProto.BOOL, scalar),
+             helper.make_tensor_value_info("carried_out", TensorProto.FLOAT, None)],
+            [*_element_constants(1, "x1"), const("axis1", [1], np.int64), *_SLAB_CONSTANTS])
+        return [helper.make_node("Loop", ["one_trip", "go", src], [dst], body=body)]
+    return append_after_output(p, build, [const("one_trip", 1, np.int64),
+                                          const("go", True, np.bool_)])
+
+
 # The thin slab, with obs[1] read through ONNX Runtime's own FusedMatMul (com.microsoft), whose
 # output shape inference cannot type
 def _slab_behind_a_runtime_op(p):
@@ -1104,6 +1124,8 @@ DECISION_MUTANTS = (
     Mutant("wrong_in_a_slab_inside_an_if", "the action negated where |obs[1] - 2.7| < 1e-5, "
            "inside the branch of an If on a constant", _slab_in_a_constant_if,
            frozenset({"PAR-01"})),
+    Mutant("wrong_in_a_slab_inside_a_loop", "the action negated where |obs[1] - 2.7| < 1e-5, "
+           "inside the body of a Loop of one trip", _slab_in_a_loop, frozenset({"PAR-01"})),
     Mutant("wrong_in_a_slab_behind_a_runtime_op", "the action negated where |obs[1] - 2.7| < "
            "1e-5, obs[1] read through com.microsoft FusedMatMul", _slab_behind_a_runtime_op,
            frozenset({"PAR-01"})),
