@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from .inlining import constant_values, control_flow_inlined
+from .inlining import constant_values, control_flow_inlined, outer_names
 
 COMPARISONS = {"Greater": "Greater", "Less": "Less", "GreaterOrEqual": "GreaterOrEqual",
                "LessOrEqual": "LessOrEqual", "Equal": "Equal"}
@@ -89,7 +89,8 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
     producers = {out: node for node in graph.node for out in node.output}
     places = []
     for node in graph.node:
-        sources = set().union(*(reads.get(i, set()) for i in node.input if i))
+        sources = set().union(*(reads.get(i, set()) for i in (*node.input, *outer_names(node))
+                                if i))
         if node.op_type in BATCH_READERS:
             sources = {"batch"} if sources else set()
         elif node.op_type == "ConstantOfShape":

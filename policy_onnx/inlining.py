@@ -39,10 +39,43 @@ def _body(node: onnx.NodeProto, name: str) -> onnx.GraphProto | None:
     return next((a.g for a in node.attribute if a.name == name), None)
 
 
+def _bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return [g for a in node.attribute for g in ([a.g] if a.HasField("g") else []) + list(a.graphs)]
+
+
+def _defined(graph: onnx.GraphProto) -> set[str]:
+    return ({t for n in graph.node for t in n.output} | {i.name for i in graph.initializer}
+            | {i.name for i in graph.input})
+
+
+def outer_names(node: onnx.NodeProto) -> set[str]:
+    """The tensors of the enclosing graph that the bodies of `node` (and theirs) read by name,
+    besides its explicit inputs."""
+    names = set()
+    for body in _bodies(node):
+        inside = _defined(body)
+        for inner in body.node:
+            names |= {t for t in (*inner.input, *outer_names(inner)) if t and t not in inside}
+        names |= {o.name for o in body.output if o.name not in inside}
+    return names
+
+
+def _renamed_outer_references(body: onnx.GraphProto, rename) -> None:
+    """Rename, in place, what `body` (and the bodies inside it) read from enclosing graphs."""
+    inside = _defined(body)
+    for node in body.node:
+        node.input[:] = [t if not t or t in inside else rename(t) for t in node.input]
+        for inner in _bodies(node):
+            _renamed_outer_references(inner, lambda t: t if t in inside else rename(t))
+    for output in body.output:
+        if output.name not in inside:
+            output.name = rename(output.name)
+
+
 def _copied(body: onnx.GraphProto, prefix: str, bound: dict[str, str], extra: list):
-    """The nodes of `body` with its own tensors renamed apart by `prefix` and its inputs
-    bound to the tensors `bound` names; its initializers, renamed, go to `extra`. Returns
-    (nodes, the outer name of each of the body's outputs)."""
+    """The nodes of `body` with its own tensors renamed apart by `prefix` (in the bodies
+    inside them too) and its inputs bound to the tensors `bound` names; its initializers,
+    renamed, go to `extra`. Returns (nodes, the outer name of each of the body's outputs)."""
     inner = {t for n in body.node for t in n.output} | {i.name for i in body.initializer}
 
     def outer(name: str) -> str:
@@ -62,21 +95,16 @@ def _copied(body: onnx.GraphProto, prefix: str, bound: dict[str, str], extra: li
         copy.input[:] = [outer(t) if t else t for t in inner_node.input]
         copy.output[:] = [prefix + t if t else t for t in inner_node.output]
         copy.name = prefix + (inner_node.name or inner_node.output[0])
+        for nested in _bodies(copy):
+            _renamed_outer_references(nested, outer)
         nodes.append(copy)
     return nodes, [outer(o.name) for o in body.output]
-
-
-def _flat_body(body: onnx.GraphProto) -> bool:
-    """Whether no node of `body` has a body of its own (which could read the body's tensors
-    by their names, which copying renames)."""
-    return not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                   for n in body.node for a in n.attribute)
 
 
 def _if_inlined(node, constants, prefix, initializers):
     condition = _scalar(constants, node.input[0])
     branch = _body(node, "then_branch" if condition else "else_branch")
-    if condition is None or branch is None or not _flat_body(branch):
+    if condition is None or branch is None:
         return None
     nodes, sources = _copied(branch, prefix, {}, initializers)
     return nodes + [helper.make_node("Identity", [s], [o]) for s, o in zip(sources, node.output)]
@@ -98,7 +126,7 @@ def _loop_unrolled(node, constants, prefix, initializers, opset: int):
     condition = _scalar(constants, node.input[1]) if len(node.input) > 1 and node.input[1] \
         else True
     if not isinstance(trips, int) or not 1 <= trips <= MAX_UNROLLED_TRIPS or body is None \
-            or condition is not True or not _flat_body(body) or not _keeps_going(body, constants):
+            or condition is not True or not _keeps_going(body, constants):
         return None
     carried = list(node.input[2:])
     true_name, nodes, scans = prefix + "true", [], []
@@ -131,7 +159,7 @@ def control_flow_inlined(proto: onnx.ModelProto, rounds: int = 4) -> onnx.ModelP
     """A copy of `proto` in which every If on a constant of the main graph is replaced by the
     branch it takes, and every Loop of a constant trip count of at most MAX_UNROLLED_TRIPS,
     entered on a constant true and whose body passes its condition on, by a copy of its body
-    per trip (tensors renamed apart; bodies holding bodies stay). What is inlined may hold
+    per trip (tensors renamed apart, in the bodies inside them too). What is inlined may hold
     more of them: up to `rounds` passes. `proto` itself when there is nothing to inline."""
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
     current = proto

@@ -1066,6 +1066,26 @@ def _slab_in_a_loop(p):
                                           const("go", True, np.bool_)])
 
 
+# The thin slab in the main graph, on obs passed through a Loop of 17 trips (past those the
+# search unrolls) whose body reads obs by name, not as an input of the Loop
+def _slab_behind_a_long_loop(p):
+    scalar = []
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["keep_going"], ["keep_going_out"]),
+         helper.make_node("Identity", ["obs"], ["obs_again"])], "copy_body",
+        [helper.make_tensor_value_info("trip", TensorProto.INT64, scalar),
+         helper.make_tensor_value_info("keep_going", TensorProto.BOOL, scalar)],
+        [helper.make_tensor_value_info("keep_going_out", TensorProto.BOOL, scalar),
+         helper.make_tensor_value_info("obs_again", TensorProto.FLOAT, None)])
+    return _where(
+        [helper.make_node("Loop", ["seventeen", "go"], ["obs_stacked"], body=body),
+         helper.make_node("Gather", ["obs_stacked", "first"], ["obs_copy"], axis=0),
+         helper.make_node("Slice", ["obs_copy", "x1_start", "x1_end", "axis1"], ["x1"]), *_SLAB],
+        "in_slab", [const("seventeen", 17, np.int64), const("go", True, np.bool_),
+                    const("first", 0, np.int64), *_element_constants(1, "x1"),
+                    const("axis1", [1], np.int64), *_SLAB_CONSTANTS])(p)
+
+
 # The thin slab, with obs[1] read through ONNX Runtime's own FusedMatMul (com.microsoft), whose
 # output shape inference cannot type
 def _slab_behind_a_runtime_op(p):
@@ -1126,6 +1146,9 @@ DECISION_MUTANTS = (
            frozenset({"PAR-01"})),
     Mutant("wrong_in_a_slab_inside_a_loop", "the action negated where |obs[1] - 2.7| < 1e-5, "
            "inside the body of a Loop of one trip", _slab_in_a_loop, frozenset({"PAR-01"})),
+    Mutant("wrong_in_a_slab_behind_a_long_loop", "the action negated where |obs[1] - 2.7| < "
+           "1e-5, obs read by name inside a Loop of 17 trips", _slab_behind_a_long_loop,
+           frozenset({"PAR-01"})),
     Mutant("wrong_in_a_slab_behind_a_runtime_op", "the action negated where |obs[1] - 2.7| < "
            "1e-5, obs[1] read through com.microsoft FusedMatMul", _slab_behind_a_runtime_op,
            frozenset({"PAR-01"})),

@@ -62,3 +62,33 @@ def test_an_unrolled_loop_computes_what_the_loop_computes(trips):
                          ids=["too_many_trips", "stops_on_data"])
 def test_a_loop_whose_course_is_not_fixed_stays(proto):
     assert control_flow_inlined(proto) is proto
+
+
+def test_an_if_inside_an_inlined_branch_reads_the_renamed_tensors():
+    """An If on a constant whose branch holds an If (on data) reading the branch's tensor by
+    name: inlined, the inner If reads the tensor under its new name."""
+    def branch(name, nodes, out):
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(
+            out, TensorProto.FLOAT, None)])
+    inner = helper.make_node(
+        "If", ["positive"], ["chosen"],
+        then_branch=branch("inner_then", [helper.make_node("Identity", ["doubled"], ["a"])], "a"),
+        else_branch=branch("inner_else", [helper.make_node("Neg", ["doubled"], ["b"])], "b"))
+    outer = helper.make_node(
+        "If", ["always"], ["y"],
+        then_branch=branch("then", [helper.make_node("Add", ["x", "x"], ["doubled"]), inner],
+                           "chosen"),
+        else_branch=branch("else", [helper.make_node("Identity", ["x"], ["c"])], "c"))
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+         helper.make_node("Greater", ["total", "zero"], ["positive"]), outer], "if",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(True), "always"),
+         numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    flat = control_flow_inlined(proto)
+    assert [n.op_type for n in flat.graph.node].count("If") == 1
+    for sign in (1.0, -1.0):
+        x = sign * np.abs(np.random.default_rng(0).normal(size=(3, 4))).astype(np.float32)
+        np.testing.assert_array_equal(_run(flat, x)[0], _run(proto, x)[0])
