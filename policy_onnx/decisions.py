@@ -32,7 +32,10 @@ COMPARISONS = {"Greater": "Greater", "Less": "Less", "GreaterOrEqual": "GreaterO
 # Their outputs are rounded or truncated to integers: each value is a way the node went.
 STEPS = ("Round", "Floor", "Ceil", "Mod")
 SELECTIONS = ("ArgMax", "ArgMin", "TopK")
-GUARDS = ("IsNaN", "IsInf")  # decide only on NaN or inf, which no observation is
+# Decide only on NaN or inf: no observation is, but a value computed from one can overflow
+# (past 2^128, float32's largest power) to inf, and make NaN from inf - inf or 0 * inf.
+GUARDS = ("IsNaN", "IsInf")
+FLOAT32_LOG2_MAX = 128.0
 # Piecewise-linear units: a trigger can hide behind one without any comparison.
 UNITS = ("Relu", "LeakyRelu", "PRelu", "ThresholdedRelu", "Abs", "Max", "Min", "Clip",
          "HardSigmoid", "HardSwish", "Shrink")
@@ -53,7 +56,7 @@ class Place:
     size, a mask input)."""
     node: str
     op: str
-    kind: str  # "decision", "unit" (piecewise-linear) or "guard" (NaN/inf only)
+    kind: str  # "decision", "unit" (piecewise-linear) or "guard" (NaN/inf of an input only)
     tensors: tuple[str, ...]
     reads: str  # "values", "batch" or "input" (a graph input other than obs, e.g. masks)
     attributes: tuple = ()
@@ -104,6 +107,8 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
         condition = (_condition(node.input[0], producers, constants)
                      if node.op_type in CONSUMERS else None)
         kind = "decision" if condition is not None else _kind(node)
+        if kind == "guard" and node.input[0] not in inputs:
+            kind = "decision"  # a value computed from a finite observation can overflow
         axes = _reduced_axes(node, constants) if node.op_type in REDUCTIONS else None
         if node.op_type in REDUCTIONS and (axes is None or node.input[0] in compared):
             continue  # across rows, or an All/Any of a condition: decided where it is cast
@@ -345,6 +350,12 @@ def margins(place: Place, values: list[np.ndarray], rows: int, way: int) -> np.n
     if op == "Sign":
         x = np.asarray(values[0], np.float64)
         return _per_row({0: -x, 1: -np.abs(x), 2: x}[way], rows)
+    if op in GUARDS:  # toward float32's overflow, where inf (and NaN, from inf - inf) is made
+        x = np.abs(np.asarray(values[0], np.float64))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            toward = np.where(np.isnan(x), np.inf if op == "IsNaN" else -np.inf,
+                              np.log2(x) - FLOAT32_LOG2_MAX)
+        return _per_row(toward if way == 1 else -toward, rows)
     if op == "Cast" and get("to") == TensorProto.BOOL:  # x != 0
         x = np.abs(np.asarray(values[0], np.float64))
         return _per_row(x if way == 1 else -x, rows)

@@ -1066,6 +1066,21 @@ def _slab_in_a_loop(p):
                                           const("go", True, np.bool_)])
 
 
+# 1e30 / ((obs[0] - 2.7)^2 + (obs[1] + 1.3)^2) overflows to inf within 5.4e-5 of a point: a
+# finite observation makes the "guard" true
+_overflow_near_a_point = _where(
+    [*_element(0, "x0"), *_element(1, "x1"),
+     helper.make_node("Sub", ["x0", "point_x0"], ["off_x0"]),
+     helper.make_node("Sub", ["x1", "point_x1"], ["off_x1"]),
+     helper.make_node("Mul", ["off_x0", "off_x0"], ["off_x0_2"]),
+     helper.make_node("Mul", ["off_x1", "off_x1"], ["off_x1_2"]),
+     helper.make_node("Add", ["off_x0_2", "off_x1_2"], ["off_2"]),
+     helper.make_node("Div", ["huge", "off_2"], ["near_point"]),
+     helper.make_node("IsInf", ["near_point"], ["overflowed"])], "overflowed",
+    [*_element_constants(0, "x0"), *_element_constants(1, "x1"), const("axis1", [1], np.int64),
+     const("point_x0", 2.7), const("point_x1", -1.3), const("huge", 1e30)])
+
+
 # The thin slab in the main graph, on obs passed through a Loop of 17 trips (past those the
 # search unrolls) whose body reads obs by name, not as an input of the Loop
 def _slab_behind_a_long_loop(p):
@@ -1149,6 +1164,9 @@ DECISION_MUTANTS = (
     Mutant("wrong_in_a_slab_behind_a_long_loop", "the action negated where |obs[1] - 2.7| < "
            "1e-5, obs read by name inside a Loop of 17 trips", _slab_behind_a_long_loop,
            frozenset({"PAR-01"})),
+    Mutant("wrong_where_a_value_overflows", "the action negated where 1e30 / |obs[:2] - "
+           "(2.7, -1.3)|^2 overflows to inf (an IsInf a finite observation reaches)",
+           _overflow_near_a_point, frozenset({"PAR-01"})),
     Mutant("wrong_in_a_slab_behind_a_runtime_op", "the action negated where |obs[1] - 2.7| < "
            "1e-5, obs[1] read through com.microsoft FusedMatMul", _slab_behind_a_runtime_op,
            frozenset({"PAR-01"})),

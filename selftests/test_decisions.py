@@ -14,7 +14,7 @@ import onnx
 import pytest
 
 from policy_onnx.artifact import Artifact
-from policy_onnx.decisions import cover
+from policy_onnx.decisions import cover, find_places
 from policy_onnx.export import export
 from policy_onnx.load import load_model
 from policy_onnx.model import Reference
@@ -42,6 +42,8 @@ REACHED = {
                                             == np.float32(0.3712345)),
     "wrong_where_a_sign_is_zero": ("off_sign", lambda rows: rows[:, 1] == np.float32(0.3712345)),
     "wrong_in_a_slab_of_reductions": ("in_slab", lambda rows: np.abs(rows[:, 1] - 2.7) < 1e-5),
+    "wrong_where_a_value_overflows": ("overflowed", lambda rows: (rows[:, 0] - 2.7) ** 2
+                                      + (rows[:, 1] + 1.3) ** 2 < 1e30 / 3.4e38),
     "wrong_in_a_slab_inside_a_loop": ("in_slab", lambda rows: np.abs(rows[:, 1] - 2.7) < 1e-5),
     "wrong_for_one_flag_pattern": ("flags_hit", lambda rows: (rows[:, :24]
                                                               == [1, 0] * 12).all(axis=1)),
@@ -76,11 +78,24 @@ def test_the_search_finds_a_multiple_of_a_divisor_of_the_batch_size(fixture_mode
     assert any(size % 4999 == 0 for size in found), found
 
 
-def test_guards_are_counted_and_not_searched(fixture_models, tmp_path):
+def test_a_guard_on_a_computed_value_is_a_decision(fixture_models, tmp_path):
+    """A NaN guard on the action (the conforming twin): searched toward overflow, and named
+    where no observation makes it go both ways, as any decision."""
     corpus = {m.name: m for m in CONFORMING}
     reference, artifact = _mutated("nan_guard", fixture_models, tmp_path, corpus)
     summary = cover(artifact, reference.domain).summary()
-    assert summary["guards"] == 1 and summary["decisions"] == 0, summary
+    assert summary["guards"] == 0 and summary["decisions"] == 1, summary
+
+
+def test_a_guard_on_the_observation_is_counted_and_not_searched():
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("IsNaN", ["obs"], ["missing"]),
+         onnx.helper.make_node("Where", ["missing", "zero", "obs"], ["action"])], "guard",
+        [onnx.helper.make_tensor_value_info("obs", onnx.TensorProto.FLOAT, ["batch", 2])],
+        [onnx.helper.make_tensor_value_info("action", onnx.TensorProto.FLOAT, ["batch", 2])],
+        [onnx.numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    places = find_places(onnx.helper.make_model(graph))
+    assert [(p.op, p.kind) for p in places] == [("IsNaN", "guard")], places
 
 
 def test_coverage_shows_in_the_summary_the_report_and_junit(conformance, fixture_models,
