@@ -37,10 +37,29 @@ SELECTIONS = ("ArgMax", "ArgMin", "TopK")
 GUARDS = ("IsNaN", "IsInf")
 FLOAT32_LOG2_MAX = 128.0
 # Piecewise-linear units: a trigger can hide behind one without any comparison.
-UNITS = ("Relu", "LeakyRelu", "PRelu", "ThresholdedRelu", "Abs", "Max", "Min", "Clip",
-         "HardSigmoid", "HardSwish", "Shrink")
-# Units too: which element of the reduced axes wins (a Max over many inputs at once).
-REDUCTIONS = ("ReduceMax", "ReduceMin")
+UNITS = ("Relu", "LeakyRelu", "PRelu", "ThresholdedRelu", "Elu", "Selu", "Celu", "Abs",
+         "ReduceL1", "Max", "Min", "Clip", "HardSigmoid", "HardSwish", "Shrink")
+# Units too: which element of the reduced axes wins (a Max over many inputs at once); a
+# GlobalMaxPool reduces every axis after the batch and the channels.
+REDUCTIONS = ("ReduceMax", "ReduceMin", "GlobalMaxPool")
+# Operations that decide nothing on the values they are fed: linear or smooth maths, and data
+# moved by constant or integer indices (an integer made from values is a decision before them).
+# Any other operation on observation values that is not a decision, a unit or a guard (a
+# lookup such as GridSample, a windowed MaxPool, another domain's operator) is named in the
+# report as not modelled: a decision inside it would go unseen.
+NO_DECISION = frozenset({
+    "Add", "Sub", "Mul", "Div", "Neg", "Reciprocal", "Pow", "Sqrt", "Exp", "Log", "Tanh",
+    "Sigmoid", "Softmax", "LogSoftmax", "Softplus", "Softsign", "Erf", "Gelu", "Mish", "Sin",
+    "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "MatMul",
+    "Gemm", "Conv", "ConvTranspose", "BatchNormalization", "LayerNormalization",
+    "InstanceNormalization", "GroupNormalization", "LpNormalization", "AveragePool",
+    "GlobalAveragePool", "ReduceSum", "ReduceMean", "ReduceProd", "ReduceL2", "ReduceSumSquare",
+    "ReduceLogSum", "ReduceLogSumExp", "Einsum", "CumSum", "Sum", "Mean", "DequantizeLinear",
+    "Identity", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split",
+    "Slice", "Gather", "GatherElements", "GatherND", "ScatterND", "ScatterElements", "Expand",
+    "Tile", "Pad", "Resize", "DepthToSpace", "SpaceToDepth", "Trilu", "Dropout", "CastLike",
+    "Cast", "Constant", "ConstantOfShape", "Shape", "Size", "Range", "OneHot", "EyeLike",
+    "LSTM", "GRU", "RNN", "And", "Or", "Not", "Xor", "If", "Loop", "Scan"})
 INTEGER_TYPES = {TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64,
                  TensorProto.UINT8, TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64,
                  TensorProto.BOOL}
@@ -56,7 +75,9 @@ class Place:
     size, a mask input)."""
     node: str
     op: str
-    kind: str  # "decision", "unit" (piecewise-linear) or "guard" (NaN/inf of an input only)
+    # "decision", "unit" (piecewise-linear), "guard" (NaN/inf of an input only) or "unmodelled"
+    # (an operation on values that may decide, which the search cannot read: only named)
+    kind: str
     tensors: tuple[str, ...]
     reads: str  # "values", "batch" or "input" (a graph input other than obs, e.g. masks)
     attributes: tuple = ()
@@ -110,9 +131,15 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
         if kind == "guard" and node.input[0] not in inputs:
             kind = "decision"  # a value computed from a finite observation can overflow
         axes = _reduced_axes(node, constants) if node.op_type in REDUCTIONS else None
-        if node.op_type in REDUCTIONS and (axes is None or node.input[0] in compared):
-            continue  # across rows, or an All/Any of a condition: decided where it is cast
-        if kind is None:
+        if node.op_type in REDUCTIONS and node.input[0] in compared:
+            continue  # an All/Any of a condition: decided where it is cast
+        if "values" in sources and (kind is None and (node.domain not in ("", "ai.onnx")
+                                                     or node.op_type not in NO_DECISION)
+                                    or node.op_type in REDUCTIONS and axes is None):
+            places.append(Place(node.name or node.output[0], node.op_type, "unmodelled", (),
+                                "values"))
+            continue
+        if kind is None or node.op_type in REDUCTIONS and axes is None:
             continue
         if node.op_type in COMPARISONS or node.op_type in GUARDS or \
                 (node.op_type == "Cast" and condition is not None):
@@ -153,7 +180,10 @@ def _scalars(names, constants: dict) -> set[float]:
 
 def _reduced_axes(node: onnx.NodeProto, constants: dict) -> tuple[int, ...] | None:
     """The axes a ReduceMax/ReduceMin reduces, when they are constants and leave the batch
-    axis alone (a reduction across rows is no per-row decision); None otherwise."""
+    axis alone (a reduction across rows is no per-row decision); None otherwise. A
+    GlobalMaxPool's are every axis after the channels (of a tensor of rank up to 8)."""
+    if node.op_type == "GlobalMaxPool":
+        return tuple(range(2, 8))
     if len(node.input) > 1 and node.input[1]:
         try:
             axes = tuple(int(a) for a in np.ravel(numpy_helper.to_array(constants[node.input[1]])))
@@ -295,7 +325,7 @@ def ways(place: Place, values: list[np.ndarray], rows: int) -> tuple[np.ndarray,
         return _per_row(choice, rows), len(values)
     if op in REDUCTIONS:
         x = _competing(values[0], get("axes"))
-        return _per_row(np.argmax(x if op == "ReduceMax" else -x, axis=-1), rows), x.shape[-1]
+        return _per_row(np.argmax(-x if op == "ReduceMin" else x, axis=-1), rows), x.shape[-1]
     if op == "Clip":
         x, low, high = _clip_terms(values, get)
         return _per_row(np.where(x < low, 0, np.where(x > high, 2, 1)), rows), 3
@@ -307,7 +337,7 @@ def _competing(x, axes) -> np.ndarray:
     """x with the axes a reduction reduces moved to the end and flattened into one: the
     elements that compete for each output element."""
     x = np.asarray(x, np.float64)
-    axes = sorted({a % x.ndim for a in axes})
+    axes = sorted({a % x.ndim for a in axes if -x.ndim <= a < x.ndim})
     kept = [a for a in range(x.ndim) if a not in axes]
     x = np.transpose(x, kept + axes)
     return x.reshape(*x.shape[:len(kept)], -1)
@@ -492,6 +522,8 @@ class Coverage:
     # decisions whose values could not be exposed (inside an If, Loop or Scan body; or of a
     # type shape inference does not know, after a custom op): counted, named, not searched
     not_exposed: list[str] = field(default_factory=list)
+    # operations on observation values the search does not model (decisions.NO_DECISION)
+    not_modelled: list[str] = field(default_factory=list)
 
     @property
     def found(self) -> np.ndarray | None:
@@ -525,6 +557,7 @@ class Coverage:
             "not_every_way": [f"{s.place.label}" for s in decisions if not s.complete]
             + [f"{label} (its values cannot be exposed: not searched)"
                for label in self.not_exposed],
+            "not_modelled": list(self.not_modelled),
             "batch_sizes_found": sorted(self.batch_sizes),
             "rows_found": sum(len(r) for r in self.rows),
             "search_budget_spent": self.budget_spent,
@@ -955,8 +988,9 @@ def cover(artifact, domain, seeds=(), seconds: float = SEARCH_SECONDS) -> Covera
 
     def instrument(graph):
         places = find_places(graph, artifact.obs.name if artifact.obs else "obs")
-        made = Instrumented(artifact, places, graph)
+        made = Instrumented(artifact, [p for p in places if p.kind != "unmodelled"], graph)
         made.values(pool[:1])
+        made.not_modelled = [p.label for p in places if p.kind == "unmodelled"]
         return made
 
     graph = control_flow_inlined(artifact.proto)
@@ -973,6 +1007,7 @@ def cover(artifact, domain, seeds=(), seconds: float = SEARCH_SECONDS) -> Covera
     coverage = Search(instrumented, domain, seconds).run(pool)
     coverage.not_exposed = [p.label for p in instrumented.unseen if p.kind == "decision"] + \
         _decisions_in_bodies(graph.graph)
+    coverage.not_modelled = instrumented.not_modelled
     return coverage
 
 

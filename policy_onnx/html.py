@@ -218,11 +218,15 @@ def _coverage_part(coverage: dict | None) -> str:
                 f"with its decisions exposed ({escape(str(coverage['not_run']))})</p>")
     rows = [[name.replace("_", " "), ", ".join(map(str, value)) if isinstance(value, list)
              else value] for name, value in coverage.items()
-            if name not in ("not_every_way", "not_run")]
+            if name not in ("not_every_way", "not_modelled", "not_run")]
     out = ["<h3>Decisions in the graph</h3>", _table(["", "found"], rows)]
     if coverage.get("not_every_way"):
         out.append("<p>Not seen every way (a fault behind them would go unseen): "
                    + escape(", ".join(coverage["not_every_way"])) + "</p>")
+    if coverage.get("not_modelled"):
+        out.append("<p>Operations on observation values the search does not model (a decision "
+                   "inside them would go unseen): "
+                   + escape(", ".join(coverage["not_modelled"])) + "</p>")
     return "\n".join(out)
 
 

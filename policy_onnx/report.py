@@ -137,6 +137,11 @@ def coverage_lines(record: PolicyRecord) -> list[str]:
                      "them would go unseen): " + ", ".join(c["not_every_way"][:10])
                      + (f", ... {len(c['not_every_way']) - 10} more"
                         if len(c["not_every_way"]) > 10 else ""))
+    if c.get("not_modelled"):
+        lines.append("  operations on observation values the search does not model (a decision "
+                     "inside them would go unseen): " + ", ".join(c["not_modelled"][:10])
+                     + (f", ... {len(c['not_modelled']) - 10} more"
+                        if len(c["not_modelled"]) > 10 else ""))
     return lines
 
 
@@ -147,6 +152,7 @@ def coverage_properties(summary: dict) -> list[tuple[str, object]]:
             *((f"coverage_{name}", value) for name, value in summary.items()
               if isinstance(value, (int, bool))),
             ("coverage_not_every_way", "; ".join(summary["not_every_way"])),
+            ("coverage_not_modelled", "; ".join(summary["not_modelled"])),
             *((("coverage_not_run", summary["not_run"]),) if summary["not_run"] else ())]
 
 

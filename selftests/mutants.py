@@ -1081,6 +1081,24 @@ _overflow_near_a_point = _where(
      const("point_x0", 2.7), const("point_x1", -1.3), const("huge", 1e30)])
 
 
+# A bump of up to 1 where |obs[1] - 2.7| < 1e-5, with no comparison and no Abs: the distance
+# as a ReduceL1, max(0, 1e-5 - distance) as a GlobalMaxPool over [0, 1e-5 - distance]
+def _slab_of_pooling(p):
+    return append_after_output(p, lambda src, dst: [
+        *_element(1, "x1"), helper.make_node("Sub", ["x1", "slab_center"], ["off_center"]),
+        helper.make_node("ReduceL1", ["off_center", "axis1"], ["distance"], keepdims=1),
+        helper.make_node("Sub", ["slab_width", "distance"], ["inside_by"]),
+        helper.make_node("Mul", ["inside_by", "nothing"], ["zero_column"]),
+        helper.make_node("Concat", ["zero_column", "inside_by"], ["both"], axis=1),
+        helper.make_node("Unsqueeze", ["both", "axis1"], ["pool_input"]),
+        helper.make_node("GlobalMaxPool", ["pool_input"], ["pooled"]),
+        helper.make_node("Reshape", ["pooled", "column"], ["bump"]),
+        helper.make_node("Mul", ["bump", "bump_gain"], ["shift"]),
+        helper.make_node("Add", [src, "shift"], [dst])],
+        [*_element_constants(1, "x1"), const("axis1", [1], np.int64), *_SLAB_CONSTANTS,
+         const("nothing", 0.0), const("column", [-1, 1], np.int64), const("bump_gain", 1e5)])
+
+
 # The thin slab in the main graph, on obs passed through a Loop of 17 trips (past those the
 # search unrolls) whose body reads obs by name, not as an input of the Loop
 def _slab_behind_a_long_loop(p):
@@ -1167,6 +1185,9 @@ DECISION_MUTANTS = (
     Mutant("wrong_where_a_value_overflows", "the action negated where 1e30 / |obs[:2] - "
            "(2.7, -1.3)|^2 overflows to inf (an IsInf a finite observation reaches)",
            _overflow_near_a_point, frozenset({"PAR-01"})),
+    Mutant("wrong_in_a_slab_of_pooling", "the action moved by up to 1 where |obs[1] - 2.7| < "
+           "1e-5, with no comparison: the distance as ReduceL1, max(0, .) as GlobalMaxPool",
+           _slab_of_pooling, frozenset({"PAR-01", "BEH-05"})),
     Mutant("wrong_in_a_slab_behind_a_runtime_op", "the action negated where |obs[1] - 2.7| < "
            "1e-5, obs[1] read through com.microsoft FusedMatMul", _slab_behind_a_runtime_op,
            frozenset({"PAR-01"})),

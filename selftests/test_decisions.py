@@ -44,6 +44,7 @@ REACHED = {
     "wrong_in_a_slab_of_reductions": ("in_slab", lambda rows: np.abs(rows[:, 1] - 2.7) < 1e-5),
     "wrong_where_a_value_overflows": ("overflowed", lambda rows: (rows[:, 0] - 2.7) ** 2
                                       + (rows[:, 1] + 1.3) ** 2 < 1e30 / 3.4e38),
+    "wrong_in_a_slab_of_pooling": ("pool_input", lambda rows: np.abs(rows[:, 1] - 2.7) < 1e-5),
     "wrong_in_a_slab_inside_a_loop": ("in_slab", lambda rows: np.abs(rows[:, 1] - 2.7) < 1e-5),
     "wrong_for_one_flag_pattern": ("flags_hit", lambda rows: (rows[:, :24]
                                                               == [1, 0] * 12).all(axis=1)),
@@ -85,6 +86,22 @@ def test_a_guard_on_a_computed_value_is_a_decision(fixture_models, tmp_path):
     reference, artifact = _mutated("nan_guard", fixture_models, tmp_path, corpus)
     summary = cover(artifact, reference.domain).summary()
     assert summary["guards"] == 0 and summary["decisions"] == 1, summary
+
+
+def test_an_operation_the_search_does_not_model_is_named():
+    """A lookup keyed on observation values (GridSample) decides without a decision the
+    search can read: it is named as not modelled."""
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Reshape", ["obs", "grid_shape"], ["grid"]),
+         onnx.helper.make_node("GridSample", ["table", "grid"], ["looked_up"], mode="nearest"),
+         onnx.helper.make_node("Reshape", ["looked_up", "flat"], ["action"])], "lookup",
+        [onnx.helper.make_tensor_value_info("obs", onnx.TensorProto.FLOAT, ["batch", 2])],
+        [onnx.helper.make_tensor_value_info("action", onnx.TensorProto.FLOAT, ["batch", 1])],
+        [onnx.numpy_helper.from_array(np.eye(3, dtype=np.float32)[None, None], "table"),
+         onnx.numpy_helper.from_array(np.array([-1, 1, 1, 2], np.int64), "grid_shape"),
+         onnx.numpy_helper.from_array(np.array([-1, 1], np.int64), "flat")])
+    places = find_places(onnx.helper.make_model(graph))
+    assert [(p.label, p.kind) for p in places] == [("GridSample 'looked_up'", "unmodelled")]
 
 
 def test_a_guard_on_the_observation_is_counted_and_not_searched():
