@@ -410,9 +410,15 @@ def margins(place: Place, values: list[np.ndarray], rows: int, way: int) -> np.n
 
 
 def _per_row(values: np.ndarray, rows: int) -> np.ndarray:
-    """[rows, elements]: a tensor with the batch first, or a value shared by every row."""
+    """[rows, elements]: a tensor with the batch first, or on another axis (a Loop's scan
+    output), or flattened into its elements (row after row); else a value shared by every
+    row."""
     values = np.asarray(values)
     if values.ndim and values.shape[0] == rows:
+        return values.reshape(rows, -1)
+    if rows > 1 and rows in values.shape:
+        return np.moveaxis(values, values.shape.index(rows), 0).reshape(rows, -1)
+    if rows > 1 and values.ndim and values.size % rows == 0:
         return values.reshape(rows, -1)
     return np.broadcast_to(values.reshape(1, -1), (rows, values.size))
 

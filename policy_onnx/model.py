@@ -22,9 +22,11 @@ from .strategies import (FLOAT32_MAX, MAX_MAGNITUDE, MaskSpace, ObservationDomai
 from .tolerance import NOISE_FACTOR, action_unit, tolerance
 
 FLOAT32_UNIT = 2.0 ** -24  # unit roundoff of float32
-# Rows whose network meets magnitudes at or past this are not compared (Reference.decidable):
-# float32's largest value, with a margin for the reductions a graph may fuse or reorder (sums of
-# up to 1,024 such values, e.g. QR-DQN's mean over its quantiles) and for rounding.
+# Rows are not compared (Reference.decidable) where a partial sum of a hidden layer can reach
+# HIDDEN_LIMIT (float32's largest, halved for the rounding of the bound), or where the output
+# layer's, or the output itself, reaches SAFE_MAGNITUDE: a margin for the reductions a graph may
+# fuse or reorder after it (sums of up to 1,024 outputs, e.g. QR-DQN's mean over its quantiles).
+HIDDEN_LIMIT = FLOAT32_MAX / 2
 SAFE_MAGNITUDE = FLOAT32_MAX * 2.0 ** -10
 # Seconds of the searching thread's CPU time (time.thread_time: a busy machine does not cut it
 # short) the each-action search (Reference.find_each_action) may take: past them its ascent
@@ -108,13 +110,14 @@ class Reference:
         """One float32 pass of the network over flat raw rows: its raw output (the pre-clip,
         pre-squash mean of a Box policy; the scores of a discrete one) as float64, and per row
         whether predict() can decide there (`decidable`)."""
-        raw, largest = self._raw_and_magnitudes(obs)
-        return raw, largest < SAFE_MAGNITUDE
+        raw, hidden, output = self._raw_and_magnitudes(obs)
+        return raw, (hidden < HIDDEN_LIMIT) & (output < SAFE_MAGNITUDE)
 
     def magnitudes(self, obs: np.ndarray) -> np.ndarray:
         """Per row, the bound on the largest magnitude predict()'s network meets there (see
         `_raw_and_magnitudes`)."""
-        return self._raw_and_magnitudes(obs)[1]
+        _, hidden, output = self._raw_and_magnitudes(obs)
+        return np.maximum(hidden, output)
 
     def decidable(self, obs: np.ndarray) -> np.ndarray:
         """Per row: can predict()'s float32 network be trusted to compute an answer there? Not
@@ -131,23 +134,24 @@ class Reference:
         """The network's raw output: a Box policy's mean, a discrete policy's scores."""
         return self.head.mean(x) if self.kind == "Box" else self.head(x, scores=True)
 
-    def _raw_and_magnitudes(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The raw output, and per row a bound on the largest magnitude predict()'s float32
-        network meets: at every linear layer (and convolution), max|x| times its largest row
-        sum of |W|, plus max|b|, which bounds each of its partial sums whatever order they are
-        added in (and, through its input, what the layers before it made); then the output
-        itself. In float32, whose products and sums of magnitudes only round (an overflow to inf
-        is past any limit anyway)."""
+    def _raw_and_magnitudes(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                             np.ndarray]:
+        """The raw output, and per row two bounds on the magnitudes predict()'s float32 network
+        meets. At every linear layer (and convolution): max|x| times its largest row sum of
+        |W|, plus max|b|, which bounds each of its partial sums whatever order they are added in
+        (and, through its input, what the layers before it made). The first bound is the
+        hidden layers' largest; the second the output layer's (the last one run) and the
+        output's. In float32, whose products and sums of magnitudes only round (an overflow to
+        inf is past any limit anyway)."""
         n = len(obs)
-        largest = torch.zeros(n, dtype=torch.float32)
+        bounds = []  # per layer run, in order: per row
 
-        def record(values: torch.Tensor) -> None:
-            per_row = values.abs().reshape(n, -1).amax(dim=1)
-            torch.fmax(largest, torch.nan_to_num(per_row, nan=math.inf), out=largest)
+        def per_row(values: torch.Tensor) -> torch.Tensor:
+            return torch.nan_to_num(values.abs().reshape(n, -1).amax(dim=1), nan=math.inf)
 
         def hook(module, inputs, output):
             gain, bias = self._gains[module]
-            record(inputs[0].abs().reshape(n, -1).amax(dim=1) * gain + bias)
+            bounds.append(per_row(inputs[0]) * gain + bias)
 
         hooks = [module.register_forward_hook(hook) for module in self._gains]
         try:
@@ -156,9 +160,10 @@ class Reference:
         finally:
             for handle in hooks:
                 handle.remove()
-        if n:
-            record(raw)
-        return raw.double().numpy(), largest.double().numpy()
+        zero = torch.zeros(n, dtype=torch.float32)
+        hidden = torch.stack([zero, *bounds[:-1]]).amax(dim=0)
+        output = torch.stack([zero, *bounds[-1:], per_row(raw) if n else zero]).amax(dim=0)
+        return raw.double().numpy(), hidden.double().numpy(), output.double().numpy()
 
     @cached_property
     def _gains(self) -> dict[torch.nn.Module, tuple[float, float]]:

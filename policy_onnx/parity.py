@@ -451,6 +451,16 @@ def runner_up_gaps(reference: Reference, scores: np.ndarray, masks: np.ndarray |
     return np.stack(gaps, axis=1), np.stack(allowed, axis=1)
 
 
+def rounding_ties(reference: Reference, obs: np.ndarray) -> np.ndarray:
+    """Per row and action element [B, elements] of a discrete policy: is predict()'s choice a
+    rounding tie there (its score within the tie tolerance of the best other choice, every
+    action allowed)? None for a Box or recurrent policy."""
+    if reference.kind == "Box" or reference.structure == "recurrent":
+        return None
+    gaps, allowed = runner_up_gaps(reference, reference.examine(obs)[0], None)
+    return np.abs(gaps) <= allowed
+
+
 def compare_discrete(reference: Reference, artifact: Artifact, obs: np.ndarray,
                      stats: ParityStats, clause_id: str, masks: np.ndarray | None = None,
                      batch_sizes: tuple[int, ...] | None = None) -> Problem | None:

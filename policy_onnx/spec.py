@@ -154,7 +154,9 @@ CLAUSES: tuple[Clause, ...] = (
            "static shape."),
     Clause("BEH-02", "rows_independent", S, "Each row of a batch is computed on its own",
            "For every batch size of BEH-01, row i of the output for a batch MUST equal the "
-           "output for row i fed alone, within the parity tolerance."),
+           "output for row i fed alone, within the parity tolerance (a discrete choice "
+           "exactly, but, with a model, where `predict()`'s own choice is a rounding tie by "
+           "the rule of section 6: batched kernels round otherwise than a row alone)."),
     Clause("BEH-03", "repeatable", S, "The same input gives the same output",
            "Running the same batch twice MUST give bit-identical outputs, and the graph MUST "
            "NOT contain a random-number operator (`RandomUniform`, `RandomNormal`, their `Like` "

@@ -976,6 +976,15 @@ _far_beyond_bounds = _where(
     [const("axis1", [1], np.int64), const("far_low", 22.0), const("far_high", 9000.0)])
 
 
+# The action negated where max|obs| > 1e36: near float32's largest, but where no partial sum of
+# ppo_default's hidden layers can overflow, so predict() has one answer there.
+_wrong_near_float32_max = _where(
+    [helper.make_node("Abs", ["obs"], ["magnitudes"]),
+     helper.make_node("ReduceMax", ["magnitudes", "axis1"], ["largest"], keepdims=1),
+     helper.make_node("Greater", ["largest", "near_max"], ["near_float32_max"])],
+    "near_float32_max", [const("axis1", [1], np.int64), const("near_max", 1e36)])
+
+
 # 5e-4 added to the action wherever some raw reading exceeds 1e8: where VecNormalize clips, so
 # predict() is exact there and no tolerance may grow with |x|.
 _off_where_huge = _shifted_where(
@@ -1188,6 +1197,9 @@ DECISION_MUTANTS = (
     Mutant("wrong_in_a_slab_of_pooling", "the action moved by up to 1 where |obs[1] - 2.7| < "
            "1e-5, with no comparison: the distance as ReduceL1, max(0, .) as GlobalMaxPool",
            _slab_of_pooling, frozenset({"PAR-01", "BEH-05"})),
+    Mutant("wrong_near_float32_max", "the action negated where max|obs| > 1e36, where "
+           "predict()'s hidden layers do not overflow", _wrong_near_float32_max,
+           frozenset(PARITY)),
     Mutant("wrong_in_a_slab_behind_a_runtime_op", "the action negated where |obs[1] - 2.7| < "
            "1e-5, obs[1] read through com.microsoft FusedMatMul", _slab_behind_a_runtime_op,
            frozenset({"PAR-01"})),
@@ -1401,6 +1413,27 @@ def _clamp_as_where(p):
     return p
 
 
+def _ties_broken_by_batch(p):
+    """The score of action k (of dqn's 5) raised by k * 2.4e-6 in batches of more than one row
+    (two scores move apart by less than 1e-5): a choice that differs between a batch and a row
+    alone only where predict()'s scores tie within rounding (an engine's batched kernels round
+    differently, and flip such ties)."""
+    argmax = next(n for n in p.graph.node if n.op_type == "ArgMax")
+    at = list(p.graph.node).index(argmax)
+    nodes = [helper.make_node("Shape", ["obs"], ["tie_shape"]),
+             helper.make_node("Gather", ["tie_shape", "tie_zero"], ["tie_rows"], axis=0),
+             helper.make_node("Greater", ["tie_rows", "tie_one"], ["tie_batched"]),
+             helper.make_node("Cast", ["tie_batched"], ["tie_on"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["tie_on", "tie_nudge"], ["tie_bias"]),
+             helper.make_node("Add", [argmax.input[0], "tie_bias"], ["tie_scores"])]
+    for k, node in enumerate(nodes):
+        p.graph.node.insert(at + k, node)
+    argmax.input[0] = "tie_scores"
+    p.graph.initializer.extend([const("tie_zero", 0, np.int64), const("tie_one", 1, np.int64),
+                                const("tie_nudge", np.arange(5) * 2.4e-6)])
+    return p
+
+
 CONFORMING: tuple[Mutant, ...] = (
     Mutant("nan_guard", "NaN actions replaced by 0 (Where on IsNaN)", _nan_guard, frozenset()),
     Mutant("clamp_as_where", "the clamp as Where(Greater) and Where(Less)", _clamp_as_where,
@@ -1416,6 +1449,8 @@ CONFORMING: tuple[Mutant, ...] = (
            model="sac", transform="tanh"),
     Mutant("qrdqn_as_exported", "QR-DQN as the suite exports it", lambda p: p, frozenset(),
            model="qrdqn"),
+    Mutant("ties_broken_by_batch", "DQN: at rounding ties of the scores, a batch chooses "
+           "otherwise than a row alone", _ties_broken_by_batch, frozenset(), model="dqn"),
     Mutant("newer_opset", "converted to opset 21", _newer_opset, frozenset()),
     *(Mutant(f"opset_{version}", f"the same graph declared at opset {version}",
              _at_opset(version), frozenset()) for version in (9, 18)),

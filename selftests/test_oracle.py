@@ -17,7 +17,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from fixtures.models import FIXTURES, SpacesEnv, box
 from policy_onnx.load import algorithm_class, load_model
-from policy_onnx.model import SAFE_MAGNITUDE, SEARCH_BUDGET, ChoiceSearch, Reference
+from policy_onnx.model import (HIDDEN_LIMIT, SAFE_MAGNITUDE, SEARCH_BUDGET, ChoiceSearch,
+                               Reference)
 from policy_onnx.normalization import attach
 
 
@@ -49,6 +50,26 @@ def test_a_row_is_undecidable_once_a_sum_can_reach_float32s_largest(cancelling):
     decided = cancelling.decidable(rows)
     assert decided.tolist() == [True, False, True, True]
     assert [bool(cancelling.decidable(r[None])[0]) for r in rows] == decided.tolist()
+
+
+def test_a_hidden_layer_is_undecidable_only_once_its_own_sums_can_overflow(tmp_path):
+    """A hidden unit h = max(obs[0], 0) that the output layer ignores: decidable up to half of
+    float32's largest (the rounding of the bound), not past it. The output layer's margin for
+    reductions after it (SAFE_MAGNITUDE) does not apply to a hidden layer."""
+    model = SAC("MlpPolicy", SpacesEnv(box(-np.inf, np.inf, (2,)), box(-2.0, 2.0, (1,))),
+                policy_kwargs={"net_arch": [4]}, buffer_size=10, seed=0, device="cpu")
+    first, _ = model.actor.latent_pi
+    with torch.no_grad():
+        for layer in (first, model.actor.mu):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        first.weight[0, 0] = 1.0
+    model.save(tmp_path / "hidden.zip")
+    reference = Reference(load_model(tmp_path / "hidden.zip"))
+    limit = HIDDEN_LIMIT
+    rows = np.array([[0.98 * limit, 0.0], [1.02 * limit, 0.0], [100 * SAFE_MAGNITUDE, 0.0]],
+                    dtype=np.float32)
+    assert reference.decidable(rows).tolist() == [True, False, True]
 
 
 def test_a_sign_decided_by_rounding_is_a_tie_and_nothing_else_is(cancelling):
