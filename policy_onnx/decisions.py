@@ -481,6 +481,23 @@ class Instrumented:
             feeds[art.masks.name] = np.ascontiguousarray(masks, dtype=art.masks.numpy_dtype)
         return {**self.constants, **dict(zip(self.names, self.session.run(self.names, feeds)))}
 
+    def selection_ties(self, obs: np.ndarray) -> np.ndarray:
+        """Per row of `obs`, run alone: does an ArgMax, ArgMin or TopK of the graph find its
+        two best inputs within 1e-5 of their magnitude (at least 1e-5)? Its choice there is
+        rounding: another batch size may round the other way."""
+        tied = np.zeros(len(obs), dtype=bool)
+        for k, row in enumerate(obs):
+            values = self.values(row[None])
+            for place in self.places:
+                if place.op not in SELECTIONS:
+                    continue
+                count = ways(place, [values[t] for t in place.tensors], 1)[1]
+                lead = np.max([margins(place, [values[t] for t in place.tensors], 1, way)
+                               for way in range(count)], axis=0)
+                scale = np.abs(np.asarray(values[place.tensors[0]], np.float64)).max()
+                tied[k] |= bool((lead <= 1e-5 * max(scale, 1.0)).any())
+        return tied
+
 
 # --- coverage --------------------------------------------------------------------------------
 @dataclass
@@ -530,6 +547,9 @@ class Coverage:
     not_exposed: list[str] = field(default_factory=list)
     # operations on observation values the search does not model (decisions.NO_DECISION)
     not_modelled: list[str] = field(default_factory=list)
+    # rows found (on either side of an argmax's boundary) where the graph's own choice is a
+    # rounding tie (Instrumented.selection_ties)
+    tied: np.ndarray | None = None
 
     @property
     def found(self) -> np.ndarray | None:
@@ -1014,6 +1034,8 @@ def cover(artifact, domain, seeds=(), seconds: float = SEARCH_SECONDS) -> Covera
     coverage.not_exposed = [p.label for p in instrumented.unseen if p.kind == "decision"] + \
         _decisions_in_bodies(graph.graph)
     coverage.not_modelled = instrumented.not_modelled
+    if coverage.found is not None:
+        coverage.tied = coverage.found[instrumented.selection_ties(coverage.found)]
     return coverage
 
 

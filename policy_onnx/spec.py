@@ -155,8 +155,10 @@ CLAUSES: tuple[Clause, ...] = (
     Clause("BEH-02", "rows_independent", S, "Each row of a batch is computed on its own",
            "For every batch size of BEH-01, row i of the output for a batch MUST equal the "
            "output for row i fed alone, within the parity tolerance (a discrete choice "
-           "exactly, but, with a model, where `predict()`'s own choice is a rounding tie by "
-           "the rule of section 6: batched kernels round otherwise than a row alone)."),
+           "exactly, but at a rounding tie, where batched kernels may round otherwise than a "
+           "row alone: with a model, where `predict()`'s own choice is a tie by the rule of "
+           "section 6; without one, where an `ArgMax`, `ArgMin` or `TopK` of the graph finds "
+           "its two best inputs within `1e-5` of their magnitude)."),
     Clause("BEH-03", "repeatable", S, "The same input gives the same output",
            "Running the same batch twice MUST give bit-identical outputs, and the graph MUST "
            "NOT contain a random-number operator (`RandomUniform`, `RandomNormal`, their `Like` "

@@ -1414,23 +1414,34 @@ def _clamp_as_where(p):
 
 
 def _ties_broken_by_batch(p):
-    """The score of action k (of dqn's 5) raised by k * 2.4e-6 in batches of more than one row
-    (two scores move apart by less than 1e-5): a choice that differs between a batch and a row
-    alone only where predict()'s scores tie within rounding (an engine's batched kernels round
-    differently, and flip such ties)."""
+    """In batches of more than one row, the runner-up where the two best scores are within
+    8e-6 of the best's magnitude (at least 8e-6): a choice that differs between a batch and a
+    row alone only at rounding ties of predict()'s scores (an engine's batched kernels round
+    otherwise than a row alone, and flip such ties)."""
     argmax = next(n for n in p.graph.node if n.op_type == "ArgMax")
     at = list(p.graph.node).index(argmax)
-    nodes = [helper.make_node("Shape", ["obs"], ["tie_shape"]),
+    scores, action = argmax.input[0], argmax.output[0]
+    nodes = [helper.make_node("TopK", [scores, "tie_two"], ["tie_best", "tie_which"], axis=1),
+             helper.make_node("Gather", ["tie_best", "tie_zero"], ["tie_first"], axis=1),
+             helper.make_node("Gather", ["tie_best", "tie_one"], ["tie_second"], axis=1),
+             helper.make_node("Sub", ["tie_first", "tie_second"], ["tie_gap"]),
+             helper.make_node("Abs", ["tie_first"], ["tie_size"]),
+             helper.make_node("Max", ["tie_size", "tie_unit"], ["tie_scale"]),
+             helper.make_node("Mul", ["tie_scale", "tie_share"], ["tie_allowed"]),
+             helper.make_node("LessOrEqual", ["tie_gap", "tie_allowed"], ["tie_near"]),
+             helper.make_node("Shape", ["obs"], ["tie_shape"]),
              helper.make_node("Gather", ["tie_shape", "tie_zero"], ["tie_rows"], axis=0),
              helper.make_node("Greater", ["tie_rows", "tie_one"], ["tie_batched"]),
-             helper.make_node("Cast", ["tie_batched"], ["tie_on"], to=TensorProto.FLOAT),
-             helper.make_node("Mul", ["tie_on", "tie_nudge"], ["tie_bias"]),
-             helper.make_node("Add", [argmax.input[0], "tie_bias"], ["tie_scores"])]
+             helper.make_node("And", ["tie_near", "tie_batched"], ["tie_flip"]),
+             helper.make_node("Gather", ["tie_which", "tie_zero"], ["tie_top"], axis=1),
+             helper.make_node("Gather", ["tie_which", "tie_one"], ["tie_runner_up"], axis=1),
+             helper.make_node("Where", ["tie_flip", "tie_runner_up", "tie_top"], [action])]
+    p.graph.node.remove(argmax)
     for k, node in enumerate(nodes):
         p.graph.node.insert(at + k, node)
-    argmax.input[0] = "tie_scores"
-    p.graph.initializer.extend([const("tie_zero", 0, np.int64), const("tie_one", 1, np.int64),
-                                const("tie_nudge", np.arange(5) * 2.4e-6)])
+    p.graph.initializer.extend([const("tie_two", [2], np.int64), const("tie_zero", 0, np.int64),
+                                const("tie_one", 1, np.int64), const("tie_unit", 1.0),
+                                const("tie_share", 8e-6)])
     return p
 
 

@@ -160,6 +160,27 @@ def test_discrete_tie_is_rounding_not_a_defect(conformance, tmp_path):
     assert ties and int(ties.group(2).replace(",", "")) > 0, run.stdout
 
 
+@pytest.mark.parametrize("with_model", [True, False], ids=["with_model", "onnx_alone"])
+def test_a_choice_batches_round_otherwise_at_a_tie_is_not_blamed(conformance, fixture_models,
+                                                                 tmp_path, with_model):
+    """DQN whose batches break the ties of its scores otherwise than a row alone (the
+    decision search's rows at an argmax's boundary are such ties): BEH-02 passes, judged by
+    predict()'s ties with a model and by the graph's own without one. A batch fault the same
+    graph shape makes (wrong_at_batch_7) still fails it."""
+    from .mutants import BY_NAME, CONFORMING
+
+    base = onnx.load(str(export(load_model(fixture_models["dqn"]), tmp_path / "dqn.onnx")))
+    twin = {m.name: m for m in CONFORMING}["ties_broken_by_batch"].mutate(base)
+    onnx.save(twin, str(tmp_path / "twin.onnx"))
+    model = ("--model", str(fixture_models["dqn"])) if with_model else ()
+    run = conformance.run(*model, "--onnx", str(tmp_path / "twin.onnx"), "-k", "BEH")
+    assert run.verdicts["BEH-02"] == "passed", run.messages
+    onnx.save(BY_NAME["wrong_at_batch_7"].mutate(onnx.load(str(tmp_path / "dqn.onnx"))),
+              str(tmp_path / "batch_7.onnx"))
+    run = conformance.run(*model, "--onnx", str(tmp_path / "batch_7.onnx"), "-k", "BEH")
+    assert run.verdicts["BEH-02"] == "failed", run.messages
+
+
 def test_a_difference_near_float32_overflow_is_told_as_one(conformance, fixture_models,
                                                           tmp_path):
     """An artifact that overflows where predict() does not (observations rebuilt through their
