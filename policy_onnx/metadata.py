@@ -18,9 +18,12 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from .spec import SPEC_VERSION
+
 SCHEMA_PATH = Path(__file__).resolve().parent / "POLICY_ONNX_METADATA.schema.json"
 
-POLICY_VERSION = "1.0.0"
+# `clanker_policy_version` names the version of the spec an artifact was exported to.
+POLICY_VERSION = SPEC_VERSION
 FRAMEWORK = "stable-baselines3"
 TRANSFORMS = ("none", "clip", "tanh")
 

@@ -10,7 +10,7 @@ import enum
 import re
 from dataclasses import dataclass
 
-SPEC_VERSION = "1.0.0"
+SPEC_VERSION = "1.1.0"  # the document's own version (its section 8 lists the changes)
 
 
 class Level(enum.IntEnum):

@@ -57,9 +57,12 @@ def problems() -> list[str]:
     unknown_prefixes = {c.id.split("-")[0] for c in spec.CLAUSES} - set(GROUPS)
     found += [f"clause prefix {p} has no section in the spec document" for p in unknown_prefixes]
     try:
-        _, table, _ = _split(SPEC_PATH.read_text())
+        head, table, _ = _split(SPEC_PATH.read_text())
     except (OSError, ValueError) as exc:
         return found + [str(exc)]
+    if f"Version {spec.SPEC_VERSION} of this document" not in head:
+        found.append(f"{SPEC_PATH.name} does not say it is version {spec.SPEC_VERSION} "
+                     "(policy_onnx/spec.py's SPEC_VERSION) in its scope")
     if table != render():
         found.append(f"{SPEC_PATH.name}'s clause tables differ from policy_onnx/spec.py: run "
                      "`python -m policy_onnx spec --write` and commit the result")

@@ -13,6 +13,8 @@ import sysconfig
 
 import pytest
 
+from policy_onnx import spec
+
 from .conftest import REAL_MODEL, REAL_ONNX, ROOT
 
 pytestmark = pytest.mark.slow  # fresh venvs and subprocess runs: `make test-slow`
@@ -185,4 +187,4 @@ def test_misuse_is_one_line_of_error(installed, project, case):
 def test_installed_spec_document_matches_its_registry(installed, project):
     done = _run(installed / "bin" / "policy-onnx", "spec", cwd=project)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(str(installed)) and "POLICY_ONNX_SPEC 1.0.0" in done.stdout
+    assert done.stdout.startswith(str(installed)) and f"POLICY_ONNX_SPEC {spec.SPEC_VERSION}" in done.stdout
