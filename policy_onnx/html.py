@@ -14,6 +14,8 @@ import re
 from html import escape
 from pathlib import Path
 
+import numpy as np
+
 from . import spec
 from .record import PolicyRecord, RunRecord
 
@@ -148,6 +150,9 @@ def _margin_part(clause_id: str, margin: dict, counts: dict) -> str:
     out = [f'<div class="margin" data-clause="{escape(clause_id)}">',
            f"<h3>{escape(clause_id)}: margin</h3><p>{text}</p>",
            f'<figure class="plot">{_histogram_svg(clause_id, margin)}</figure>']
+    if margin.get("worst_by_step"):
+        out.append(f'<figure class="plot">{_steps_svg(clause_id, margin["worst_by_step"])}'
+                   "</figure>")
     if margin.get("observation") is not None:
         out.append(_table(["worst row", "values"],
                           [["observation", _numbers(margin["observation"])],
@@ -171,6 +176,12 @@ def _margin_part(clause_id: str, margin: dict, counts: dict) -> str:
     if "mean_outside_bounds" in counts and counts.get("observations"):
         out.append(f"<p>The mean left the action bounds in {counts['mean_outside_bounds']:,} of "
                    f"{counts['observations']:,} observations.</p>")
+    left = margin.get("mean_left_bounds_by_element")
+    if left:
+        out += ["<p>Per action element, the compared observations whose pre-clip mean left "
+                "its bounds</p>",
+                _table(["action element", "mean outside the bounds"],
+                       [[j, f"{n:,}"] for j, n in enumerate(left)])]
     choices = margin.get("choices")
     if choices:
         keys = sorted(set(choices["predict"]) | set(choices["final"]),
@@ -202,6 +213,30 @@ def _histogram_svg(clause_id: str, margin: dict) -> str:
                     fontsize=8)
     axes.set_ylabel("observations", fontsize=8)
     axes.set_title(f"{clause_id}: {margin['observations']:,} observations", fontsize=9)
+    return _svg(figure)
+
+
+def _steps_svg(clause_id: str, worst_by_step: list) -> str:
+    """A recurrent clause's worst ratio at each rollout step as inline SVG, log scale, the
+    tolerance (ratio 1) as a horizontal line; steps never compared, or not finite, are gaps."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 2.6), dpi=100)
+    axes = figure.subplots()
+    floor = 1e-9  # a ratio of 0 (equal actions) drawn at the bottom of the log scale
+    ratios = [np.nan if r is None else max(r, floor) for r in worst_by_step]
+    axes.plot(range(len(ratios)), ratios, color="#4c9a2a", marker=".", linewidth=1)
+    axes.set_yscale("log")
+    axes.axhline(1.0, color="#c0392b", linestyle="--", linewidth=1.5)
+    axes.text(0.01, 1.0, "tolerance", transform=axes.get_yaxis_transform(), color="#c0392b",
+              fontsize=8, va="bottom")
+    axes.set_xlabel("rollout step", fontsize=8)
+    axes.set_ylabel("worst |final - predict| / tolerance", fontsize=8)
+    axes.set_title(f"{clause_id}: error against the rollout step", fontsize=9)
+    return _svg(figure)
+
+
+def _svg(figure) -> str:
     figure.tight_layout()
     buffer = io.StringIO()
     figure.savefig(buffer, format="svg", metadata={"Date": None})

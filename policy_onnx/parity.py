@@ -76,6 +76,11 @@ class Margin:
     bounds: tuple | None = None
     chosen: Counter = field(default_factory=Counter)
     answered: Counter = field(default_factory=Counter)
+    # Box actions that clip: per action element, in how many compared rows the pre-clip mean
+    # left the bounds
+    left_bounds: np.ndarray | None = None
+    # recurrent rollouts: the worst ratio at each step of a rollout (index: the step)
+    by_step: list = field(default_factory=list)
 
     def add(self, ratio: np.ndarray, obs: np.ndarray, expected: np.ndarray,
             obtained: np.ndarray, excused: np.ndarray | None = None) -> None:
@@ -111,6 +116,17 @@ class Margin:
                 values, counts = np.unique(actions[:, j], return_counts=True)
                 counter.update({f"{j}:{v:g}": int(n) for v, n in zip(values, counts)})
 
+    def count_left_bounds(self, outside: np.ndarray) -> None:
+        """Rows [B, elements] where the pre-clip mean lies outside the bounds."""
+        counts = outside.sum(axis=0)
+        self.left_bounds = counts if self.left_bounds is None else self.left_bounds + counts
+
+    def add_step(self, step: int, ratio: np.ndarray) -> None:
+        """The ratios [envs, elements] of one step of a rollout."""
+        self.by_step += [-1.0] * (step + 1 - len(self.by_step))
+        worst = float(ratio.max()) if ratio.size else -1.0
+        self.by_step[step] = max(self.by_step[step], worst)
+
     def add_gaps(self, gaps: np.ndarray, allowed: np.ndarray, obs: np.ndarray) -> None:
         """Discrete actions: predict()'s score gap to its runner-up per row and element
         [B, elements] (inf where a choice has no rival) and the tie tolerance of each."""
@@ -144,6 +160,11 @@ class Margin:
                 "observation_high": self.drawn_high.tolist(),
                 "declared_low": None if low is None else [_finite_or_none(v) for v in low],
                 "declared_high": None if high is None else [_finite_or_none(v) for v in high]}
+        if self.left_bounds is not None:
+            found["mean_left_bounds_by_element"] = self.left_bounds.tolist()
+        if self.by_step:
+            found["worst_by_step"] = [_finite_or_none(v) if v >= 0 else None
+                                      for v in self.by_step]
         if self.chosen:
             found["choices"] = {"predict": dict(sorted(self.chosen.items())),
                                 "final": dict(sorted(self.answered.items()))}
@@ -589,6 +610,9 @@ def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, 
         if reference.kind != "Box":
             margin.add_gaps(
                 *runner_up_gaps(reference, raw[decided], masks), obs)
+        elif reference.clips:
+            mean = raw[decided]
+            margin.count_left_bounds((mean > reference.high) | (mean < reference.low))
         # Counted once both sides have acted on them (an artifact that cannot run raises above).
         policy.stats.record(clause.id, len(obs), out_of_bounds,
                             int(reference.at_clip(obs).sum()), undecided)
@@ -705,9 +729,10 @@ def rollout_problem(reference: Reference, artifact: Artifact, steps: np.ndarray,
                                  clause_id, "fed predict()'s state", ratios))
         if len(ratios) == 2:
             own_worse = (ratios[0].max(axis=1) >= ratios[1].max(axis=1))[:, None]
-            stats.margin(clause_id).add(np.maximum(*ratios), obs, expected,
-                                        np.where(own_worse, own.reshape(len(obs), -1),
-                                                 fed.reshape(len(obs), -1)))
+            margin = stats.margin(clause_id)
+            margin.add(np.maximum(*ratios), obs, expected,
+                       np.where(own_worse, own.reshape(len(obs), -1), fed.reshape(len(obs), -1)))
+            margin.add_step(t, np.maximum(*ratios))
         problem = (problem[0] or problem[1]
                    or _state_problem(next_mine, (fed_h, fed_c), f32[1:], f64[1:]))
         if problem:

@@ -58,16 +58,21 @@ def _open(page_path: Path, screenshot: Path):
     return errors, requests, rows, verdict, plots
 
 
-@pytest.mark.slow  # two suite runs and a browser: `make test-slow`
-@pytest.mark.parametrize("broken", [False, True], ids=["passing", "failing"])
-def test_the_page_opens_offline_in_chromium(conformance, tmp_path, unclamped_real, broken):
+@pytest.mark.slow  # suite runs and a browser: `make test-slow`
+@pytest.mark.parametrize("name", ["passing", "failing", "recurrent"])
+def test_the_page_opens_offline_in_chromium(conformance, fixture_models, tmp_path,
+                                            unclamped_real, name):
+    """The real pair, its artifact without the clamp, and a recurrent policy's own export
+    (its error against the rollout step)."""
     page_path = tmp_path / "page.html"
-    onnx = unclamped_real if broken else REAL_ONNX
-    run = conformance.run("--model", str(REAL_MODEL), "--onnx", str(onnx), "--html",
-                          str(page_path), profile="mutation" if broken else "ci")
-    assert run.ret == (1 if broken else 0)
+    pair = {"passing": ("--model", str(REAL_MODEL), "--onnx", str(REAL_ONNX)),
+            "failing": ("--model", str(REAL_MODEL), "--onnx", str(unclamped_real)),
+            "recurrent": ("--model", str(fixture_models["recurrent_ppo"]))}[name]
+    broken = name == "failing"
+    run = conformance.run(*pair, "--html", str(page_path),
+                          profile="mutation" if name != "passing" else "ci")
+    assert run.ret == (1 if broken else 0), run.stdout
     assert f"page: {page_path}" in run.stdout
-    name = "failing" if broken else "passing"
     errors, requests, rows, verdict, plots = _open(page_path, SCREENSHOTS / f"{name}.png")
     assert errors == [] and requests == []
     assert verdict == ("Requested level Standard: NOT MET" if broken
@@ -75,11 +80,19 @@ def test_the_page_opens_offline_in_chromium(conformance, tmp_path, unclamped_rea
     assert [clause for clause, _ in rows] == [c.id for c in spec.CLAUSES]
     outcomes = {clause: classes.split()[1] for clause, classes in rows}
     assert outcomes == run.verdicts
-    assert len(plots) == 2  # PAR-01 and PAR-02: a histogram each
+    text = page_path.read_text()
+    compared = [c for c in ("PAR-01", "PAR-02", "REC-02")
+                if f'class="margin" data-clause="{c}"' in text]
+    assert compared == (["REC-02"] if name == "recurrent" else ["PAR-01", "PAR-02"])
+    # a histogram per compared clause, and a recurrent one's error against the step
+    assert len(plots) == 2
     for pixels, box in plots:
         assert (round(box["width"]), round(box["height"])) == (614, 250)  # 6.4 x 2.6 in
         assert pixels.std() > 10  # drawn: bars, axes and text, not a blank box
-    text = page_path.read_text()
+    if name == "recurrent":
+        assert "error against the rollout step" in text
+    else:
+        assert "mean outside the bounds" in text
     if broken:  # the counterexample and the command that replays it
         assert "obs       = [" in text and "replay it:" in text
     assert "<script" not in text and "http" not in text.replace("http://www.w3.org/", "")

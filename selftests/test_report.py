@@ -77,6 +77,9 @@ def _margins_agree(policy: dict, stdout: str, junit, failing: set[str]) -> None:
         assert (histogram["counts"][-1] > 0) == (clause_id in failing)
         assert 0 <= max(margin["worst_by_element"]) == worst
         assert len(margin["observation"]) == 4 and len(margin["final"]) == 2  # cartpole, 2 actions
+        left = margin["mean_left_bounds_by_element"]  # per action element, at most the total
+        assert len(left) == 2 and max(left) <= policy["statistics"][clause_id][
+            "mean_outside_bounds"] <= sum(left)
         assert float(junit_margins[clause_id]["margin_worst_ratio"]) == worst
         assert junit_margins[clause_id]["margin_action_element"] == str(margin["action_element"])
         assert (f"{clause_id} worst {worst:.2g}x tolerance (action {margin['action_element']}) "
