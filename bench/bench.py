@@ -15,7 +15,9 @@ alternating, on this (shared, noisy) machine. Medians, and ratios of medians.
    and, as a second view, against the cartpole model through the same export path
    (`--model M`). Target: within 3x of the pair's run, checking at least 2,000 observations in
    each parity clause.
-5. Peak memory (RSS) of each command, as the kernel reports it for the process and its children.
+5. The page: the real pair's run with `--html page.html` against the same run without it.
+   Target: within 1.1x (writing the page costs at most a tenth of the run).
+6. Peak memory (RSS) of each command, as the kernel reports it for the process and its children.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL = ROOT / "fixtures" / "real_models" / "clankers-cartpole"
-TARGETS = {"onnx": 1.6, "export": 1.3, "zoo": 0.6, "image": 3.0}
+TARGETS = {"onnx": 1.6, "export": 1.3, "zoo": 0.6, "image": 3.0, "page": 1.1}
 TARGET_OBSERVATIONS = 10_000
 TARGET_IMAGE_OBSERVATIONS = 2_000  # in each parity clause
 ZOO_SIZE = 14
@@ -209,6 +211,11 @@ def main() -> int:
          TARGETS["onnx"], "observations"),
         (image, TARGETS["image"], "image observations"),
         (image_export, TARGETS["image"], "image observations"),
+        (compare("the page (--model M --onnx O --html page.html) against the same run "
+                 "without it", suite("--model", model, "--onnx", onnx),
+                 suite("--model", model, "--onnx", onnx, "--html",
+                       str(Path(tempfile.gettempdir()) / "policy-onnx-bench-page.html")),
+                 args.rounds), TARGETS["page"], "wall"),
         (compare("export path (pytest conformance --model M)",
                  [sys.executable, "-c", LOAD_EXPORT_AND_CHECK, model],
                  suite("--model", model), args.rounds), TARGETS["export"], "observations"),
