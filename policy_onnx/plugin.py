@@ -1,6 +1,7 @@
 """The pytest plugin of the conformance suite: its options, hooks and session fixtures. The
-policies under test and the run are in session.py, what the run found in record.py, its
-renderings in report.py (terminal, JUnit, JSON) and html.py; process tuning in tuning.py.
+policies under test (found from the options) and the run are in session.py, what the run found
+in record.py, its renderings in report.py (terminal, JUnit, JSON) and html.py; process tuning in
+tuning.py.
 
 Loaded by the repository's conftest.py, or by its entry point once installed. The models are
 opened (safely) while pytest configures, so that a bad --model or --onnx is a usage error before
@@ -19,14 +20,12 @@ import pytest
 from hypothesis import settings
 
 from . import __version__, spec
-from .artifact import Artifact, ArtifactError, sha256
+from .artifact import Artifact, sha256
 from .check import VERDICTS, suite_limitation
-from .layouts import Found, find_models, unique_names
-from .load import ModelLoadError
 from .metadata import TRANSFORMS
 from .observations import IMAGE_LAYOUTS
 from .report import coverage_properties, normalization_line, terminal_summary, write_json
-from .session import Policy, Run, _deferred, _loaded, command_for
+from .session import Policy, Run, command_for, policies_from
 from .tolerance import RULE, tolerance
 from .tuning import (_keep_hypothesis_storage_out_of_the_project,
                      _seed_hypothesis_while_the_heap_is_small, _share_the_cores,
@@ -118,84 +117,6 @@ def _suite_command(config: pytest.Config, items: list[pytest.Item]) -> tuple[str
     return (*command, str(folder.relative_to(start) if folder.is_relative_to(start) else folder))
 
 
-def _paths(values: list[str] | None) -> list[Path]:
-    return [Path(v).expanduser() for v in values or []]
-
-
-def _onnx_in_folders(paths: list[Path]) -> list[Path]:
-    """--onnx alone: each folder replaced by the artifacts in it, sorted."""
-    expanded = []
-    for path in paths:
-        found = sorted(path.glob("*.onnx")) if path.is_dir() else [path]
-        if not found:
-            raise pytest.UsageError(f"--onnx {path}: the folder holds no *.onnx file; give a "
-                                    "folder of artifacts or the files themselves")
-        expanded.extend(found)
-    return expanded
-
-
-def _models(config: pytest.Config) -> Found:
-    """The models of --model: files as given, folders searched through (layouts.find_models)."""
-    given = _paths(config.getoption("model"))
-    found = find_models(given)
-    for folder in (p for p in given if p.is_dir()):
-        if not any(m.is_relative_to(folder) for m in found.models):
-            extras = [m for m in found.passed_over if m.is_relative_to(folder)]
-            raise pytest.UsageError(
-                f"--model {folder}: the folder holds no model .zip (its subfolders searched "
-                "through" + (f"; {len(extras)} best model(s) and checkpoint(s) of RL Zoo runs "
-                             "are checked only when given as files" if extras else "")
-                + "); give a folder of models or the files themselves")
-    return found
-
-
-def _pairs(config: pytest.Config, models: list[Path]) -> list[tuple[Path | None, Path | None]]:
-    """(model, artifact) per policy, from the --model and --onnx options."""
-    onnx_given = _paths(config.getoption("onnx"))
-    if not models:
-        return [(None, path) for path in _onnx_in_folders(onnx_given)]
-    if not onnx_given:
-        return [(model, None) for model in models]
-    if len(onnx_given) == 1 and onnx_given[0].is_dir():
-        folder = onnx_given[0]
-        artifacts = [folder / f"{name}.onnx" for name in unique_names(models)]
-        missing = [str(a) for a in artifacts if not a.is_file()]
-        if missing:
-            raise pytest.UsageError(f"--onnx {folder}: no artifact for "
-                                    f"{len(missing)} model(s): {', '.join(missing[:3])}; the "
-                                    "folder must hold <model name>.onnx for every model")
-        return list(zip(models, artifacts))
-    if len(onnx_given) != len(models):
-        raise pytest.UsageError(
-            f"{len(models)} model(s) but {len(onnx_given)} --onnx artifact(s): give --onnx once "
-            "per --model, in the same order, or a folder holding <model name>.onnx for each")
-    return list(zip(models, onnx_given))
-
-
-def _statistics(config: pytest.Config, pairs) -> list[str | None]:
-    """--vecnormalize per policy: a file, "none", or None (found by layout)."""
-    given = config.getoption("vecnormalize") or []
-    if given and not any(model for model, _ in pairs):
-        raise pytest.UsageError("--vecnormalize needs --model: the statistics are checked "
-                                "against the model's predict()")
-    if not given:
-        return [None] * len(pairs)
-    if given == ["none"]:
-        return ["none"] * len(pairs)
-    if len(given) != len(pairs):
-        raise pytest.UsageError(
-            f"{len(pairs)} model(s) but {len(given)} --vecnormalize value(s): give it once per "
-            "--model, in the same order ('none' for a model without), or leave it out to find "
-            "the statistics beside each model")
-    return given
-
-
-def _keys(pairs) -> list[str]:
-    """Unique readable names (layouts.unique_names): a Zoo run's `ppo/CartPole-v1_1`, else
-    the file's stem."""
-    return unique_names([model or onnx for model, onnx in pairs])
-
-
 @pytest.hookimpl(wrapper=True)  # around pytest-xdist's, which turns "no" into "load"
 def pytest_cmdline_main(config: pytest.Config):
     """With -n and no --dist, each policy's tests go to one worker (pytest_xdist_make_scheduler),
@@ -238,37 +159,13 @@ def pytest_configure(config: pytest.Config) -> None:
         if not available():
             raise pytest.UsageError(f"--html needs matplotlib, which is not installed: "
                                     f"{INSTALL_HINT}")
-    transform = config.getoption("action_transform")
-    trust_code = config.getoption("trust_model_code")
-    found = _models(config)
-    pairs = _pairs(config, found.models)
+    policies, passed_over = policies_from(config)
     if _worker(config):
-        _share_the_cores(min(config.workerinput["workercount"], len(pairs)))
-    policies = []
-    image_layout = config.getoption("image_layout")
-    for key, (model_path, onnx_path), vecnormalize in zip(_keys(pairs), pairs,
-                                                          _statistics(config, pairs)):
-        options = {"transform": transform, "trust_code": trust_code,
-                   "vecnormalize": vecnormalize, "image_layout": image_layout}
-        try:
-            if len(pairs) > 1 and model_path:
-                policies.append(_deferred(key, model_path, onnx_path, **options))
-            else:
-                given_artifact = Artifact(onnx_path) if onnx_path else None
-                loaded = _loaded(model_path, given_artifact, vecnormalize, transform,
-                                 trust_code, image_layout)
-                policies.append(Policy(key, model_path, onnx_path, loaded=loaded,
-                                       given_artifact=given_artifact, **options))
-        except (ModelLoadError, ArtifactError, ValueError) as exc:
-            if len(pairs) == 1:  # the one thing to check cannot be: a usage error
-                raise pytest.UsageError(str(exc)) from None
-            # One of a zoo: its failing verdict; the others are still checked.
-            policies.append(Policy(key, model_path, onnx_path, loaded=None,
-                                   given_artifact=None, open_failure=str(exc), **options))
+        _share_the_cores(min(config.workerinput["workercount"], len(policies)))
     report = config.getoption("report")
     run = Run(policies, spec.Level[config.getoption("level").upper()],
               Path(report).expanduser() if report else None,
-              lambda line: _announce(config, line), found.passed_over)
+              lambda line: _announce(config, line), passed_over)
     config.stash[RUN] = run
     config.pluginmanager.register(run, "policy-onnx-run")
 
