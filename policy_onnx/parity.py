@@ -17,23 +17,12 @@ from . import check, spec
 from .check import row
 from .artifact import Artifact, ArtifactError
 from .decisions import mask_patterns
+from .record import STATISTICS
 from .strategies import FLOAT32_MAX, Batch, rows_for
 from .tolerance import RULE, magnitude_tolerance, tolerance
 
 if TYPE_CHECKING:
     from .model import Reference
-
-
-# Per parity clause: observations checked, those whose pre-clip mean left the action bounds,
-# discrete disagreements only at a rounding tie, those whose normalized observation reached
-# +-clip_obs (models trained under VecNormalize), those drawn but not compared because
-# predict() itself overflows there, (recurrent rollouts) the most steps since a reset, and
-# (discrete actions) how many of its possible choices predict() made in the draws, and, for a
-# clause drawing near the each-action search's rows, how many choices that search found and
-# the time budget (seconds) it stopped at (0: its ascent ran to the end).
-STATISTICS = ("observations", "mean_outside_bounds", "rounding_ties", "observation_at_clip",
-              "predict_overflows", "rollout_reach", "choices_drawn", "choices_possible",
-              "choices_searched", "search_stopped")
 
 
 # The margin of a parity clause: per compared observation, the worst element's

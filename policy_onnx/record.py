@@ -17,11 +17,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import spec
-from .parity import STATISTICS
 
 NOT_APPLICABLE = "not applicable"
 WORKER_LINE = re.compile(r"^\[gw\d+\] .*\n")  # pytest-xdist's header on a worker's failure
 REPORT_VERSION = 1  # of the JSON report's layout; raised when a field changes meaning or goes
+
+
+# Per parity clause: observations checked, those whose pre-clip mean left the action bounds,
+# discrete disagreements only at a rounding tie, those whose normalized observation reached
+# +-clip_obs (models trained under VecNormalize), those drawn but not compared because
+# predict() itself overflows there, (recurrent rollouts) the most steps since a reset, and
+# (discrete actions) how many of its possible choices predict() made in the draws, and, for a
+# clause drawing near the each-action search's rows, how many choices that search found and
+# the time budget (seconds) it stopped at (0: its ascent ran to the end).
+STATISTICS = ("observations", "mean_outside_bounds", "rounding_ties", "observation_at_clip",
+              "predict_overflows", "rollout_reach", "choices_drawn", "choices_possible",
+              "choices_searched", "search_stopped")
 
 
 @dataclass
