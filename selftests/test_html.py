@@ -5,6 +5,7 @@ request, the verdict and every clause row there, every plot drawn."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -69,7 +70,8 @@ def test_the_page_opens_offline_in_chromium(conformance, fixture_models, tmp_pat
             "failing": ("--model", str(REAL_MODEL), "--onnx", str(unclamped_real)),
             "recurrent": ("--model", str(fixture_models["recurrent_ppo"]))}[name]
     broken = name == "failing"
-    run = conformance.run(*pair, "--html", str(page_path),
+    report = tmp_path / "report.json"
+    run = conformance.run(*pair, "--html", str(page_path), "--report", str(report),
                           profile="mutation" if name != "passing" else "ci")
     assert run.ret == (1 if broken else 0), run.stdout
     assert f"page: {page_path}" in run.stdout
@@ -89,6 +91,10 @@ def test_the_page_opens_offline_in_chromium(conformance, fixture_models, tmp_pat
     for pixels, box in plots:
         assert (round(box["width"]), round(box["height"])) == (614, 250)  # 6.4 x 2.6 in
         assert pixels.std() > 10  # drawn: bars, axes and text, not a blank box
+    [policy] = json.loads(report.read_text())["policies"]
+    for clause in policy["clauses"]:  # the page shows the margins the JSON report holds
+        if clause["margin"] and clause["margin"]["worst_ratio_finite"]:
+            assert f"<b>{clause['margin']['worst_ratio']:.3g}x tolerance</b>" in text, clause
     if name == "recurrent":
         assert "error against the rollout step" in text
     else:
