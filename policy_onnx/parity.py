@@ -651,6 +651,12 @@ def _search(clause: spec.Clause, search, policy) -> None:
 ROLLOUT_LENGTHS = (8, 24, 64)
 RESET_RATES = (0.0, 0.05, 0.25)
 WARM_UPS = (0, 16, 48)
+# The first example of every REC-02 search is one long episode of LONG_ROLLOUT steps without a
+# reset, over 2 * HELD environments: HELD of them hold one observation all along (zeros, the
+# bounds, an inside draw: a state that builds up only under a held input), the others see drawn
+# observations.
+LONG_ROLLOUT = 320
+HELD = 4
 
 
 def check_recurrent_parity(clause: spec.Clause, reference: Reference, artifact: Artifact,
@@ -662,17 +668,27 @@ def check_recurrent_parity(clause: spec.Clause, reference: Reference, artifact: 
     @_bounded_shrinking
     def rollouts_agree(batch: Batch) -> None:
         rng = np.random.default_rng(batch.seed)
-        length = int(rng.choice(ROLLOUT_LENGTHS))
-        envs = max(4, len(batch.observations) // length)
-        envs = max(1, rows_for(reference.obs_dim, envs * length) // length)  # memory budget
-        rows = batch.observations
-        if len(rows) < length * envs:
-            rows = np.vstack([rows, reference.domain.sample(batch.regime, rng,
-                                                            length * envs - len(rows))])
-        steps = rows[:length * envs].reshape(length, envs, -1)
-        starts = (rng.random((length, envs)) < rng.choice(RESET_RATES)).astype(np.float32)
-        warm_up = int(rng.choice(WARM_UPS))
-        starts[0] = 0.0 if warm_up else 1.0
+        if batch.regime == "held":
+            length = LONG_ROLLOUT  # fewer environments for a large observation, at least 2
+            pairs = max(1, rows_for(reference.obs_dim, 2 * length * HELD) // (2 * length))
+            held = batch.observations[:pairs]
+            drawn = reference.domain.inside(rng, length * len(held)).reshape(length, len(held), -1)
+            steps = np.concatenate([np.broadcast_to(held, (length, *held.shape)), drawn], axis=1)
+            envs, warm_up = steps.shape[1], 0
+            starts = np.zeros((length, envs), dtype=np.float32)
+            starts[0] = 1.0
+        else:
+            length = int(rng.choice(ROLLOUT_LENGTHS))
+            envs = max(4, len(batch.observations) // length)
+            envs = max(1, rows_for(reference.obs_dim, envs * length) // length)  # memory budget
+            rows = batch.observations
+            if len(rows) < length * envs:
+                rows = np.vstack([rows, reference.domain.sample(batch.regime, rng,
+                                                                length * envs - len(rows))])
+            steps = rows[:length * envs].reshape(length, envs, -1)
+            starts = (rng.random((length, envs)) < rng.choice(RESET_RATES)).astype(np.float32)
+            warm_up = int(rng.choice(WARM_UPS))
+            starts[0] = 0.0 if warm_up else 1.0
         initial = reference.warm_state(rng, envs, warm_up)
         problem = rollout_problem(reference, artifact, steps, starts, policy.stats, clause.id,
                                   initial, warm_up)
@@ -684,6 +700,9 @@ def check_recurrent_parity(clause: spec.Clause, reference: Reference, artifact: 
                             "initial_state_h": initial[0], "initial_state_c": initial[1],
                             "warm_up": warm_up})
 
+    probe = reference.domain.probe()
+    held = np.vstack([probe[:HELD - 1], probe[-1:]])  # zeros, the bounds; a draw
+    rollouts_agree = example(batch=Batch("held", 0, held.astype(np.float32)))(rollouts_agree)
     _search(clause, rollouts_agree, policy)
 
 
