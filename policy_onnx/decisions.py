@@ -57,9 +57,31 @@ NO_DECISION = frozenset({
     "ReduceLogSum", "ReduceLogSumExp", "Einsum", "CumSum", "Sum", "Mean", "DequantizeLinear",
     "Identity", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split",
     "Slice", "Gather", "GatherElements", "GatherND", "ScatterND", "ScatterElements", "Expand",
-    "Tile", "Pad", "Resize", "DepthToSpace", "SpaceToDepth", "Trilu", "Dropout", "CastLike",
-    "Cast", "Constant", "ConstantOfShape", "Shape", "Size", "Range", "OneHot", "EyeLike",
+    "Tile", "Pad", "Resize", "DepthToSpace", "SpaceToDepth", "Trilu", "Dropout",
+    "Cast", "Constant", "ConstantOfShape", "Shape", "Size", "Range", "EyeLike",
     "LSTM", "GRU", "RNN", "And", "Or", "Not", "Xor", "If", "Loop", "Scan"})
+# Sums over axes: over the batch axis (or every axis) they mix the rows, which makes what they
+# compute a matter of the batch (searched over batch sizes, like the batch size itself).
+SUMS = ("ReduceSum", "ReduceMean", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceSumSquare",
+        "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMin")
+# Of the operations that decide nothing, the inputs that carry data (the others: shapes,
+# indices, sizes, axes). One of those others computed from observation values is a lookup the
+# search cannot read: named as not modelled.
+DATA_INPUTS = {"Reshape": (0,), "Expand": (0,), "Tile": (0,), "Slice": (0,), "Pad": (0, 2),
+               "Gather": (0,), "GatherElements": (0,), "GatherND": (0,), "ScatterND": (0, 2),
+               "ScatterElements": (0, 2), "Resize": (0,), "Split": (0,), "Squeeze": (0,),
+               "Unsqueeze": (0,), "CumSum": (0,), "Trilu": (0,), "Range": (),
+               "ConstantOfShape": (), "EyeLike": (), **{op: (0,) for op in SUMS}}
+# A recurrent operator is smooth with these activations only (and no `clip`).
+SMOOTH_ACTIVATIONS = {"Sigmoid", "Tanh", "Softsign", "Softplus", "Affine", "ScaledTanh"}
+# Where a value leaves the domain of these, they make NaN (or inf): Sqrt, Log and Acosh below
+# their lower edge, Asin, Acos and Atanh past +-1. Upstream of a NaN or inf guard they are
+# decisions: inside the domain or not.
+LOWER_EDGES = {"Sqrt": 0.0, "Log": 0.0, "Acosh": 1.0}
+UNIT_RANGE = ("Asin", "Acos", "Atanh")
+# Units that are zero below their kink: a product of two or more of them is non-zero only
+# where all are active, a conjunction no single unit marks.
+GATES = ("Relu", "ThresholdedRelu")
 INTEGER_TYPES = {TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64,
                  TensorProto.UINT8, TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64,
                  TensorProto.BOOL}
@@ -111,11 +133,16 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
     batch_constants: dict[str, frozenset] = {}  # per tensor computed from the batch size
     compared = set()  # outputs of comparisons and guards, and casts of them
     producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
     places = []
     for node in graph.node:
         sources = set().union(*(reads.get(i, set()) for i in (*node.input, *outer_names(node))
                                 if i))
-        if node.op_type in BATCH_READERS:
+        if node.op_type in BATCH_READERS or node.op_type in SUMS and sources and \
+                _across_rows(node, constants):
             sources = {"batch"} if sources else set()
         elif node.op_type == "ConstantOfShape":
             sources &= {"batch"}
@@ -127,14 +154,17 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
                     _scalars(node.input, constants))
         condition = (_condition(node.input[0], producers, constants)
                      if node.op_type in CONSUMERS else None)
+        if node.op_type == "Mul" and not any(c.op_type == "Mul" for c in consumers.get(
+                node.output[0], ())):  # the last of a product
+            gates = _gates(node.output[0], producers)
+            condition = _all(gates) if len(gates) > 1 else None
         kind = "decision" if condition is not None else _kind(node)
         if kind == "guard" and node.input[0] not in inputs:
             kind = "decision"  # a value computed from a finite observation can overflow
         axes = _reduced_axes(node, constants) if node.op_type in REDUCTIONS else None
         if node.op_type in REDUCTIONS and node.input[0] in compared:
             continue  # an All/Any of a condition: decided where it is cast
-        if "values" in sources and (kind is None and (node.domain not in ("", "ai.onnx")
-                                                     or node.op_type not in NO_DECISION)
+        if "values" in sources and (kind is None and not _decides_nothing(node, reads)
                                     or node.op_type in REDUCTIONS and axes is None):
             places.append(Place(node.name or node.output[0], node.op_type, "unmodelled", (),
                                 "values"))
@@ -156,13 +186,84 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
         if node.op_type == "Clip":  # which of min and max are given (either may be omitted)
             attributes += (("clip_inputs", tuple(bool(i) for i in node.input)),)
         if condition is not None:
-            tensors = (tensors[0], *_leaves(condition))
+            decided = node.output[0] if node.op_type == "Mul" else tensors[0]
+            tensors = (decided, *_leaves(condition))
         on_the_way = frozenset().union(*(batch_constants.get(t, ()) for t in node.input),
                                        _scalars(node.input, constants))
         places.append(Place(node.name or node.output[0], node.op_type, kind, tensors, what,
                             attributes, condition,
                             tuple(sorted(on_the_way)) if what == "batch" else ()))
-    return places
+    return places + _domain_edges(places, producers, reads)
+
+
+def _domain_edges(places: list[Place], producers: dict, reads: dict) -> list[Place]:
+    """The operations upstream of a NaN or inf guard on computed values that make NaN or inf
+    outside their domain (LOWER_EDGES, UNIT_RANGE): decisions, inside the domain or not."""
+    found, seen = [], set()
+    todo = [t for p in places if p.op in GUARDS and p.kind == "decision" for t in p.tensors]
+    while todo and len(seen) < 4096:
+        node = producers.get(todo.pop())
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        todo.extend(i for i in node.input if i)
+        if (node.op_type in LOWER_EDGES or node.op_type in UNIT_RANGE) and \
+                "values" in reads.get(node.input[0], ()):
+            found.append(Place(node.name or node.output[0], node.op_type, "decision",
+                               (node.input[0],), "values"))
+    return found
+
+
+def _decides_nothing(node: onnx.NodeProto, reads: dict) -> bool:
+    """Whether an operation of NO_DECISION decides nothing as it is used: a recurrent operator
+    with smooth activations and no clip; the others with no shape, index or size computed from
+    observation values."""
+    if node.domain not in ("", "ai.onnx") or node.op_type not in NO_DECISION:
+        return False
+    if node.op_type in ("LSTM", "GRU", "RNN"):
+        activations = [a.decode() if isinstance(a, bytes) else a
+                       for a in _attribute(node, "activations", [])]
+        return _attribute(node, "clip", None) is None and \
+            all(a in SMOOTH_ACTIVATIONS for a in activations)
+    data = DATA_INPUTS.get(node.op_type)
+    return data is None or not any("values" in reads.get(name, ())
+                                   for i, name in enumerate(node.input)
+                                   if name and i not in data)
+
+
+def _across_rows(node: onnx.NodeProto, constants: dict) -> bool:
+    """Whether a reduction mixes the rows: it reduces the batch axis, every axis, or axes that
+    are not constants."""
+    if len(node.input) > 1 and node.input[1]:
+        try:
+            axes = tuple(int(a) for a in
+                         np.ravel(numpy_helper.to_array(constants[node.input[1]])))
+        except Exception:  # not a constant, or one that cannot be read
+            return True
+    else:
+        axes = tuple(_attribute(node, "axes", ()))
+    if not axes:
+        return not _attribute(node, "noop_with_empty_axes", 0)
+    return 0 in axes
+
+
+def _gates(tensor: str, producers: dict, depth: int = 0) -> list[tuple]:
+    """The units zero below their kink (GATES) a product is made of, through Mul nodes: each
+    as ("Active", its input, its kink)."""
+    node = producers.get(tensor)
+    if node is None or depth > 16:
+        return []
+    if node.op_type == "Mul":
+        return [g for i in node.input for g in _gates(i, producers, depth + 1)]
+    if node.op_type in GATES:
+        kink = _attribute(node, "alpha", 1.0) if node.op_type == "ThresholdedRelu" else 0.0
+        return [("Active", node.input[0], kink)]
+    return []
+
+
+def _all(parts: list[tuple]) -> tuple:
+    """The conjunction of condition trees, as nested Ands."""
+    return parts[0] if len(parts) == 1 else ("And", parts[0], _all(parts[1:]))
 
 
 def _scalars(names, constants: dict) -> set[float]:
@@ -224,6 +325,8 @@ def _leaves(tree: tuple) -> tuple[str, ...]:
     """The tensors a condition tree compares."""
     if tree[0] in COMPARISONS:
         return tree[1:]
+    if tree[0] == "Active":
+        return (tree[1],)
     if tree[0] in ("All", "Any"):
         return _leaves(tree[3])
     return tuple(t for part in tree[1:] for t in _leaves(part))
@@ -241,6 +344,8 @@ def _condition_margin(tree: tuple, values: dict) -> np.ndarray:
         if op == "Equal":
             return -np.abs(a - b)
         return (a - b) if op in ("Greater", "GreaterOrEqual") else (b - a)
+    if op == "Active":  # a gate's input past its kink
+        return np.asarray(values[tree[1]], np.float64) - tree[2]
     if op in ("All", "Any"):
         _, axes, keepdims, part = tree
         m = _condition_margin(part, values)
@@ -263,7 +368,8 @@ def _kind(node: onnx.NodeProto) -> str | None:
     op = node.op_type
     if op in GUARDS:
         return "guard"
-    if op in COMPARISONS or op in STEPS or op in SELECTIONS or op in ("Sign", "If", "Where"):
+    if op in COMPARISONS or op in STEPS or op in SELECTIONS or \
+            op in ("Sign", "If", "Where", "OneHot"):
         return "decision"
     if op == "Cast":
         return "decision" if _attribute(node, "to", 0) in INTEGER_TYPES else None
@@ -281,6 +387,8 @@ def _deciding_tensors(node: onnx.NodeProto) -> tuple[str, ...]:
         return (node.input[0],)
     if op in ("Max", "Min", "Clip") or op in COMPARISONS or op == "Mod":
         return tuple(i for i in node.input if i)
+    if op == "OneHot":  # the indices, and the depth they must lie within
+        return (node.input[0], node.input[1])
     return (node.input[0],)
 
 
@@ -308,6 +416,8 @@ def ways(place: Place, values: list[np.ndarray], rows: int) -> tuple[np.ndarray,
     if op == "Sign":
         x = np.asarray(values[0], np.float64)
         return _per_row(np.sign(x).astype(np.int64) + 1, rows), 3
+    if op == "OneHot" or op in LOWER_EDGES or op in UNIT_RANGE:  # within the range, or not
+        return _per_row((_within(place, values) > 0).astype(np.int64), rows), 2
     if op == "Cast" and get("to") == TensorProto.BOOL:
         return _per_row((np.asarray(values[0], np.float64) != 0).astype(np.int64), rows), 2
     if op in STEPS or op == "Cast":
@@ -331,6 +441,18 @@ def ways(place: Place, values: list[np.ndarray], rows: int) -> tuple[np.ndarray,
         return _per_row(np.where(x < low, 0, np.where(x > high, 2, 1)), rows), 3
     x = np.asarray(values[0], np.float64)  # Relu and friends, Abs: which side of their kink
     return _per_row((x > _kink(place)).astype(np.int64), rows), 2
+
+
+def _within(place: Place, values: list[np.ndarray]) -> np.ndarray:
+    """How far a value lies within its range (> 0 inside): a OneHot's indices within
+    [-depth, depth) (a float index is truncated), an operation's input within its domain."""
+    x = np.asarray(values[0], np.float64)
+    if place.op == "OneHot":
+        depth = float(np.ravel(values[1])[0])
+        return np.minimum(x + depth + 1.0, depth - x)
+    if place.op in LOWER_EDGES:
+        return x - LOWER_EDGES[place.op]
+    return 1.0 - np.abs(x)
 
 
 def _competing(x, axes) -> np.ndarray:
@@ -380,6 +502,9 @@ def margins(place: Place, values: list[np.ndarray], rows: int, way: int) -> np.n
     if op == "Sign":
         x = np.asarray(values[0], np.float64)
         return _per_row({0: -x, 1: -np.abs(x), 2: x}[way], rows)
+    if op == "OneHot" or op in LOWER_EDGES or op in UNIT_RANGE:
+        m = _within(place, values)
+        return _per_row(m if way == 1 else -m, rows)
     if op in GUARDS:  # toward float32's overflow, where inf (and NaN, from inf - inf) is made
         x = np.abs(np.asarray(values[0], np.float64))
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -399,7 +524,7 @@ def margins(place: Place, values: list[np.ndarray], rows: int, way: int) -> np.n
             x = np.stack(_broadcast(*values), axis=-1)
         x = -x if op in ("ArgMin", "Min", "ReduceMin") else x
         others = np.delete(x, way, axis=-1)
-        return _per_row(x[..., way] - others.max(axis=-1), rows)
+        return _per_row(x[..., way] - others.max(axis=-1, initial=-np.inf), rows)
     if op == "Clip":
         x, low, high = _clip_terms(values, get)
         return _per_row({0: low - x, 2: x - high, 1: np.minimum(x - low, high - x)}[way], rows)
@@ -882,7 +1007,10 @@ class Search:
             if found is not None:
                 return found, row, np.inf
             m = np.nan_to_num(m, nan=-np.inf)
-            i = int(np.argmax(m))
+            best = np.flatnonzero(m == m.max())
+            # the middle of a plateau: an element a conjunction needs inside a slab, while
+            # another part decides the margin, is left in the slab's middle, not at its edge
+            i = int(best[len(best) // 2])
             row, value, margin = rows[i].astype(np.float64), float(rows[i, column]), m[i]
             half = 2 * half / (ZOOM_POINTS - 1) if 0 < i < ZOOM_POINTS - 1 else 2 * half
             below_float32_step = not half > abs(value) * 2.0 ** -23

@@ -1108,6 +1108,81 @@ def _slab_of_pooling(p):
          const("nothing", 0.0), const("column", [-1, 1], np.int64), const("bump_gain", 1e5)])
 
 
+def _gated(gate_nodes, gate: str, initializers=()):
+    """The action times 1 - 2 * `gate` (built by `gate_nodes`, between 0 and 1): negated where
+    the gate is 1, with no comparison and no Where."""
+    def mutate(p):
+        return append_after_output(p, lambda src, dst: [
+            *gate_nodes,
+            helper.make_node("Mul", [gate, "gate_two"], ["gate_twice"]),
+            helper.make_node("Sub", ["gate_one", "gate_twice"], ["gate_factor"]),
+            helper.make_node("Mul", [src, "gate_factor"], [dst])],
+            [*initializers, const("gate_two", 2.0), const("gate_one", 1.0)])
+    return mutate
+
+
+# OneHot of a float index obs[0] * 1e6 - 3141592 (truncated) of depth 1: 1 only where the index
+# is 0 or -1, for obs[0] within 2e-6 of 3.141592
+_onehot_of_a_float_index = _gated(
+    [*_element(0, "x0"), helper.make_node("Mul", ["x0", "index_scale"], ["scaled"]),
+     helper.make_node("Sub", ["scaled", "index_shift"], ["float_index"]),
+     helper.make_node("OneHot", ["float_index", "one_deep", "off_on"], ["hot"], axis=-1),
+     helper.make_node("Reshape", ["hot", "column"], ["hot_column"])],
+    "hot_column", [*_element_constants(0, "x0"), const("axis1", [1], np.int64),
+                   const("index_scale", 1e6), const("index_shift", 3141592.0),
+                   const("one_deep", 1.0), const("off_on", [0.0, 1.0]),
+                   const("column", [-1, 1], np.int64)])
+
+# Relu(obs[0] - a) Relu(b - obs[0]) Relu(obs[1] - c) Relu(d - obs[1]), scaled to 1 at its peak:
+# non-zero only in a box 1e-5 wide, though each Relu alone goes both ways everywhere
+_BOX = (3.14159, 3.14160, -2.71829, -2.71828)
+_box_of_relu_products = _gated(
+    [*_element(0, "x0"), *_element(1, "x1"),
+     helper.make_node("Sub", ["x0", "box_a"], ["above_a"]),
+     helper.make_node("Sub", ["box_b", "x0"], ["below_b"]),
+     helper.make_node("Sub", ["x1", "box_c"], ["above_c"]),
+     helper.make_node("Sub", ["box_d", "x1"], ["below_d"]),
+     *(helper.make_node("Relu", [t], [f"{t}_on"])
+       for t in ("above_a", "below_b", "above_c", "below_d")),
+     helper.make_node("Mul", ["above_a_on", "below_b_on"], ["in_x0"]),
+     helper.make_node("Mul", ["above_c_on", "below_d_on"], ["in_x1"]),
+     helper.make_node("Mul", ["in_x0", "in_x1"], ["in_box"]),
+     helper.make_node("Mul", ["in_box", "box_gain"], ["box_gate"])],
+    "box_gate", [*_element_constants(0, "x0"), *_element_constants(1, "x1"),
+                 const("axis1", [1], np.int64),
+                 *(const(name, v) for name, v in zip(("box_a", "box_b", "box_c", "box_d"), _BOX)),
+                 const("box_gain", 1.0 / ((_BOX[1] - _BOX[0]) / 2) ** 2
+                       / ((_BOX[3] - _BOX[2]) / 2) ** 2)])
+
+# The batch size counted as a sum over the rows of obs * 0 + 1, not read by Shape: the gate
+# Relu(n - 76) Relu(78 - n) is 1 at a batch of 77 rows alone
+_batch_counted_through_values = _gated(
+    [helper.make_node("Mul", ["obs", "count_zero"], ["zeros"]),
+     helper.make_node("Add", ["zeros", "count_one"], ["ones"]),
+     helper.make_node("Slice", ["ones", "first", "second", "axis1"], ["one_column"]),
+     helper.make_node("ReduceSum", ["one_column", "axis0"], ["counted"], keepdims=1),
+     helper.make_node("Sub", ["counted", "count_low"], ["past_low"]),
+     helper.make_node("Sub", ["count_high", "counted"], ["short_of_high"]),
+     helper.make_node("Relu", ["past_low"], ["past_low_on"]),
+     helper.make_node("Relu", ["short_of_high"], ["short_of_high_on"]),
+     helper.make_node("Mul", ["past_low_on", "short_of_high_on"], ["counted_77"])],
+    "counted_77", [const("count_zero", 0.0), const("count_one", 1.0),
+                   const("first", [0], np.int64), const("second", [1], np.int64),
+                   const("axis1", [1], np.int64), const("axis0", [0], np.int64),
+                   const("count_low", 76.0), const("count_high", 78.0)])
+
+# Sqrt((obs[0] - 3.14159)^2 - 1e-10) is NaN within 1e-5 of 3.14159: a NaN from a domain error,
+# not from an overflow
+_nan_from_a_square_root = _where(
+    [*_element(0, "x0"), helper.make_node("Sub", ["x0", "root_center"], ["off_root"]),
+     helper.make_node("Mul", ["off_root", "off_root"], ["off_root_2"]),
+     helper.make_node("Sub", ["off_root_2", "root_width"], ["under_root"]),
+     helper.make_node("Sqrt", ["under_root"], ["root"]),
+     helper.make_node("IsNaN", ["root"], ["root_nan"])], "root_nan",
+    [*_element_constants(0, "x0"), const("axis1", [1], np.int64), const("root_center", 3.14159),
+     const("root_width", 1e-10)])
+
+
 # The thin slab in the main graph, on obs passed through a Loop of 17 trips (past those the
 # search unrolls) whose body reads obs by name, not as an input of the Loop
 def _slab_behind_a_long_loop(p):
@@ -1200,6 +1275,18 @@ DECISION_MUTANTS = (
     Mutant("wrong_near_float32_max", "the action negated where max|obs| > 1e36, where "
            "predict()'s hidden layers do not overflow", _wrong_near_float32_max,
            frozenset(PARITY)),
+    Mutant("wrong_where_a_float_onehot_index_is_in_range", "the action negated where a OneHot "
+           "of depth 1 takes obs[0] * 1e6 - 3141592 as its (float) index",
+           _onehot_of_a_float_index, frozenset({"PAR-01"})),
+    Mutant("wrong_in_a_box_of_relu_products", "the action negated in a box 1e-5 wide, a product "
+           "of four Relus (each goes both ways in the draws)", _box_of_relu_products,
+           frozenset({"PAR-01"})),
+    Mutant("wrong_for_a_batch_size_counted_through_values", "the action negated in batches of 77 "
+           "rows, counted as a ReduceSum over the rows, not read by Shape",
+           _batch_counted_through_values, frozenset({"BEH-02"} | PARITY)),
+    Mutant("wrong_where_a_square_root_is_nan", "the action negated where Sqrt((obs[0] - c)^2 - "
+           "1e-10) is NaN (IsNaN of a domain error)", _nan_from_a_square_root,
+           frozenset({"PAR-01"})),
     Mutant("wrong_in_a_slab_behind_a_runtime_op", "the action negated where |obs[1] - 2.7| < "
            "1e-5, obs[1] read through com.microsoft FusedMatMul", _slab_behind_a_runtime_op,
            frozenset({"PAR-01"})),

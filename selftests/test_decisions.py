@@ -45,6 +45,13 @@ REACHED = {
     "wrong_where_a_value_overflows": ("overflowed", lambda rows: (rows[:, 0] - 2.7) ** 2
                                       + (rows[:, 1] + 1.3) ** 2 < 1e30 / 3.4e38),
     "wrong_in_a_slab_of_pooling": ("pool_input", lambda rows: np.abs(rows[:, 1] - 2.7) < 1e-5),
+    "wrong_where_a_float_onehot_index_is_in_range": ("hot", lambda rows: np.abs(
+        rows[:, 0] * 1e6 - 3141592) < 2),
+    "wrong_in_a_box_of_relu_products": ("above_a", lambda rows: (rows[:, 0] > 3.14159)
+                                        & (rows[:, 0] < 3.1416) & (rows[:, 1] > -2.71829)
+                                        & (rows[:, 1] < -2.71828)),
+    "wrong_where_a_square_root_is_nan": ("root", lambda rows: np.abs(rows[:, 0] - 3.14159)
+                                         < 1e-5),
     "wrong_in_a_slab_inside_a_loop": ("in_slab", lambda rows: np.abs(rows[:, 1] - 2.7) < 1e-5),
     "wrong_for_one_flag_pattern": ("flags_hit", lambda rows: (rows[:, :24]
                                                               == [1, 0] * 12).all(axis=1)),
@@ -102,6 +109,26 @@ def test_an_operation_the_search_does_not_model_is_named():
          onnx.numpy_helper.from_array(np.array([-1, 1], np.int64), "flat")])
     places = find_places(onnx.helper.make_model(graph))
     assert [(p.label, p.kind) for p in places] == [("GridSample 'looked_up'", "unmodelled")]
+
+
+@pytest.mark.parametrize("activations, named", [(None, False), (["Relu", "Relu", "Relu"], True)],
+                         ids=["smooth", "relu_gates"])
+def test_a_recurrent_operator_is_modelled_only_with_smooth_activations(activations, named):
+    """An LSTM with Relu activations can carve a slab (Relu(x - a) Relu(b - x) in its
+    cell): named as not modelled; with its default activations it decides nothing."""
+    hidden = 2
+    weights = [onnx.numpy_helper.from_array(np.ones((1, 4 * hidden, n), np.float32), name)
+               for name, n in (("W", 3), ("R", hidden))]
+    extra = {"activations": activations} if activations else {}
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Unsqueeze", ["obs", "zero"], ["sequence"]),
+         onnx.helper.make_node("LSTM", ["sequence", "W", "R"], ["Y"], hidden_size=hidden,
+                               **extra)], "lstm",
+        [onnx.helper.make_tensor_value_info("obs", onnx.TensorProto.FLOAT, ["batch", 3])],
+        [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)],
+        [*weights, onnx.numpy_helper.from_array(np.array([0], np.int64), "zero")])
+    places = find_places(onnx.helper.make_model(graph))
+    assert [(p.op, p.kind) for p in places] == ([("LSTM", "unmodelled")] if named else [])
 
 
 def test_a_guard_on_the_observation_is_counted_and_not_searched():
