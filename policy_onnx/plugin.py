@@ -154,11 +154,12 @@ def pytest_configure(config: pytest.Config) -> None:
                 "(the local default) and 'ci' (derandomized, the default when CI is set)"
             ) from None
     if config.getoption("html"):
-        from .html import INSTALL_HINT, available
+        from .html import INSTALL_HINT, available, import_in_the_background
 
         if not available():
             raise pytest.UsageError(f"--html needs matplotlib, which is not installed: "
                                     f"{INSTALL_HINT}")
+        import_in_the_background()
     policies, passed_over = policies_from(config)
     if _worker(config):
         _share_the_cores(min(config.workerinput["workercount"], len(policies)))
