@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from .inlining import constant_values, control_flow_inlined, outer_names
+from .inlining import constant_values, control_flow_inlined, outer_names, scalar_value
 
 COMPARISONS = {"Greater": "Greater", "Less": "Less", "GreaterOrEqual": "GreaterOrEqual",
                "LessOrEqual": "LessOrEqual", "Equal": "Equal"}
@@ -188,11 +188,11 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
         if condition is not None:
             decided = node.output[0] if node.op_type == "Mul" else tensors[0]
             tensors = (decided, *_leaves(condition))
-        on_the_way = frozenset().union(*(batch_constants.get(t, ()) for t in node.input),
-                                       _scalars(node.input, constants))
+        on_the_way = sorted(frozenset().union(*(batch_constants.get(t, ()) for t in node.input),
+                                              _scalars(node.input, constants))) \
+            if what == "batch" else ()
         places.append(Place(node.name or node.output[0], node.op_type, kind, tensors, what,
-                            attributes, condition,
-                            tuple(sorted(on_the_way)) if what == "batch" else ()))
+                            attributes, condition, tuple(on_the_way)))
     return places + _domain_edges(places, producers, reads)
 
 
@@ -234,17 +234,25 @@ def _decides_nothing(node: onnx.NodeProto, reads: dict) -> bool:
 def _across_rows(node: onnx.NodeProto, constants: dict) -> bool:
     """Whether a reduction mixes the rows: it reduces the batch axis, every axis, or axes that
     are not constants."""
-    if len(node.input) > 1 and node.input[1]:
-        try:
-            axes = tuple(int(a) for a in
-                         np.ravel(numpy_helper.to_array(constants[node.input[1]])))
-        except Exception:  # not a constant, or one that cannot be read
-            return True
-    else:
-        axes = tuple(_attribute(node, "axes", ()))
+    axes = _axes(node, constants)
+    if axes is None:
+        return True
     if not axes:
         return not _attribute(node, "noop_with_empty_axes", 0)
     return 0 in axes
+
+
+def _axes(node: onnx.NodeProto, constants: dict) -> tuple[int, ...] | None:
+    """The axes a reduction names (its second input, or its `axes` attribute before opsets
+    that made it an input; () when it names none); None when they are not a readable
+    constant."""
+    if len(node.input) > 1 and node.input[1]:
+        try:
+            return tuple(int(a) for a in
+                         np.ravel(numpy_helper.to_array(constants[node.input[1]])))
+        except Exception:  # not a constant, or one that cannot be read
+            return None
+    return tuple(_attribute(node, "axes", ()))
 
 
 def _gates(tensor: str, producers: dict, depth: int = 0) -> list[tuple]:
@@ -267,16 +275,9 @@ def _all(parts: list[tuple]) -> tuple:
 
 
 def _scalars(names, constants: dict) -> set[float]:
-    """The values of the one-element constants among `names`."""
-    found = set()
-    for name in names:
-        proto = constants.get(name)
-        if proto is not None and np.prod(proto.dims, dtype=np.int64) == 1:
-            try:
-                found.add(float(np.ravel(numpy_helper.to_array(proto))[0]))
-            except Exception:  # an unreadable constant tells nothing about sizes
-                pass
-    return found
+    """The values of the one-element constants among `names` (readable ones)."""
+    values = (scalar_value(constants, name) for name in names)
+    return {float(v) for v in values if v is not None}
 
 
 def _reduced_axes(node: onnx.NodeProto, constants: dict) -> tuple[int, ...] | None:
@@ -285,13 +286,7 @@ def _reduced_axes(node: onnx.NodeProto, constants: dict) -> tuple[int, ...] | No
     GlobalMaxPool's are every axis after the channels (of a tensor of rank up to 8)."""
     if node.op_type == "GlobalMaxPool":
         return tuple(range(2, 8))
-    if len(node.input) > 1 and node.input[1]:
-        try:
-            axes = tuple(int(a) for a in np.ravel(numpy_helper.to_array(constants[node.input[1]])))
-        except Exception:  # not a constant, or one that cannot be read
-            return None
-    else:
-        axes = tuple(_attribute(node, "axes", ()))
+    axes = _axes(node, constants)
     return axes if axes and 0 not in axes else None
 
 
@@ -997,9 +992,9 @@ class Search:
         value = float(row[column])
         half = max(abs(value), 1.0)
         margin = -np.inf
+        largest = float(np.finfo(np.float32).max)
         for _ in range(ZOOM_ROUNDS):
             rows = np.repeat(row[None], ZOOM_POINTS, axis=0)
-            largest = float(np.finfo(np.float32).max)
             rows[:, column] = np.clip(np.linspace(value - half, value + half, ZOOM_POINTS),
                                       -largest, largest)
             rows = self.domain.finish(rows)
@@ -1141,27 +1136,27 @@ def cover(artifact, domain, seeds=(), seconds: float = SEARCH_SECONDS) -> Covera
                       *(domain.sample(regime, rng, rows) for regime in domain.regimes)])
 
     def instrument(graph):
+        """The graph run with its places exposed, and the places it does not model."""
         places = find_places(graph, artifact.obs.name if artifact.obs else "obs")
         made = Instrumented(artifact, [p for p in places if p.kind != "unmodelled"], graph)
         made.values(pool[:1])
-        made.not_modelled = [p.label for p in places if p.kind == "unmodelled"]
-        return made
+        return made, [p.label for p in places if p.kind == "unmodelled"]
 
     graph = control_flow_inlined(artifact.proto)
     try:  # the artifact's own faults (it does not load or run) are the clauses' to report
         try:
-            instrumented = instrument(graph)
+            instrumented, not_modelled = instrument(graph)
         except Exception:
             if graph is artifact.proto:
                 raise
             graph = artifact.proto  # what inlining made does not run: search the graph as is
-            instrumented = instrument(graph)
+            instrumented, not_modelled = instrument(graph)
     except Exception as exc:
         return Coverage(not_run=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
     coverage = Search(instrumented, domain, seconds).run(pool)
     coverage.not_exposed = [p.label for p in instrumented.unseen if p.kind == "decision"] + \
         _decisions_in_bodies(graph.graph)
-    coverage.not_modelled = instrumented.not_modelled
+    coverage.not_modelled = not_modelled
     if coverage.found is not None:
         coverage.tied = coverage.found[instrumented.selection_ties(coverage.found)]
     return coverage

@@ -24,15 +24,15 @@ def constant_values(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     return values
 
 
-def _scalar(constants: dict, name: str):
-    """The one value of constant `name`, or None (not a constant, or unreadable)."""
-    if name not in constants:
+def scalar_value(constants: dict, name: str):
+    """The one value of constant `name`, or None (not a constant of one element, or
+    unreadable). Larger constants are not read: weights may be large, or outside the file."""
+    if name not in constants or np.prod(constants[name].dims, dtype=np.int64) != 1:
         return None
     try:
-        values = np.ravel(numpy_helper.to_array(constants[name]))
+        return np.ravel(numpy_helper.to_array(constants[name]))[0].item()
     except Exception:
         return None
-    return values[0].item() if values.size == 1 else None
 
 
 def _body(node: onnx.NodeProto, name: str) -> onnx.GraphProto | None:
@@ -102,7 +102,7 @@ def _copied(body: onnx.GraphProto, prefix: str, bound: dict[str, str], extra: li
 
 
 def _if_inlined(node, constants, prefix, initializers):
-    condition = _scalar(constants, node.input[0])
+    condition = scalar_value(constants, node.input[0])
     branch = _body(node, "then_branch" if condition else "else_branch")
     if condition is None or branch is None:
         return None
@@ -117,13 +117,13 @@ def _keeps_going(body: onnx.GraphProto, constants: dict) -> bool:
     producer = next((n for n in body.node if condition_out in n.output), None)
     if producer is not None and producer.op_type == "Identity":
         condition_out = producer.input[0]
-    return condition_out == condition_in or _scalar(constants, condition_out) is True
+    return condition_out == condition_in or scalar_value(constants, condition_out) is True
 
 
 def _loop_unrolled(node, constants, prefix, initializers, opset: int):
-    trips = _scalar(constants, node.input[0]) if node.input[0] else None
+    trips = scalar_value(constants, node.input[0]) if node.input[0] else None
     body = _body(node, "body")
-    condition = _scalar(constants, node.input[1]) if len(node.input) > 1 and node.input[1] \
+    condition = scalar_value(constants, node.input[1]) if len(node.input) > 1 and node.input[1] \
         else True
     if not isinstance(trips, int) or not 1 <= trips <= MAX_UNROLLED_TRIPS or body is None \
             or condition is not True or not _keeps_going(body, constants):

@@ -587,7 +587,9 @@ def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, 
         if not len(obs):
             policy.stats.record(clause.id, 0, 0, 0, undecided)
             return
-        out_of_bounds = int((reference.overshoot(obs, raw[decided]) > 0).sum())
+        raw = raw[decided]  # a Box policy's pre-clip mean, a discrete one's scores
+        outside = (raw > reference.high) | (raw < reference.low) if reference.clips else None
+        out_of_bounds = 0 if outside is None else int(outside.any(axis=1).sum())
         if steer:
             target(out_of_bounds / len(obs), label="share of rows whose mean leaves the bounds")
         schedule = batch.schedule(len(obs))
@@ -597,11 +599,9 @@ def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, 
         if margin.bounds is None:
             margin.bounds = (reference.domain.low, reference.domain.high)
         if reference.kind != "Box":
-            margin.add_gaps(
-                *runner_up_gaps(reference, raw[decided], masks), obs)
-        elif reference.clips:
-            mean = raw[decided]
-            margin.count_left_bounds((mean > reference.high) | (mean < reference.low))
+            margin.add_gaps(*runner_up_gaps(reference, raw, masks), obs)
+        elif outside is not None:
+            margin.count_left_bounds(outside)
         # Counted once both sides have acted on them (an artifact that cannot run raises above).
         policy.stats.record(clause.id, len(obs), out_of_bounds,
                             int(reference.at_clip(obs).sum()), undecided)
@@ -737,10 +737,10 @@ def rollout_problem(reference: Reference, artifact: Artifact, steps: np.ndarray,
                                  clause_id, "fed predict()'s state", ratios))
         if len(ratios) == 2:
             own_worse = (ratios[0].max(axis=1) >= ratios[1].max(axis=1))[:, None]
-            margin = stats.margin(clause_id)
-            margin.add(np.maximum(*ratios), obs, expected,
+            worse, margin = np.maximum(*ratios), stats.margin(clause_id)
+            margin.add(worse, obs, expected,
                        np.where(own_worse, own.reshape(len(obs), -1), fed.reshape(len(obs), -1)))
-            margin.add_step(t, np.maximum(*ratios))
+            margin.add_step(t, worse)
         problem = (problem[0] or problem[1]
                    or _state_problem(next_mine, (fed_h, fed_c), f32[1:], f64[1:]))
         if problem:
