@@ -7,11 +7,16 @@ optional extra (`pip install policy-onnx[report]`); `available()` says whether i
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import io
+import json
 import math
+import os
+import pickle
 import re
-import threading
+import subprocess
+import sys
 from html import escape
 from pathlib import Path
 
@@ -43,10 +48,48 @@ def available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-def import_in_the_background() -> None:
-    """Import matplotlib (half a second) in a thread while the clauses run, not after them."""
-    threading.Thread(target=importlib.import_module, args=("matplotlib.figure",),
-                     daemon=True).start()
+class PageWriter:
+    """Writes the page in a child process started with the run. While the clauses run, the
+    child imports matplotlib and draws each parity clause's plots as the clause ends (a
+    plugin of the run, this sends them): on the other core, not after the run. At the end it
+    is sent the run and writes the page. Where the child cannot, the page is written here."""
+
+    def __init__(self) -> None:
+        package_parent = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            filter(None, [package_parent, os.environ.get("PYTHONPATH")]))}
+        self.child = subprocess.Popen([sys.executable, "-m", __name__], env=env,
+                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+
+    def pytest_runtest_logreport(self, report) -> None:
+        properties = dict(report.user_properties)
+        if "margin" in properties:
+            self._send(("plots", properties["clause"], _plotted(properties["margin"])))
+
+    def write(self, path: Path, run: RunRecord) -> None:
+        self._send(("page", path, run))
+        self._stop(timeout=120)
+        if self.child.returncode != 0:
+            write_html(path, run)
+
+    def pytest_unconfigure(self) -> None:
+        self._stop(timeout=5)  # a run that ended without a page: the child is waiting
+
+    def _stop(self, timeout: float) -> None:
+        try:
+            self.child.stdin.close()
+            self.child.wait(timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            self.child.kill()
+            self.child.wait()
+
+    def _send(self, message: tuple) -> None:
+        try:
+            pickle.dump(message, self.child.stdin)
+            self.child.stdin.flush()
+        except OSError:  # the child is gone: write() writes the page here
+            pass
 
 
 def write_html(path: Path, run: RunRecord) -> None:
@@ -156,10 +199,8 @@ def _margin_part(clause_id: str, margin: dict, counts: dict) -> str:
                  f" tie tolerances, action element {margin['closest_score_gap_element']})")
     out = [f'<div class="margin" data-clause="{escape(clause_id)}">',
            f"<h3>{escape(clause_id)}: margin</h3><p>{text}</p>",
-           f'<figure class="plot">{_histogram_svg(clause_id, margin)}</figure>']
-    if margin.get("worst_by_step"):
-        out.append(f'<figure class="plot">{_steps_svg(clause_id, margin["worst_by_step"])}'
-                   "</figure>")
+           *(f'<figure class="plot">{svg}</figure>'
+             for svg in _plots(clause_id, _plotted(margin)))]
     if margin.get("observation") is not None:
         out.append(_table(["worst row", "values"],
                           [["observation", _numbers(margin["observation"])],
@@ -200,6 +241,35 @@ def _margin_part(clause_id: str, margin: dict, counts: dict) -> str:
                         for k in keys])]
     out.append("</div>")
     return "\n".join(out)
+
+
+def _plotted(margin: dict) -> dict:
+    """What a clause's plots show of its margin."""
+    return {key: margin.get(key) for key in ("ratio_histogram", "observations",
+                                              "worst_by_step")}
+
+
+def _drawn_once(draw):
+    """Each plot drawn once: drawn ahead by PageWriter's child, it is not drawn again."""
+    drawn: dict[str, list[str]] = {}
+
+    @functools.wraps(draw)
+    def once(*args):
+        key = json.dumps(args, sort_keys=True)
+        if key not in drawn:
+            drawn[key] = draw(*args)
+        return drawn[key]
+    return once
+
+
+@_drawn_once
+def _plots(clause_id: str, plotted: dict) -> list[str]:
+    """A parity clause's plots as inline SVG: its ratio histogram and, for a recurrent policy,
+    its worst ratio against the rollout step."""
+    plots = [_histogram_svg(clause_id, plotted)]
+    if plotted["worst_by_step"]:
+        plots.append(_steps_svg(clause_id, plotted["worst_by_step"]))
+    return plots
 
 
 def _histogram_svg(clause_id: str, margin: dict) -> str:
@@ -303,3 +373,19 @@ def _reached(policy: PolicyRecord) -> str:
 
 def _anchor(key: str) -> str:
     return "policy-" + "".join(c if c.isalnum() else "-" for c in key)
+
+
+if __name__ == "__main__":  # PageWriter's child
+    _svg(_figure())
+    while True:
+        try:
+            message = pickle.load(sys.stdin.buffer)
+        except EOFError:  # the run ended without a page
+            break
+        if message[0] == "plots":
+            _plots(*message[1:])
+        else:
+            write_html(*message[1:])
+            break
+    sys.stdout.flush()
+    os._exit(0)  # matplotlib's teardown is a tenth of a second

@@ -100,6 +100,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 RUN = pytest.StashKey[Run]()
+PAGE = pytest.StashKey["PageWriter"]()  # --html: writes the page when the run ends
 BY_POLICY = pytest.StashKey[bool]()  # pytest-xdist: one worker per policy
 
 
@@ -154,13 +155,17 @@ def pytest_configure(config: pytest.Config) -> None:
                 "(the local default) and 'ci' (derandomized, the default when CI is set)"
             ) from None
     if config.getoption("html"):
-        from .html import INSTALL_HINT, available, import_in_the_background
+        from .html import INSTALL_HINT, available
 
         if not available():
             raise pytest.UsageError(f"--html needs matplotlib, which is not installed: "
                                     f"{INSTALL_HINT}")
-        import_in_the_background()
     policies, passed_over = policies_from(config)
+    if config.getoption("html") and not _worker(config):
+        from .html import PageWriter
+
+        config.stash[PAGE] = PageWriter()
+        config.pluginmanager.register(config.stash[PAGE], "policy-onnx-page")
     if _worker(config):
         _share_the_cores(min(config.workerinput["workercount"], len(policies)))
     report = config.getoption("report")
@@ -329,11 +334,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             else pytest.ExitCode.TESTS_FAILED
     if run.report_path:
         write_json(run.report_path, record.document())
-    html = session.config.getoption("html")
-    if html:
-        from .html import write_html
-
-        write_html(Path(html).expanduser(), record)
+    page = session.config.stash.get(PAGE, None)
+    if page is not None:
+        page.write(Path(session.config.getoption("html")).expanduser(), record)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:

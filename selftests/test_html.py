@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from policy_onnx import spec
+from policy_onnx.html import PageWriter
+from policy_onnx.record import PolicyRecord, RunRecord, Verdict
 
 from .conftest import REAL_MODEL, REAL_ONNX, ROOT
 
@@ -21,8 +23,8 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCREENSHOTS = ROOT / "build" / "html-report"  # kept by CI as an artifact
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium "
-                                "(apt-get install -y chromium; .ci/run installs it)")
+needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium "
+                                    "(apt-get install -y chromium; .ci/run installs it)")
 
 
 def _open(page_path: Path, screenshot: Path):
@@ -59,6 +61,7 @@ def _open(page_path: Path, screenshot: Path):
     return errors, requests, rows, verdict, plots
 
 
+@needs_chromium
 @pytest.mark.slow  # suite runs and a browser: `make test-slow`
 @pytest.mark.parametrize("name", ["passing", "failing", "recurrent"])
 def test_the_page_opens_offline_in_chromium(conformance, fixture_models, tmp_path,
@@ -114,3 +117,26 @@ def test_html_without_matplotlib_is_a_usage_error(conformance, tmp_path, monkeyp
                           str(tmp_path / "page.html"))
     assert run.ret == 4  # usage error
     assert "pip install policy-onnx[report]" in run.stderr
+
+
+def _a_run() -> RunRecord:
+    policy = PolicyRecord("m.zip", margins={"PAR-01": {
+        "worst_ratio": 0.25, "worst_ratio_finite": True, "action_element": 0, "observations": 9,
+        "ratio_histogram": {"bins": ["<0.1", "0.1-1", ">1"], "counts": [5, 4, 0]}}})
+    for clause in spec.CLAUSES:
+        policy.by_clause[clause.id] = Verdict(clause.id, clause.level.label, clause.title,
+                                              "passed", "")
+    return RunRecord({"spec_version": spec.SPEC_VERSION}, spec.Level.STANDARD, [policy])
+
+
+@pytest.mark.parametrize("child", ["writes it", "is gone"])
+def test_the_page_is_written_by_its_child_or_here(tmp_path, child):
+    """The child process draws and writes the page; where it cannot, this process does."""
+    writer = PageWriter()
+    if child == "is gone":
+        writer.child.kill()
+    writer.write(tmp_path / "page.html", _a_run())
+    assert (writer.child.returncode == 0) == (child == "writes it")
+    text = (tmp_path / "page.html").read_text()
+    assert "Requested level Standard: met" in text and text.count("<svg") == 1
+    assert "<b>0.25x tolerance</b>" in text
