@@ -39,11 +39,11 @@ def test_recurrent_interface(clause, artifact):
 
 
 @clause_test("REC-02")
-def test_recurrent_parity(clause, policy, reference, artifact):
+def test_recurrent_parity(clause, policy, reference, artifact, decisions):
     # Images are also drawn as pictures (OBS-03's draws, which do not run recurrent policies).
     strategy = batches(reference.domain,
                        REGIMES[:2] + (("structured",) if reference.domain.images else ()))
-    check_recurrent_parity(clause, reference, artifact, strategy, policy)
+    check_recurrent_parity(clause, reference, artifact, strategy, policy, decisions)
 
 
 @clause_test("REC-03")

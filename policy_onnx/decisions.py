@@ -75,13 +75,16 @@ DATA_INPUTS = {"Reshape": (0,), "Expand": (0,), "Tile": (0,), "Slice": (0,), "Pa
 # A recurrent operator is smooth with these activations only (and no `clip`).
 SMOOTH_ACTIVATIONS = {"Sigmoid", "Tanh", "Softsign", "Softplus", "Affine", "ScaledTanh"}
 # Where a value leaves the domain of these, they make NaN (or inf): Sqrt, Log and Acosh below
-# their lower edge, Asin, Acos and Atanh past +-1. Upstream of a NaN or inf guard they are
-# decisions: inside the domain or not.
+# their lower edge, Asin, Acos and Atanh past +-1. On observation values they are decisions:
+# inside the domain or not.
 LOWER_EDGES = {"Sqrt": 0.0, "Log": 0.0, "Acosh": 1.0}
 UNIT_RANGE = ("Asin", "Acos", "Atanh")
 # Units that are zero below their kink: a product of two or more of them is non-zero only
 # where all are active, a conjunction no single unit marks.
 GATES = ("Relu", "ThresholdedRelu")
+# Operations that move values without changing them: a product, a condition or a gate is read
+# through them.
+DATA_MOVES = ("Identity", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Flatten", "Expand")
 INTEGER_TYPES = {TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64,
                  TensorProto.UINT8, TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64,
                  TensorProto.BOOL}
@@ -101,7 +104,9 @@ class Place:
     # (an operation on values that may decide, which the search cannot read: only named)
     kind: str
     tensors: tuple[str, ...]
-    reads: str  # "values", "batch" or "input" (a graph input other than obs, e.g. masks)
+    # "values", "batch", "values+batch" (a sum over the rows) or "input" (a graph input other
+    # than obs, e.g. masks)
+    reads: str
     attributes: tuple = ()
     # A Where's or If's condition made of comparisons (And, Or, Not): the tree its margin is
     # computed from, e.g. ("And", ("Greater", a, b), ("Less", c, d)); None otherwise.
@@ -113,6 +118,14 @@ class Place:
     @property
     def label(self) -> str:
         return f"{self.op} '{self.node}'"
+
+    @property
+    def on_values(self) -> bool:
+        return "values" in self.reads.split("+")
+
+    @property
+    def on_batch(self) -> bool:
+        return "batch" in self.reads.split("+")
 
 
 def _attribute(node: onnx.NodeProto, name: str, default):
@@ -141,9 +154,10 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
     for node in graph.node:
         sources = set().union(*(reads.get(i, set()) for i in (*node.input, *outer_names(node))
                                 if i))
-        if node.op_type in BATCH_READERS or node.op_type in SUMS and sources and \
-                _across_rows(node, constants):
+        if node.op_type in BATCH_READERS:
             sources = {"batch"} if sources else set()
+        elif node.op_type in SUMS and sources and _across_rows(node, constants):
+            sources = sources | {"batch"}  # its values depend on every row, and on how many
         elif node.op_type == "ConstantOfShape":
             sources &= {"batch"}
         for out in node.output:
@@ -156,8 +170,14 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
                      if node.op_type in CONSUMERS else None)
         if node.op_type == "Mul" and not any(c.op_type == "Mul" for c in consumers.get(
                 node.output[0], ())):  # the last of a product
-            gates = _gates(node.output[0], producers)
+            gates = _gates(node.output[0], producers, constants)
             condition = _all(gates) if len(gates) > 1 else None
+        if node.op_type == "Where" and condition is not None:
+            leaves_read = set().union(*(reads.get(t, set()) for t in _leaves(condition)))
+            what = _what_decides(leaves_read)
+            if what:
+                places += _within_branches(node, condition, what, producers, consumers,
+                                           constants)
         kind = "decision" if condition is not None else _kind(node)
         if kind == "guard" and node.input[0] not in inputs:
             kind = "decision"  # a value computed from a finite observation can overflow
@@ -178,7 +198,7 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
         deciding = set().union(*(reads.get(t, set()) for t in tensors))
         if not deciding or (node.op_type in CONSUMERS and tensors[0] in compared):
             continue
-        what = next(w for w in ("values", "input", "batch") if w in deciding)
+        what = _what_decides(deciding)
         attributes = tuple((a.name, onnx.helper.get_attribute_value(a)) for a in node.attribute
                            if a.name in ("axis", "to", "min", "max", "alpha"))
         if axes is not None:
@@ -190,28 +210,75 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
             tensors = (decided, *_leaves(condition))
         on_the_way = sorted(frozenset().union(*(batch_constants.get(t, ()) for t in node.input),
                                               _scalars(node.input, constants))) \
-            if what == "batch" else ()
+            if "batch" in what else ()
         places.append(Place(node.name or node.output[0], node.op_type, kind, tensors, what,
                             attributes, condition, tuple(on_the_way)))
-    return places + _domain_edges(places, producers, reads)
+    return places + _domain_edges(graph.node, reads)
 
 
-def _domain_edges(places: list[Place], producers: dict, reads: dict) -> list[Place]:
-    """The operations upstream of a NaN or inf guard on computed values that make NaN or inf
-    outside their domain (LOWER_EDGES, UNIT_RANGE): decisions, inside the domain or not."""
-    found, seen = [], set()
-    todo = [t for p in places if p.op in GUARDS and p.kind == "decision" for t in p.tensors]
-    while todo and len(seen) < 4096:
-        node = producers.get(todo.pop())
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        todo.extend(i for i in node.input if i)
-        if (node.op_type in LOWER_EDGES or node.op_type in UNIT_RANGE) and \
-                "values" in reads.get(node.input[0], ()):
-            found.append(Place(node.name or node.output[0], node.op_type, "decision",
-                               (node.input[0],), "values"))
+def _what_decides(sources: set[str]) -> str | None:
+    """A place's `reads`: observation values, and the batch size when a sum over the rows
+    mixes it in; or the batch size alone; or another input."""
+    if "values" in sources:
+        return "values+batch" if "batch" in sources else "values"
+    return next((w for w in ("input", "batch") if w in sources), None)
+
+
+def _within_branches(node: onnx.NodeProto, condition: tuple, what: str, producers: dict,
+                     consumers: dict, constants: dict) -> list[Place]:
+    """A Where inside a branch of other Wheres decides only where their conditions lead to
+    it: each way of it there is a decision of its own (its condition and theirs)."""
+    path = _branch_path(node.output[0], producers, consumers, constants)
+    if path is None:
+        return []
+    name = node.name or node.output[0]
+    found = []
+    for way, inner in (("true", condition), ("false", ("Not", condition))):
+        tree = ("And", path, inner)
+        found.append(Place(f"{name} ({way} within its outer Where)", "Where", "decision",
+                           _leaves(tree), what, (("derived", True),), tree))
     return found
+
+
+def _branch_path(tensor: str, producers: dict, consumers: dict, constants: dict,
+                 depth: int = 0) -> tuple | None:
+    """The condition under which `tensor` is what a Where it feeds (through DATA_MOVES)
+    passes on, and the Wheres that one feeds (their conditions, or their negations for the
+    second branch), as a tree; None where it feeds no Where's branch on comparisons."""
+    if depth > 16:
+        return None
+    paths = []
+    for consumer in consumers.get(tensor, ()):
+        if consumer.op_type in DATA_MOVES:
+            further = _branch_path(consumer.output[0], producers, consumers, constants,
+                                   depth + 1)
+            if further is not None:
+                paths.append(further)
+            continue
+        if consumer.op_type != "Where" or tensor not in consumer.input[1:]:
+            continue
+        outer = _condition(consumer.input[0], producers, constants)
+        if outer is None:
+            continue
+        here = outer if consumer.input[1] == tensor else ("Not", outer)
+        further = _branch_path(consumer.output[0], producers, consumers, constants, depth + 1)
+        paths.append(here if further is None else ("And", here, further))
+    if not paths:
+        return None
+    return paths[0] if len(paths) == 1 else ("Or", paths[0], _any_of(paths[1:]))
+
+
+def _any_of(parts: list[tuple]) -> tuple:
+    return parts[0] if len(parts) == 1 else ("Or", parts[0], _any_of(parts[1:]))
+
+
+def _domain_edges(nodes, reads: dict) -> list[Place]:
+    """The operations on observation values that make NaN or inf outside their domain
+    (LOWER_EDGES, UNIT_RANGE): decisions, inside the domain or not."""
+    return [Place(node.name or node.output[0], node.op_type, "decision", (node.input[0],),
+                  "values")
+            for node in nodes if (node.op_type in LOWER_EDGES or node.op_type in UNIT_RANGE)
+            and node.domain in ("", "ai.onnx") and "values" in reads.get(node.input[0], ())]
 
 
 def _decides_nothing(node: onnx.NodeProto, reads: dict) -> bool:
@@ -255,17 +322,23 @@ def _axes(node: onnx.NodeProto, constants: dict) -> tuple[int, ...] | None:
     return tuple(_attribute(node, "axes", ()))
 
 
-def _gates(tensor: str, producers: dict, depth: int = 0) -> list[tuple]:
-    """The units zero below their kink (GATES) a product is made of, through Mul nodes: each
-    as ("Active", its input, its kink)."""
+def _gates(tensor: str, producers: dict, constants: dict, depth: int = 0) -> list[tuple]:
+    """The factors of a product (through Mul nodes and DATA_MOVES) that are zero unless a
+    condition holds: units zero below their kink (GATES), each as ("Active", its input, its
+    kink), and conditions cast to numbers, each as its condition tree."""
     node = producers.get(tensor)
     if node is None or depth > 16:
         return []
     if node.op_type == "Mul":
-        return [g for i in node.input for g in _gates(i, producers, depth + 1)]
+        return [g for i in node.input for g in _gates(i, producers, constants, depth + 1)]
+    if node.op_type in DATA_MOVES:
+        return _gates(node.input[0], producers, constants, depth + 1)
     if node.op_type in GATES:
         kink = _attribute(node, "alpha", 1.0) if node.op_type == "ThresholdedRelu" else 0.0
         return [("Active", node.input[0], kink)]
+    if node.op_type == "Cast":
+        condition = _condition(node.input[0], producers, constants, depth + 1)
+        return [condition] if condition is not None else []
     return []
 
 
@@ -304,7 +377,7 @@ def _condition(tensor: str, producers: dict, constants: dict, depth: int = 0) ->
     if node.op_type in ("And", "Or", "Not"):
         parts = [_condition(i, producers, constants, below) for i in node.input]
         return None if None in parts else (node.op_type, *parts)
-    if node.op_type == "Cast":
+    if node.op_type == "Cast" or node.op_type in DATA_MOVES:
         return _condition(node.input[0], producers, constants, below)
     if node.op_type in REDUCTIONS:
         axes = _reduced_axes(node, constants)
@@ -352,11 +425,42 @@ def _condition_margin(tree: tuple, values: dict) -> np.ndarray:
     parts = [_condition_margin(part, values) for part in tree[1:]]
     if op == "Not":
         return -parts[0]
-    parts = _broadcast(*parts)
+    try:
+        parts = _broadcast(*parts)
+    except ValueError:  # parts of other shapes (through a Reshape): each row's closest or
+        pick = np.max if op == "Or" else np.min  # furthest element
+        parts = _broadcast(*(pick(p.reshape(len(p), -1), axis=1, keepdims=True) if p.ndim
+                             else p for p in parts))
     if op == "Or":
         return np.maximum(*parts)
     return np.minimum(*parts) + LACKING_SHARE * (np.minimum(parts[0], 0.0)
                                                  + np.minimum(parts[1], 0.0))
+
+
+def _holds(tree: tuple, values: dict) -> np.ndarray:
+    """Where a condition tree is true."""
+    op = tree[0]
+    if op in COMPARISONS:
+        a, b = _broadcast(values[tree[1]], values[tree[2]])
+        return {"Greater": a > b, "Less": a < b, "GreaterOrEqual": a >= b, "LessOrEqual": a <= b,
+                "Equal": a == b}[op]
+    if op == "Active":
+        return np.asarray(values[tree[1]], np.float64) > tree[2]
+    if op in ("All", "Any"):
+        _, axes, keepdims, part = tree
+        h = _holds(part, values)
+        axes = tuple(a % h.ndim for a in axes) if h.ndim else None
+        return (np.all if op == "All" else np.any)(h, axis=axes, keepdims=bool(keepdims))
+    parts = [_holds(part, values) for part in tree[1:]]
+    if op == "Not":
+        return ~parts[0]
+    pick = np.any if op == "Or" else np.all
+    try:
+        parts = np.broadcast_arrays(*parts)
+    except ValueError:  # parts of other shapes: per row
+        parts = np.broadcast_arrays(*(pick(p.reshape(len(p), -1), axis=1, keepdims=True)
+                                      if p.ndim else p for p in parts))
+    return np.logical_or(*parts) if op == "Or" else np.logical_and(*parts)
 
 
 def _kind(node: onnx.NodeProto) -> str | None:
@@ -402,6 +506,9 @@ def ways(place: Place, values: list[np.ndarray], rows: int) -> tuple[np.ndarray,
         outcome = {"Greater": a > b, "Less": a < b, "GreaterOrEqual": a >= b,
                    "LessOrEqual": a <= b, "Equal": a == b}[op]
         return _per_row(outcome.astype(np.int64), rows), 2
+    if get("derived"):  # a condition no tensor of the graph holds
+        holds = _holds(place.condition, dict(zip(place.tensors, values)))
+        return _per_row(holds.astype(np.int64), rows), 2
     if op in ("Where", "If") or place.condition is not None:
         return _per_row(np.asarray(values[0]).astype(bool).astype(np.int64), rows), 2
     if op in GUARDS:
@@ -734,6 +841,7 @@ SEARCH_SECONDS = 2.0  # per policy; what is left unseen is reported
 WAY_SECONDS = 0.25  # per way searched for
 MAX_SCANNED_ELEMENTS = 64  # a larger observation scans this many of its elements
 MAX_STARTS = 4
+ONE_ROW_STARTS = 64  # pool rows a place on a sum over the rows starts its search from
 MAX_ZOOMED_ELEMENTS = 4  # the elements whose scan moved the margin most
 # Elements of the rows one scan or bisection holds at most (fewer elements scanned, or fewer
 # boundaries bisected, for a large observation; none past it)
@@ -758,6 +866,7 @@ class Search:
         self.domain = domain
         self.coverage = Coverage()
         self.deadline = self.way_deadline = time.thread_time() + seconds
+        self.one_row_each = False  # see _observe
         self.rng = np.random.default_rng(seed)
         self.floats = np.flatnonzero(~domain.integral) if domain.integral is not None \
             else np.arange(domain.dim)
@@ -777,7 +886,7 @@ class Search:
         self._search_batch_sizes(pool)
         for kind in ("decision", "unit"):
             wanted = [(entry, element, way) for entry in self.coverage.seen.values()
-                      if entry.place.kind == kind and entry.place.reads == "values"
+                      if entry.place.kind == kind and entry.place.on_values
                       for element, way in entry.missing()]
             for done, (entry, element, way) in enumerate(wanted):
                 now = time.thread_time()
@@ -790,7 +899,12 @@ class Search:
                 # a decision may take its share of what is left, a unit a way's budget
                 share = (self.deadline - now) / (len(wanted) - done) if kind == "decision" else 0
                 self.way_deadline = min(self.deadline, now + max(WAY_SECONDS, share))
-                found = self._search(entry, element, way, pool, pool_values)
+                # a place on a sum over the rows: searched with each row a batch of its own
+                self.one_row_each = entry.place.on_batch
+                rows = pool[:ONE_ROW_STARTS] if self.one_row_each else pool
+                found = self._search(entry, element, way, rows, self._observe(rows)
+                                     if self.one_row_each else pool_values)
+                self.one_row_each = False
                 if found is not None:
                     entry.flipped_by_search = True
                     self._keep(found)
@@ -804,7 +918,13 @@ class Search:
         return now > min(self.deadline, self.way_deadline)
 
     def _observe(self, rows: np.ndarray, masks: np.ndarray | None = None) -> dict:
-        values = self.instrumented.values(rows, masks)
+        if not self.one_row_each or len(rows) == 1:
+            values = self.instrumented.values(rows, masks)
+        else:  # each row a batch of its own, its exposed values one after the other
+            runs = [self.instrumented.values(rows[i:i + 1], None if masks is None
+                                             else masks[i:i + 1]) for i in range(len(rows))]
+            values = {**runs[0], **{name: np.concatenate([np.atleast_1d(r[name]) for r in runs])
+                                    for name in self.instrumented.names}}
         self.coverage.observe(self.instrumented, values, len(rows))
         return values
 
@@ -1022,7 +1142,7 @@ class Search:
         pairs = []  # (entry, element, the way row a went)
         first, second = [], []
         for entry in self.coverage.seen.values():
-            if entry.place.kind != "decision" or entry.place.reads != "values":
+            if entry.place.kind != "decision" or not entry.place.on_values:
                 continue
             codes, _ = ways(entry.place, [values[t] for t in entry.place.tensors], len(rows))
             for element, column in enumerate(codes.T):
@@ -1052,7 +1172,7 @@ class Search:
         the sizes that flip one."""
         from .strategies import BATCH_SIZES, rows_for
 
-        entries = [e for e in self.coverage.seen.values() if e.place.reads == "batch"
+        entries = [e for e in self.coverage.seen.values() if e.place.on_batch
                    and e.place.kind != "guard"]
         if not entries:
             return
@@ -1155,18 +1275,21 @@ def cover(artifact, domain, seeds=(), seconds: float = SEARCH_SECONDS) -> Covera
         return Coverage(not_run=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
     coverage = Search(instrumented, domain, seconds).run(pool)
     coverage.not_exposed = [p.label for p in instrumented.unseen if p.kind == "decision"] + \
-        _decisions_in_bodies(graph.graph)
+        _places_in_bodies(graph.graph)
     coverage.not_modelled = not_modelled
     if coverage.found is not None:
         coverage.tied = coverage.found[instrumented.selection_ties(coverage.found)]
     return coverage
 
 
-def _decisions_in_bodies(graph: onnx.GraphProto) -> list[str]:
-    """The decisions inside the bodies of If, Loop and Scan nodes (and theirs): their values
-    cannot be graph outputs."""
+def _places_in_bodies(graph: onnx.GraphProto) -> list[str]:
+    """What may decide inside the bodies of If, Loop and Scan nodes (and theirs): decisions,
+    piecewise-linear units and operations the search does not model. Their values cannot be
+    graph outputs."""
     from .artifact import nodes_with_bodies
 
     return [f"{node.op_type} '{node.name or node.output[0]}' (in {inside})"
             for node, inside in nodes_with_bodies(graph)
-            if inside and (_kind(node) == "decision" or node.op_type in COMPARISONS)]
+            if inside and (_kind(node) is not None or node.op_type in COMPARISONS
+                           or node.op_type in LOWER_EDGES or node.op_type in UNIT_RANGE
+                           or not _decides_nothing(node, {}))]

@@ -6,12 +6,16 @@ other; the artifact itself is never changed."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 # Loops of at most this many trips are unrolled; longer ones stay (named "not searched").
 MAX_UNROLLED_TRIPS = 16
+# Inlining goes on while it changes something, up to this many nodes in the flat copy.
+MAX_INLINED_NODES = 100_000
 
 
 def constant_values(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
@@ -155,15 +159,18 @@ def _loop_unrolled(node, constants, prefix, initializers, opset: int):
     return nodes
 
 
-def control_flow_inlined(proto: onnx.ModelProto, rounds: int = 4) -> onnx.ModelProto:
+def control_flow_inlined(proto: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `proto` in which every If on a constant of the main graph is replaced by the
     branch it takes, and every Loop of a constant trip count of at most MAX_UNROLLED_TRIPS,
     entered on a constant true and whose body passes its condition on, by a copy of its body
     per trip (tensors renamed apart, in the bodies inside them too). What is inlined may hold
-    more of them: up to `rounds` passes. `proto` itself when there is nothing to inline."""
+    more of them: passes go on until none changes anything, or the copy holds MAX_INLINED_NODES
+    nodes. `proto` itself when there is nothing to inline."""
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
     current = proto
-    for round_ in range(rounds):
+    for round_ in itertools.count():
+        if len(current.graph.node) > MAX_INLINED_NODES:
+            break
         constants = constant_values(current.graph)
         initializers, nodes, changed = [], [], False
         for k, node in enumerate(current.graph.node):

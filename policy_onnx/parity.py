@@ -18,7 +18,7 @@ from .check import row
 from .artifact import Artifact, ArtifactError
 from .decisions import mask_patterns
 from .record import STATISTICS
-from .strategies import FLOAT32_MAX, Batch, rows_for
+from .strategies import FLOAT32_MAX, MAX_MAGNITUDE, Batch, rows_for
 from .tolerance import RULE, magnitude_tolerance, tolerance
 
 if TYPE_CHECKING:
@@ -657,10 +657,14 @@ WARM_UPS = (0, 16, 48)
 # observations.
 LONG_ROLLOUT = 320
 HELD = 4
+# Then a rollout of each of these numbers of environments (a robot alone, a few), and of each
+# batch size the decision search found deciding something, ENV_ROLLOUT steps long.
+FEW_ENVS = (1, 2, 3)
+ENV_ROLLOUT = 24
 
 
 def check_recurrent_parity(clause: spec.Clause, reference: Reference, artifact: Artifact,
-                           strategy, policy) -> None:
+                           strategy, policy, decisions=None) -> None:
     """Rollouts of drawn length over the drawn rows, from a zero or a warmed-up state."""
 
     @search_settings()
@@ -675,6 +679,12 @@ def check_recurrent_parity(clause: spec.Clause, reference: Reference, artifact: 
             drawn = reference.domain.inside(rng, length * len(held)).reshape(length, len(held), -1)
             steps = np.concatenate([np.broadcast_to(held, (length, *held.shape)), drawn], axis=1)
             envs, warm_up = steps.shape[1], 0
+            starts = np.zeros((length, envs), dtype=np.float32)
+            starts[0] = 1.0
+        elif batch.regime == "environments":  # large_batch: how many
+            length, envs, warm_up = ENV_ROLLOUT, batch.large_batch, 0
+            rows = batch.observations[np.arange(length * envs) % len(batch.observations)]
+            steps = rows.reshape(length, envs, -1)
             starts = np.zeros((length, envs), dtype=np.float32)
             starts[0] = 1.0
         else:
@@ -702,6 +712,15 @@ def check_recurrent_parity(clause: spec.Clause, reference: Reference, artifact: 
 
     probe = reference.domain.probe()
     held = np.vstack([probe[:HELD - 1], probe[-1:]])  # zeros, the bounds; a draw
+    # the rows the decision search found (within the probe's reach), then inside draws
+    found = np.empty((0, reference.obs_dim)) if decisions is None or decisions.found is None \
+        else decisions.found[np.abs(decisions.found).max(axis=1) <= MAX_MAGNITUDE]
+    rows = np.vstack([found, reference.domain.inside(np.random.default_rng(0), rows_for(
+        reference.obs_dim, 4096))]).astype(np.float32)
+    found_sizes = [] if decisions is None else decisions.batch_sizes[:4]
+    for envs in sorted(set(FEW_ENVS) | set(found_sizes), reverse=True):
+        rollouts_agree = example(batch=Batch("environments", envs, rows, None, envs)
+                                 )(rollouts_agree)
     rollouts_agree = example(batch=Batch("held", 0, held.astype(np.float32)))(rollouts_agree)
     _search(clause, rollouts_agree, policy)
 

@@ -548,6 +548,23 @@ def _state_not_reset(p):
     return p
 
 
+def _state_halved_for_one_environment(p):
+    """next_state_h halved when the batch is one environment (a robot alone)."""
+    graph = p.graph
+    _rename_everywhere(graph, "next_state_h", "pre_next_state_h")
+    graph.node.extend([
+        helper.make_node("Shape", ["obs"], ["obs_shape"]),
+        helper.make_node("Gather", ["obs_shape", "first_axis"], ["environments"], axis=0),
+        helper.make_node("Equal", ["environments", "one_environment"], ["alone"]),
+        helper.make_node("Where", ["alone", "half", "whole"], ["state_factor"]),
+        helper.make_node("Mul", ["pre_next_state_h", "state_factor"], ["next_state_h"])])
+    graph.initializer.extend([const("first_axis", 0, np.int64),
+                              const("one_environment", 1, np.int64), const("half", 0.5),
+                              const("whole", 1.0)])
+    del graph.value_info[:]
+    return p
+
+
 def _state_outputs_swapped(p):
     _rename_everywhere(p.graph, "next_state_h", "tmp_state")
     _rename_everywhere(p.graph, "next_state_c", "next_state_h")
@@ -1154,6 +1171,105 @@ _box_of_relu_products = _gated(
                  const("box_gain", 1.0 / ((_BOX[1] - _BOX[0]) / 2) ** 2
                        / ((_BOX[3] - _BOX[2]) / 2) ** 2)])
 
+# The same box, three of its Relus reaching the product through an Identity
+_box_of_relus_through_identities = _gated(
+    [*_element(0, "x0"), *_element(1, "x1"),
+     helper.make_node("Sub", ["x0", "box_a"], ["above_a"]),
+     helper.make_node("Sub", ["box_b", "x0"], ["below_b"]),
+     helper.make_node("Sub", ["x1", "box_c"], ["above_c"]),
+     helper.make_node("Sub", ["box_d", "x1"], ["below_d"]),
+     *(helper.make_node("Relu", [t], [f"{t}_on"])
+       for t in ("above_a", "below_b", "above_c", "below_d")),
+     *(helper.make_node("Identity", [f"{t}_on"], [f"{t}_moved"])
+       for t in ("below_b", "above_c", "below_d")),
+     helper.make_node("Mul", ["above_a_on", "below_b_moved"], ["in_x0"]),
+     helper.make_node("Mul", ["above_c_moved", "below_d_moved"], ["in_x1"]),
+     helper.make_node("Mul", ["in_x0", "in_x1"], ["in_box"]),
+     helper.make_node("Mul", ["in_box", "box_gain"], ["box_gate"])],
+    "box_gate", [*_element_constants(0, "x0"), *_element_constants(1, "x1"),
+                 const("axis1", [1], np.int64),
+                 *(const(name, v) for name, v in zip(("box_a", "box_b", "box_c", "box_d"), _BOX)),
+                 const("box_gain", 1.0 / ((_BOX[1] - _BOX[0]) / 2) ** 2
+                       / ((_BOX[3] - _BOX[2]) / 2) ** 2)])
+
+_BOX_SIDES = [*_element(0, "x0"), *_element(1, "x1"),
+              helper.make_node("Greater", ["x0", "box_a"], ["past_a"]),
+              helper.make_node("Less", ["x0", "box_b"], ["short_of_b"]),
+              helper.make_node("Greater", ["x1", "box_c"], ["past_c"]),
+              helper.make_node("Less", ["x1", "box_d"], ["short_of_d"])]
+_BOX_CONSTANTS = [*_element_constants(0, "x0"), *_element_constants(1, "x1"),
+                  const("axis1", [1], np.int64),
+                  *(const(name, v) for name, v in zip(("box_a", "box_b", "box_c", "box_d"), _BOX))]
+# The box as a product of its four comparisons cast to numbers (no And)
+_box_of_cast_comparisons = _gated(
+    [*_BOX_SIDES,
+     *(helper.make_node("Cast", [t], [f"{t}_number"], to=TensorProto.FLOAT)
+       for t in ("past_a", "short_of_b", "past_c", "short_of_d")),
+     helper.make_node("Mul", ["past_a_number", "short_of_b_number"], ["in_x0"]),
+     helper.make_node("Mul", ["past_c_number", "short_of_d_number"], ["in_x1"]),
+     helper.make_node("Mul", ["in_x0", "in_x1"], ["box_gate"])], "box_gate", _BOX_CONSTANTS)
+
+
+def _box_of_nested_wheres(p):
+    """The action negated in the box, as four Wheres each in the first branch of the next."""
+    def build(src, dst):
+        nodes = [*_BOX_SIDES, helper.make_node("Neg", [src], ["negated"])]
+        inner = "negated"
+        for k, side in enumerate(("short_of_d", "past_c", "short_of_b", "past_a")):
+            out = dst if k == 3 else f"nested_{k}"
+            nodes.append(helper.make_node("Where", [side, inner, src], [out]))
+            inner = out
+        return nodes
+    return append_after_output(p, build, _BOX_CONSTANTS)
+
+
+def _slab_in_five_constant_ifs(p):
+    """The thin slab inside the then-branch of an If on a constant, five Ifs deep."""
+    def branch(name, nodes, out, initializers=()):
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(
+            out, TensorProto.FLOAT, None)], list(initializers))
+
+    def build(src, dst):
+        nodes = [*_element(1, "x1"), *_SLAB, helper.make_node("Neg", [src], ["negated"]),
+                 helper.make_node("Where", ["in_slab", "negated", src], ["depth_0"])]
+        initializers = [*_element_constants(1, "x1"), const("axis1", [1], np.int64),
+                        *_SLAB_CONSTANTS]
+        for depth in range(1, 6):
+            out = dst if depth == 5 else f"depth_{depth}"
+            nodes = [helper.make_node(
+                "If", ["always"], [out],
+                then_branch=branch(f"then_{depth}", nodes, f"depth_{depth - 1}", initializers),
+                else_branch=branch(f"else_{depth}", [helper.make_node("Identity", [src],
+                                                                      [f"plain_{depth}"])],
+                                   f"plain_{depth}"))]
+            initializers = []
+        return nodes
+    return append_after_output(p, build, [const("always", True, np.bool_)])
+
+
+def _nan_from_an_unguarded_square_root(p):
+    """The action plus 0 * Sqrt(|obs[0] - 3.14159| - 1e-5): NaN within 1e-5 of 3.14159, with
+    no NaN guard anywhere."""
+    return append_after_output(p, lambda src, dst: [
+        *_element(0, "x0"), helper.make_node("Sub", ["x0", "root_center"], ["off_root"]),
+        helper.make_node("Abs", ["off_root"], ["root_distance"]),
+        helper.make_node("Sub", ["root_distance", "root_width"], ["under_root"]),
+        helper.make_node("Sqrt", ["under_root"], ["root"]),
+        helper.make_node("Mul", ["root", "nothing"], ["nothing_or_nan"]),
+        helper.make_node("Add", [src, "nothing_or_nan"], [dst])],
+        [*_element_constants(0, "x0"), const("axis1", [1], np.int64),
+         const("root_center", 3.14159), const("root_width", 1e-5), const("nothing", 0.0)])
+
+
+# The thin slab on obs[1] summed over the rows: a batch of one row in the slab (or rows that
+# sum into it)
+_slab_of_a_sum_over_the_rows = _where(
+    [helper.make_node("Slice", ["obs", "x1_start", "x1_end", "axis1"], ["x1_rows"]),
+     helper.make_node("ReduceSum", ["x1_rows", "axis0"], ["x1"], keepdims=1), *_SLAB],
+    "in_slab", [*_element_constants(1, "x1"), const("axis1", [1], np.int64),
+                const("axis0", [0], np.int64), *_SLAB_CONSTANTS])
+
+
 # The batch size counted as a sum over the rows of obs * 0 + 1, not read by Shape: the gate
 # Relu(n - 76) Relu(78 - n) is 1 at a batch of 77 rows alone
 _batch_counted_through_values = _gated(
@@ -1287,6 +1403,23 @@ DECISION_MUTANTS = (
     Mutant("wrong_where_a_square_root_is_nan", "the action negated where Sqrt((obs[0] - c)^2 - "
            "1e-10) is NaN (IsNaN of a domain error)", _nan_from_a_square_root,
            frozenset({"PAR-01"})),
+    Mutant("wrong_in_a_box_of_relus_through_identities", "the action negated in a box 1e-5 "
+           "wide, a product of four Relus, three through an Identity",
+           _box_of_relus_through_identities, frozenset({"PAR-01"})),
+    Mutant("wrong_in_a_box_of_cast_comparisons", "the action negated in a box 1e-5 wide, a "
+           "product of four comparisons cast to numbers", _box_of_cast_comparisons,
+           frozenset({"PAR-01"})),
+    Mutant("wrong_in_a_box_of_nested_wheres", "the action negated in a box 1e-5 wide, four "
+           "Wheres each in a branch of the next", _box_of_nested_wheres, frozenset({"PAR-01"})),
+    Mutant("wrong_in_a_slab_inside_five_ifs", "the action negated where |obs[1] - 2.7| < 1e-5, "
+           "inside five nested Ifs on constants", _slab_in_five_constant_ifs,
+           frozenset({"PAR-01"})),
+    Mutant("nan_where_an_unguarded_square_root_is", "the action NaN where Sqrt(|obs[0] - c| - "
+           "1e-5) is (no NaN guard)", _nan_from_an_unguarded_square_root,
+           frozenset({"PAR-01", "BEH-04", "BEH-05"})),
+    Mutant("wrong_in_a_slab_of_a_sum_over_the_rows", "the action negated where obs[1] summed "
+           "over the rows is within 1e-5 of 2.7 (a batch of one such row)",
+           _slab_of_a_sum_over_the_rows, frozenset({"BEH-02"})),
     Mutant("wrong_in_a_slab_behind_a_runtime_op", "the action negated where |obs[1] - 2.7| < "
            "1e-5, obs[1] read through com.microsoft FusedMatMul", _slab_behind_a_runtime_op,
            frozenset({"PAR-01"})),
@@ -1440,6 +1573,9 @@ MUTANTS: tuple[Mutant, ...] = (
     # recurrent state
     Mutant("state_not_reset", "RecurrentPPO: the state is not zeroed at episode_start",
            _state_not_reset, frozenset({"REC-02", "REC-03"}), model="recurrent_ppo"),
+    Mutant("state_halved_for_one_environment", "next_state_h halved when a batch holds one "
+           "environment", _state_halved_for_one_environment, frozenset({"REC-02"}),
+           model="recurrent_ppo"),
     Mutant("state_outputs_swapped", "RecurrentPPO: next_state_h and next_state_c swapped",
            _state_outputs_swapped, frozenset({"REC-02"}), model="recurrent_ppo"),
     Mutant("state_swapped_both_ways", "RecurrentPPO: state_h and state_c swapped, inputs and "

@@ -6,7 +6,6 @@ request, the verdict and every clause row there, every plot drawn."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
