@@ -16,7 +16,7 @@ install: $(INSTALLED)
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[report,test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[report,runtimes,test]"
 	touch $@
 
 fixtures: $(FIXTURES)

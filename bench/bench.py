@@ -17,7 +17,9 @@ alternating, on this (shared, noisy) machine. Medians, and ratios of medians.
    each parity clause.
 5. The page: the real pair's run with `--html page.html` against the same run without it.
    Target: within 1.1x (writing the page costs at most a tenth of the run).
-6. Peak memory (RSS) of each command, as the kernel reports it for the process and its children.
+6. The other engines: the real pair's run against the same run without the PORT clauses
+   (`-k "not PORT"`). Target: within 1.15x (the PORT clauses cost at most 15% of a run).
+7. Peak memory (RSS) of each command, as the kernel reports it for the process and its children.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL = ROOT / "fixtures" / "real_models" / "clankers-cartpole"
-TARGETS = {"onnx": 1.6, "export": 1.3, "zoo": 0.6, "image": 3.0, "page": 1.1}
+TARGETS = {"onnx": 1.6, "export": 1.3, "zoo": 0.6, "image": 3.0, "page": 1.1, "engines": 1.15}
 TARGET_OBSERVATIONS = 10_000
 TARGET_IMAGE_OBSERVATIONS = 2_000  # in each parity clause
 ZOO_SIZE = 14
@@ -216,6 +218,10 @@ def main() -> int:
                  suite("--model", model, "--onnx", onnx, "--html",
                        str(Path(tempfile.gettempdir()) / "policy-onnx-bench-page.html")),
                  args.rounds), TARGETS["page"], "wall"),
+        (compare("the other engines (PORT clauses) against the same run without them "
+                 "(-k 'not PORT')", suite("--model", model, "--onnx", onnx, "-k", "not PORT"),
+                 suite("--model", model, "--onnx", onnx), args.rounds),
+         TARGETS["engines"], "wall"),
         (compare("export path (pytest conformance --model M)",
                  [sys.executable, "-c", LOAD_EXPORT_AND_CHECK, model],
                  suite("--model", model), args.rounds), TARGETS["export"], "observations"),

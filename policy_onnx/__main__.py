@@ -79,6 +79,8 @@ def _check(args: argparse.Namespace) -> int:
         command += ["--report", str(args.report)]
     if args.html:
         command += ["--html", str(args.html)]
+    if args.runtime:
+        command += ["--runtime", args.runtime]
     if args.vecnormalize:
         command += ["--vecnormalize", args.vecnormalize]
     if args.image_layout:
@@ -94,6 +96,7 @@ def _replay(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from . import engines
     from .artifact import Artifact, ArtifactError
     from .load import ModelLoadError, load_model
     from .model import Reference
@@ -115,7 +118,7 @@ def _replay(args: argparse.Namespace) -> int:
     observations = np.asarray(saved["observations"], np.float32)
     try:
         loaded = load_model(saved["model"], trust_code=saved["trust_model_code"])
-        artifact = Artifact(saved["artifact"])
+        artifact = Artifact(saved["artifact"], saved.get("engine", engines.ORT))
         artifact.adopt_layout(loaded)
         attach(loaded, saved.get("vecnormalize", "none"))
         reference = Reference(loaded)
@@ -237,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--html", type=Path,
                        help="write the run as one self-contained HTML page here (needs "
                             "pip install policy-onnx[report])")
+    check.add_argument("--runtime", metavar="NAMES",
+                       help="also run the artifact in these engines, comma-separated (tract, "
+                            "openvino; needs pip install policy-onnx[runtimes])")
     check.add_argument("--image-layout", choices=IMAGE_LAYOUTS,
                        help=IMAGE_LAYOUT_HELP + ", for the suite's own export (default: HWC; "
                             "with an artifact, its observation_space says)")

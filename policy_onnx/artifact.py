@@ -8,6 +8,7 @@ is the META clauses' job; behaviour and parity judge the policy a runtime would 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import metadata, spec
+from . import engines, metadata, spec
 from .files import check_given_file
 
 
@@ -118,9 +119,16 @@ def _check_external_data(path: Path, proto: onnx.ModelProto) -> None:
                             f"over the suite's limit of {MAX_ARTIFACT_BYTES:,}; {SIZE_FIX}")
 
 
+def _engine_message(exc: Exception) -> str:
+    """An engine's error on one line, without the backtrace a Rust engine appends (tract,
+    with RUST_BACKTRACE set)."""
+    return " ".join(str(exc).split("Stack backtrace:")[0].split())
+
+
 class Artifact:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, engine: str = engines.ORT):
         self.path = Path(path)
+        self.engine = engine  # what runs it (engines.py)
         self.proto = read_proto(self.path)
         self.sha256 = sha256(self.path)
         graph = self.proto.graph
@@ -205,22 +213,28 @@ class Artifact:
     # --- running it ---------------------------------------------------------------------------
     @cached_property
     def session(self):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = SESSION_THREADS
         try:
-            return ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            return engines.session(self.engine, self.path, SESSION_THREADS)
         except Exception as exc:
             # ORT prefixes its message with an error code, a source location and a C++ signature.
-            cause = " ".join(str(exc).split())
+            cause = _engine_message(exc)
             cause = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", cause)
             cause = re.sub(r"\S+\.(?:cc|h):\d+ \S+\(.*?\) ", "", cause)
+            if self.engine in engines.REFERENCES and not engines.operator_problems(self.proto):
+                raise engines.ReferenceLimitation(f"{engines.label(self.engine)} cannot load "
+                                                  f"this graph of standard operators: {cause}")
             raise ArtifactError(
-                f"ONNX Runtime {ort.__version__} cannot load {self.path}: {cause}. Export with "
-                "standard ONNX operators, an IR version and opsets this runtime supports "
-                "(torch's default exporter writes IR 10, opset 20)") from None
+                f"{engines.label(self.engine)} cannot load "
+                f"{self.path}: {cause}. Export with standard ONNX operators, an IR version and "
+                "opsets this runtime supports (torch's default exporter writes IR 10, opset 20)"
+            ) from None
+
+    def under(self, engine: str) -> Artifact:
+        """The same artifact run by another engine."""
+        other = copy.copy(self)
+        other.engine = engine
+        other.__dict__.pop("session", None)
+        return other
 
     def run(self, obs: np.ndarray, masks: np.ndarray | None = None, *,
             one_row_each: bool = True) -> np.ndarray:
@@ -281,8 +295,11 @@ class Artifact:
         try:
             return session.run(outputs, feeds)
         except Exception as exc:
-            raise ArtifactError(f"ONNX Runtime failed on {what}: "
-                                f"{' '.join(str(exc).split())}") from None
+            if self.engine in engines.REFERENCES and not isinstance(exc, engines.EngineDependent):
+                raise engines.ReferenceLimitation(f"{engines.label(self.engine)} failed on "
+                                                  f"{what}: {_engine_message(exc)}") from None
+            raise ArtifactError(f"{engines.label(self.engine)} failed on {what}: "
+                                f"{_engine_message(exc)}") from None
 
     # --- the declared action transform, read as a runtime reads it --------------------------
     def _entry(self, key: str) -> str | None:

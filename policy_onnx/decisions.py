@@ -1271,9 +1271,10 @@ def cover(artifact, domain, seeds=(), seconds: float = SEARCH_SECONDS) -> Covera
                 raise
             graph = artifact.proto  # what inlining made does not run: search the graph as is
             instrumented, not_modelled = instrument(graph)
+        # (nor when it cannot run a batch the search runs)
+        coverage = Search(instrumented, domain, seconds).run(pool)
     except Exception as exc:
         return Coverage(not_run=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
-    coverage = Search(instrumented, domain, seconds).run(pool)
     coverage.not_exposed = [p.label for p in instrumented.unseen if p.kind == "decision"] + \
         _places_in_bodies(graph.graph)
     coverage.not_modelled = not_modelled

@@ -157,6 +157,10 @@ def _policy_section(policy: PolicyRecord, requested: spec.Level) -> str:
     for clause_id, margin in sorted(policy.margins.items()):
         out.append(_margin_part(clause_id, margin, policy.statistics.get(clause_id, {})))
     out.append(_coverage_part(policy.coverage))
+    if policy.runtimes:
+        out += ["<h3>Runtimes (PORT-04)</h3>",
+                _table(["runtime", "verdict"], [[engine, verdict.splitlines()[0]]
+                                                for engine, verdict in policy.runtimes.items()])]
     failures = [v for v in policy.by_clause.values() if v.outcome in ("failed", "error")]
     if failures:
         out.append("<h3>Failures</h3>")

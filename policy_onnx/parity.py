@@ -6,14 +6,16 @@ import functools
 import hashlib
 import math
 import pickle
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, example, given, settings, target
 
-from . import check, spec
+from . import check, engines, spec
 from .check import row
 from .artifact import Artifact, ArtifactError
 from .decisions import mask_patterns
@@ -35,6 +37,16 @@ RATIO_BINS = ("<=1e-6", "1e-6..1e-5", "1e-5..1e-4", "1e-4..1e-3", "1e-3..0.01", 
 # The observation the worst ratio came from is kept up to this many elements (larger ones: its
 # counterexample file, for a failure).
 KEPT_OBSERVATION = 1024
+# What each parity clause compared is kept up to this many bytes, for the PORT clauses; they
+# run it in another engine for ENGINE_SECONDS of CPU time at most (what they compared is
+# reported).
+KEPT_BYTES = 8 * 2**20
+ENGINE_SECONDS = 3.0
+ENGINE_ROWS = 4096  # rows an engine runs at a time
+# Batches an engine also runs the first kept rows in: sixteen rows alone (a robot alone), in
+# pairs and threes, then a batch of 64, and one of each size the decision search found deciding
+# something: a fault keyed to the batch size in that engine alone.
+ENGINE_BATCH_SIZES = (1,) * 16 + (2,) * 8 + (3,) * 6 + (64,)
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -196,6 +208,37 @@ class ParityStats:
     searched: Counter = field(default_factory=Counter)
     stopped: Counter = field(default_factory=Counter)
     margins: dict = field(default_factory=dict)  # clause -> Margin
+    # clause -> what it compared, kept for the PORT clauses to run in other engines: batches
+    # (observations, masks) or rollouts (arguments of rollout_problem), KEPT_BYTES at most
+    kept: dict = field(default_factory=dict)
+    kept_bytes: Counter = field(default_factory=Counter)
+    runtimes: dict = field(default_factory=dict)  # clause -> {engine: its verdict} (PORT-04)
+
+    def keep(self, clause_id: str, arrays: tuple) -> None:
+        """Keep what a clause compared and found right (its first rows, up to KEPT_BYTES of
+        them): the PORT clauses judge what another engine changes, not the faults the parity
+        clauses report."""
+        size = sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
+        if self.kept_bytes[clause_id] + size <= KEPT_BYTES:
+            self.kept.setdefault(clause_id, []).append(arrays)
+            self.kept_bytes[clause_id] += size
+
+    def kept_in_turn(self) -> list[list[tuple]]:
+        """What the clauses kept, a batch (or rollout) of each in turn, in groups: a rollout
+        alone, consecutive batches up to ENGINE_ROWS rows together (an engine runs a large
+        batch at a time)."""
+        queues = list(self.kept.values())
+        turns = [q[i] for i in range(max(map(len, queues), default=0)) for q in queues
+                 if i < len(q)]
+        groups: list[list[tuple]] = []
+        for arrays in turns:
+            last = groups[-1] if groups else None
+            if len(arrays) == 3 and last is not None and len(last[0]) == 3 and \
+                    sum(len(a[0]) for a in last) + len(arrays[0]) <= ENGINE_ROWS:
+                last.append(arrays)
+            else:
+                groups.append([arrays])
+        return groups
 
     def margin(self, clause_id: str) -> Margin:
         return self.margins.setdefault(clause_id, Margin())
@@ -209,9 +252,12 @@ class ParityStats:
         self.reach[clause_id] = max(self.reach[clause_id], reach)
 
     def for_clause(self, clause_id: str) -> list[tuple[str, int]]:
-        """The counts of one clause as report properties (none if it checked nothing)."""
+        """The counts of one clause as report properties (none if it checked nothing), and
+        the verdict of each runtime it ran."""
+        verdicts = [("runtimes", self.runtimes[clause_id])] if clause_id in self.runtimes \
+            else []
         if not self.observations[clause_id]:
-            return []
+            return verdicts
         counts = (self.observations, self.out_of_bounds, self.near_ties, self.at_clip,
                   self.overflows, self.reach,
                   {clause_id: len(self.choices.get(clause_id, ()))}, self.possible,
@@ -220,7 +266,7 @@ class ParityStats:
                  for name, count in zip(STATISTICS, counts, strict=True)]
         if clause_id in self.margins and self.margins[clause_id].histogram.any():
             found += margin_properties(self.margins[clause_id].as_dict())
-        return found
+        return found + verdicts
 
     def record_search(self, clause_id: str, search) -> None:
         """How far the each-action search (model.ChoiceSearch) got, for a clause drawing near
@@ -234,6 +280,18 @@ class ParityStats:
         for element in range(actions.shape[1]):
             made |= {(element, int(v)) for v in np.unique(actions[:, element])}
         self.possible[clause_id] = possible
+
+
+def _joined(group: list[tuple]) -> tuple:
+    """A group of batches (observations, masks, schedule) as one batch (observations, masks);
+    masks not given are all allowed."""
+    given = [masks for _, masks, _ in group if masks is not None]
+    if not given:
+        return np.concatenate([obs for obs, _, _ in group]), None
+    width = given[0].shape[1]
+    return (np.concatenate([obs for obs, _, _ in group]),
+            np.concatenate([masks if masks is not None else np.ones((len(obs), width), bool)
+                            for obs, masks, _ in group]))
 
 
 @dataclass(frozen=True)
@@ -588,30 +646,186 @@ def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, 
             policy.stats.record(clause.id, 0, 0, 0, undecided)
             return
         raw = raw[decided]  # a Box policy's pre-clip mean, a discrete one's scores
-        outside = (raw > reference.high) | (raw < reference.low) if reference.clips else None
+        outside = _outside_bounds(reference, raw)
         out_of_bounds = 0 if outside is None else int(outside.any(axis=1).sum())
         if steer:
             target(out_of_bounds / len(obs), label="share of rows whose mean leaves the bounds")
         schedule = batch.schedule(len(obs))
         problem = compare_any(reference, artifact, obs, policy.stats, clause.id, masks,
                               schedule)
-        margin = policy.stats.margin(clause.id)
-        if margin.bounds is None:
-            margin.bounds = (reference.domain.low, reference.domain.high)
-        if reference.kind != "Box":
-            margin.add_gaps(*runner_up_gaps(reference, raw, masks), obs)
-        elif outside is not None:
-            margin.count_left_bounds(outside)
         # Counted once both sides have acted on them (an artifact that cannot run raises above).
-        policy.stats.record(clause.id, len(obs), out_of_bounds,
-                            int(reference.at_clip(obs).sum()), undecided)
+        _account(reference, policy.stats, clause.id, obs, masks, raw, outside, undecided)
         if problem:
             raise Mismatch(problem, repr(batch), {"observations": obs, "masks": masks,
                                                   "batch_sizes": schedule})
+        policy.stats.keep(clause.id, (obs, masks, schedule))
 
     for batch in _decision_examples(reference, decisions, rows, all_allowed):
         parity_holds = example(batch=batch)(parity_holds)
     _search(clause, parity_holds, policy)
+
+
+def _account(reference: Reference, stats: ParityStats, clause_id: str, obs: np.ndarray,
+             masks: np.ndarray | None, raw: np.ndarray, outside: np.ndarray | None,
+             undecided: int = 0) -> None:
+    """What a clause compared, counted, and its margin's context: the drawn range, how often
+    the mean left the bounds, the closest score gap (`raw`: predict()'s pre-clip means or
+    scores of `obs`; `outside`: where they leave the bounds)."""
+    margin = stats.margin(clause_id)
+    if margin.bounds is None:
+        margin.bounds = (reference.domain.low, reference.domain.high)
+    if reference.kind != "Box":
+        margin.add_gaps(*runner_up_gaps(reference, raw, masks), obs)
+    elif outside is not None:
+        margin.count_left_bounds(outside)
+    stats.record(clause_id, len(obs), 0 if outside is None else int(outside.any(axis=1).sum()),
+                 int(reference.at_clip(obs).sum()), undecided)
+
+
+def _outside_bounds(reference: Reference, raw: np.ndarray) -> np.ndarray | None:
+    """Where a Box policy's pre-clip mean leaves the action bounds (None: it never clips)."""
+    return (raw > reference.high) | (raw < reference.low) if reference.clips else None
+
+
+def check_engine_parity(clause: spec.Clause, reference: Reference, artifact: Artifact,
+                        policy, engine: str, batch_sizes: tuple[int, ...] = ()) -> None:
+    """What the parity clauses compared (kept by them: their first rows and rollouts, a batch
+    of each in turn; fresh probe rows when none ran), run by `engine` for ENGINE_SECONDS at
+    most, must match predict() as they require, also in ENGINE_BATCH_SIZES and the
+    `batch_sizes` the decision search found. Under onnx.reference, where an ArgMax or ArgMin
+    met an exact tie, the run is repeated with such ties broken the other way."""
+    kept = _kept_or_fresh(clause, reference, policy, batch_sizes)
+    under = artifact.under(engine)
+    problem = _engine_problem(clause, reference, under, policy, kept)
+    if problem is None and engine == engines.REFERENCE and under.session.tied:
+        problem = _engine_problem(clause, reference,
+                                  artifact.under(engines.REFERENCE_TIES_FLIPPED), policy, kept)
+    if problem is not None:
+        check.fail(clause, f"{_engine_failure(clause.id, policy, *problem)}\n{ENGINE_CAUSES}")
+
+
+def check_runtimes(clause: spec.Clause, reference: Reference, artifact: Artifact, policy,
+                   runtimes: list[str], batch_sizes: tuple[int, ...] = ()) -> None:
+    """PORT-04: each runtime on what the parity clauses compared, as check_engine_parity runs
+    an engine; its verdict ("loads and matches", "does not load: ...", "loads, differs") is
+    reported with the clause, and every runtime but one that loads and matches fails it."""
+    kept = _kept_or_fresh(clause, reference, policy, batch_sizes)
+    verdicts, failures = {}, []
+    for runtime in runtimes:
+        under = artifact.under(runtime)
+        try:
+            under.session
+        except ArtifactError as exc:
+            verdicts[engines.label(runtime)] = f"does not load: {exc}"
+            failures.append(f"{engines.label(runtime)} does not load: {exc}")
+            continue
+        problem = _engine_problem(clause, reference, under, policy, kept)
+        verdicts[engines.label(runtime)] = "loads and matches" if problem is None \
+            else "loads, differs"
+        if problem is not None:
+            failures.append("loads, differs: "
+                            + _engine_failure(f"{clause.id}-{runtime}", policy, *problem))
+    policy.stats.runtimes[clause.id] = verdicts
+    if failures:
+        check.fail(clause, "\n".join(failures))
+
+
+def _kept_or_fresh(clause: spec.Clause, reference: Reference, policy,
+                   batch_sizes: tuple[int, ...] = ()) -> list[list[tuple]]:
+    """What the parity clauses compared and found right, or, where they did not run, the
+    probe's rows; a skip where they found everything wrong in ONNX Runtime itself. First, the
+    first kept batch's rows in ENGINE_BATCH_SIZES and `batch_sizes` (not for rollouts)."""
+    kept = policy.stats.kept_in_turn()
+    if not kept and any(n for cid, n in policy.stats.observations.items()
+                        if not spec.clause(cid).portability):
+        pytest.skip(f"{clause.id} not checked: the parity clauses found every batch they "
+                    "compared wrong in ONNX Runtime itself (their failures say where)")
+    kept = kept or _fresh(reference)
+    if len(kept[0][0]) == 4:
+        return kept
+    obs, masks = _joined(kept[0])
+    sizes = (*ENGINE_BATCH_SIZES, *(min(n, ENGINE_ROWS) for n in batch_sizes))
+    rows = slice(0, max(ENGINE_BATCH_SIZES))
+    return [[(obs[rows], None if masks is None else masks[rows], sizes)], *kept]
+
+
+def _engine_failure(name: str, policy, text: str, replay: dict, engine: str) -> str:
+    """A disagreement in another engine, with its counterexample (saved as `name`)."""
+    saved = policy.save_counterexample(name, {**replay, "engine": engine})
+    return (f"under {engines.label(engine)}: {text}\n"
+            f"Counterexample: {saved}; replay it: {policy.replay(saved)}")
+
+
+ENGINE_CAUSES = (
+    "Likely causes: the artifact acts like predict() in ONNX Runtime as the parity clauses run "
+    "it only because of what that session does beyond the operator specs: its graph "
+    "optimizations (a Shape folded from a value_info that does not hold, a rewrite), or an "
+    "operator case the specs leave to the engine (a float cast to an integer from NaN, an "
+    "infinity or out of range; a Clip with min above max; an exact tie in an ArgMax whose "
+    "index the action depends on). Another engine, or the same one with other settings, acts "
+    "otherwise.")
+
+
+def _fresh(reference: Reference) -> list[list[tuple]]:
+    """The probe's rows predict() decides (for a recurrent policy, inside draws rolled out by 4
+    environments for 24 steps), for a PORT clause run without the parity clauses."""
+    rows = reference.domain.probe().astype(np.float32)
+    if reference.structure != "recurrent":
+        return [[(rows[reference.examine(rows)[1]], None, None)]]
+    rows = reference.domain.inside(np.random.default_rng(0), ENV_ROLLOUT * 4).astype(np.float32)
+    steps = rows.reshape(ENV_ROLLOUT, 4, -1)
+    starts = np.zeros((ENV_ROLLOUT, 4), np.float32)
+    starts[0] = 1.0
+    return [[(steps, starts, None, 0)]]
+
+
+def _engine_problem(clause, reference, under: Artifact, policy, kept: list[list[tuple]]):
+    """(failure text, arrays that replay it, engine) for the first of `kept` `under` gets
+    wrong, within the time budget; None when all it ran agree. A group of batches runs as one
+    batch where ONNX Runtime's default session acts like predict() on it too; elsewhere (a
+    fault keyed to batch sizes, the parity clauses' to report) each batch runs as the parity
+    clause ran it."""
+    stats, start = policy.stats, time.thread_time()
+    default = under.under(engines.ORT)
+    for group in kept:
+        if time.thread_time() - start > ENGINE_SECONDS:
+            stats.stopped[clause.id] = math.ceil(ENGINE_SECONDS)
+            return None
+        if len(group[0]) == 4:  # a rollout
+            steps, starts, initial, warm_up = group[0]
+            runs = [(_rollout_replay(*group[0]), lambda: rollout_problem(
+                reference, under, steps, starts, stats, clause.id, initial, warm_up))]
+        else:
+            obs, masks = _joined(group)
+            schedule = group[0][2] if len(group) == 1 else None
+            try:
+                together = compare_any(reference, default, obs, ParityStats(), clause.id,
+                                       masks, schedule) is None
+            except ArtifactError:  # the behaviour clauses' to report
+                together = False
+            # where ONNX Runtime's default session is wrong too, the parity clauses report it
+            parts = [(obs, masks, schedule)] if together else \
+                [part for part in group if len(group) > 1]
+            runs = [({"observations": o, "masks": m, "batch_sizes": b},
+                     functools.partial(_engine_batch, clause, reference, under, stats, o, m, b))
+                    for o, m, b in parts]
+        for replay, run in runs:
+            try:
+                text = run()
+            except ArtifactError as exc:
+                text = str(exc)
+            if text:
+                return text, replay, under.engine
+    return None
+
+
+def _engine_batch(clause, reference, under: Artifact, stats: ParityStats, obs: np.ndarray,
+                  masks: np.ndarray | None, batch_sizes) -> str | None:
+    """One batch of rows in another engine: counted, and compared with predict()."""
+    found = compare_any(reference, under, obs, stats, clause.id, masks, batch_sizes)
+    raw = reference.examine(obs)[0]
+    _account(reference, stats, clause.id, obs, masks, raw, _outside_bounds(reference, raw))
+    return found and str(found)
 
 
 def _decision_examples(reference: Reference, decisions, rows: np.ndarray | None = None,
@@ -702,13 +916,12 @@ def check_recurrent_parity(clause: spec.Clause, reference: Reference, artifact: 
         initial = reference.warm_state(rng, envs, warm_up)
         problem = rollout_problem(reference, artifact, steps, starts, policy.stats, clause.id,
                                   initial, warm_up)
-        if problem:
+        if not problem:
+            policy.stats.keep(clause.id, (steps, starts, initial, warm_up))
+        else:
             raise Mismatch(Problem(problem, RECURRENT_CAUSES),
                            f"{batch}, {length} steps of {envs} environments after {warm_up} "
-                           "warm-up steps",
-                           {"observations": steps, "episode_starts": starts,
-                            "initial_state_h": initial[0], "initial_state_c": initial[1],
-                            "warm_up": warm_up})
+                           "warm-up steps", _rollout_replay(steps, starts, initial, warm_up))
 
     probe = reference.domain.probe()
     held = np.vstack([probe[:HELD - 1], probe[-1:]])  # zeros, the bounds; a draw
@@ -723,6 +936,13 @@ def check_recurrent_parity(clause: spec.Clause, reference: Reference, artifact: 
                                  )(rollouts_agree)
     rollouts_agree = example(batch=Batch("held", 0, held.astype(np.float32)))(rollouts_agree)
     _search(clause, rollouts_agree, policy)
+
+
+def _rollout_replay(steps, starts, initial, warm_up: int) -> dict:
+    """A rollout as its counterexample file holds it."""
+    return {"observations": steps, "episode_starts": starts,
+            "initial_state_h": None if initial is None else initial[0],
+            "initial_state_c": None if initial is None else initial[1], "warm_up": warm_up}
 
 
 def rollout_problem(reference: Reference, artifact: Artifact, steps: np.ndarray,

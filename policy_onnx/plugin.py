@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
-from . import __version__, spec
+from . import __version__, engines, spec
 from .artifact import Artifact, sha256
 from .check import VERDICTS, suite_limitation
 from .metadata import TRANSFORMS
@@ -84,6 +84,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "the decision coverage and the counterexample of a failure. Needs matplotlib: "
              "pip install policy-onnx[report]. Default: none.")
     group.addoption(
+        "--runtime", metavar="NAMES", default="",
+        help="also run the artifact in these engines, comma-separated (tract, openvino): PORT-04 "
+             "says per engine whether it loads and matches predict(), does not load, or loads "
+             "and differs. Needs the engines: pip install policy-onnx[runtimes]. Default: none.")
+    group.addoption(
         "--vecnormalize", metavar="PKL", action="append",
         help="the VecNormalize statistics (a .pkl) the model was trained behind: the artifact "
              "must take raw observations and act like predict() of the normalized ones. "
@@ -100,6 +105,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 RUN = pytest.StashKey[Run]()
+RUNTIMES = pytest.StashKey[list]()  # --runtime: the engines PORT-04 runs
 PAGE = pytest.StashKey["PageWriter"]()  # --html: writes the page when the run ends
 BY_POLICY = pytest.StashKey[bool]()  # pytest-xdist: one worker per policy
 
@@ -160,6 +166,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if not available():
             raise pytest.UsageError(f"--html needs matplotlib, which is not installed: "
                                     f"{INSTALL_HINT}")
+    config.stash[RUNTIMES] = _runtimes(config.getoption("runtime"))
     policies, passed_over = policies_from(config)
     if config.getoption("html") and not _worker(config):
         from .html import PageWriter
@@ -176,6 +183,27 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(run, "policy-onnx-run")
 
 
+def _runtimes(option: str) -> list[str]:
+    """The engines --runtime names, each known and installed, or a usage error saying which
+    is not."""
+    names = [name.strip().lower() for name in option.split(",") if name.strip()]
+    unknown = [name for name in names if name not in engines.RUNTIMES]
+    if unknown:
+        raise pytest.UsageError(f"--runtime {option}: unknown runtime {unknown[0]!r}; the suite "
+                                f"runs {', '.join(engines.RUNTIMES)}")
+    missing = [name for name in names if not engines.available(name)]
+    if missing:
+        raise pytest.UsageError(f"--runtime {option}: {', '.join(missing)} is not installed: "
+                                f"{engines.RUNTIMES_HINT}")
+    return list(dict.fromkeys(names))
+
+
+@pytest.fixture(scope="session")
+def runtimes(request) -> list[str]:
+    """The engines --runtime names (PORT-04)."""
+    return request.config.stash[RUNTIMES]
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Several policies: every clause test once per policy, the policy's name first in its id."""
     run = metafunc.config.stash[RUN]
@@ -185,6 +213,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The PORT clauses run again what the parity clauses compared: after them.
+    items.sort(key=lambda item: item.get_closest_marker("clause") is not None
+               and spec.clause(item.get_closest_marker("clause").args[0]).portability)
     run = config.stash[RUN]
     run.suite_command = _suite_command(config, items)
     if run.policies and not run.openable:  # a zoo none of whose models opens: nothing to run
@@ -268,6 +299,9 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         # JUnit XML takes the properties of the teardown report: the flat ones (records such as
         # the policy's facts go to the controller only).
         item.user_properties += [(k, v) for k, v in found if not isinstance(v, dict)]
+        item.user_properties += [(f"runtime {engine}", verdict.splitlines()[0])
+                                 for name, verdicts in found if name == "runtimes"
+                                 for engine, verdict in verdicts.items()]
     return report
 
 
@@ -281,6 +315,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     lines = [f"policy-onnx {__version__}: POLICY_ONNX_SPEC {spec.SPEC_VERSION}, "
              f"hypothesis profile {settings.get_current_profile_name()!r}",
              f"parity tolerance: {RULE}"]
+    if config.stash[RUNTIMES]:
+        lines.append("runtimes (PORT-04): "
+                     + ", ".join(engines.label(r) for r in config.stash[RUNTIMES]))
     if run.passed_over:
         lines.append(f"passed over: {len(run.passed_over)} best model(s) and checkpoint(s) of RL "
                      "Zoo runs, checked only when given as files (e.g. "

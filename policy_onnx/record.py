@@ -29,7 +29,8 @@ REPORT_VERSION = 1  # of the JSON report's layout; raised when a field changes m
 # predict() itself overflows there, (recurrent rollouts) the most steps since a reset, and
 # (discrete actions) how many of its possible choices predict() made in the draws, and, for a
 # clause drawing near the each-action search's rows, how many choices that search found and
-# the time budget (seconds) it stopped at (0: its ascent ran to the end).
+# the time budget (seconds) it stopped at (0: its ascent ran to the end); for a PORT clause,
+# the time budget it stopped at before running all the parity clauses compared.
 STATISTICS = ("observations", "mean_outside_bounds", "rounding_ties", "observation_at_clip",
               "predict_overflows", "rollout_reach", "choices_drawn", "choices_possible",
               "choices_searched", "search_stopped")
@@ -58,6 +59,7 @@ class PolicyRecord:
     statistics: dict[str, dict[str, int]] = field(default_factory=dict)  # per parity clause
     margins: dict[str, dict] = field(default_factory=dict)  # per parity clause: parity.Margin
     coverage: dict | None = None  # the decision coverage of the artifact's graph
+    runtimes: dict[str, str] = field(default_factory=dict)  # PORT-04: engine -> its verdict
     # Set when the run is summed up (the plugin's Policy.describe()): the model and artifact.
     description: dict = field(default_factory=dict)
     structure: str = "plain"
@@ -76,6 +78,8 @@ class PolicyRecord:
         clause = spec.clause(properties["clause"])
         if "decision_coverage" in properties:
             self.coverage = properties["decision_coverage"]
+        if "runtimes" in properties:
+            self.runtimes = properties["runtimes"]
         if "observations" in properties:
             self.statistics[clause.id] = {name: properties[name] for name in STATISTICS}
         if "margin" in properties:
@@ -111,7 +115,8 @@ class PolicyRecord:
         reached = None
         for level in spec.Level:
             required = [c for c in spec.CLAUSES if c.level <= level
-                        or (beyond_box and level >= spec.Level.STANDARD)]
+                        or (beyond_box and level >= spec.Level.STANDARD
+                            and not c.portability)]
             blocking = [c.id for c in required if c.id in self.by_clause
                         and not self.by_clause[c.id].satisfied]
             missing = [c.id for c in required if c.id not in self.by_clause]
@@ -140,6 +145,7 @@ class PolicyRecord:
                         for c in spec.CLAUSES if c.id in self.by_clause],
             "statistics": dict(sorted(self.statistics.items())),
             "decision_coverage": self.coverage,
+            "runtimes": self.runtimes,
         }
         return {**self.description, **verdicts}
 

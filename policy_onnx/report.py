@@ -62,7 +62,7 @@ def statistics_lines(record: PolicyRecord) -> list[str]:
                 if unmade:
                     detail += (f" ({unmade} UNCHECKED: no draw made predict() choose "
                                f"{'it' if unmade == 1 else 'them'})")
-            if counts.get("search_stopped"):
+            if counts.get("search_stopped") and not spec.clause(clause_id).portability:
                 detail += (f"; the search for each choice STOPPED at its time budget of "
                            f"{counts['search_stopped']} s, having found "
                            f"{counts['choices_searched']} of them (the others may never "
@@ -78,6 +78,9 @@ def statistics_lines(record: PolicyRecord) -> list[str]:
         if counts.get("rollout_reach"):
             detail += (f"; every step's state compared with predict()'s and fed back, up "
                        f"to {counts['rollout_reach']:,} steps after a reset")
+        if spec.clause(clause_id).portability and counts.get("search_stopped"):
+            detail += (f"; STOPPED at its time budget of {counts['search_stopped']} s: the "
+                       "rest of what the parity clauses compared was not run again")
         if counts.get("predict_overflows"):
             detail += (f" ({counts['predict_overflows']:,} more drawn where predict() "
                        "itself overflows, not compared)")
@@ -203,7 +206,7 @@ def terminal_summary(run: RunRecord, write, section, problems_only: bool,
         if line:
             write(line)
         for line in (*statistics_lines(policy), *margin_lines(policy),
-                     *coverage_lines(policy)):
+                     *coverage_lines(policy), *runtime_lines(policy)):
             write(line)
     if several:
         section("all policies")
@@ -212,6 +215,12 @@ def terminal_summary(run: RunRecord, write, section, problems_only: bool,
         write(f"report: {report_path}")
     if html_path:
         write(f"page: {html_path}")
+
+
+def runtime_lines(record: PolicyRecord) -> list[str]:
+    """PORT-04's verdict per runtime named with --runtime."""
+    return [f"runtime {engine}: {verdict.splitlines()[0][:300]}"
+            for engine, verdict in record.runtimes.items()]
 
 
 def write_json(path: Path, document: dict) -> None:

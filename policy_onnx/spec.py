@@ -10,7 +10,7 @@ import enum
 import re
 from dataclasses import dataclass
 
-SPEC_VERSION = "1.1.0"  # the document's own version (its section 8 lists the changes)
+SPEC_VERSION = "1.2.0"  # the document's own version (its section 8 lists the changes)
 
 
 class Level(enum.IntEnum):
@@ -43,6 +43,9 @@ class Clause:
     needs_normalization: bool = False  # applies only to models trained under VecNormalize
     # Applies only to observations with one of these features ("image", "dict"); () to all.
     observations: tuple[str, ...] = ()
+    # About engines other than the ONNX Runtime session the other clauses run (PORT): at its
+    # own level for every policy, never raised to Standard with the extension clauses.
+    portability: bool = False
 
     def applies(self, kind: str, structure: str, features: frozenset[str] | None = None
                 ) -> bool:
@@ -308,6 +311,37 @@ CLAUSES: tuple[Clause, ...] = (
            "`model.predict(observation, deterministic=True)` as in PAR-01 (Box actions) or "
            "DISC-05 (discrete actions).", needs_model=True, structures=("plain", "masked"),
            observations=("image", "dict")),
+    # --- other engines (PORT) -----------------------------------------------------------------
+    Clause("PORT-01", "standard_operators", E,
+           "The graph uses standard operators at the opset it declares",
+           "Every node of the graph (and of the bodies of its If, Loop and Scan nodes, and of "
+           "the functions the model defines, for each call of one) MUST be an operator of the "
+           "default ONNX domain that exists at the version of that domain the model imports: "
+           "no operator of another domain (ONNX Runtime's `com.microsoft` contrib operators "
+           "included), none newer than the declared opset.", portability=True),
+    Clause("PORT-02", "unoptimized_parity", S,
+           "ONNX Runtime without graph optimizations acts like `predict()`",
+           "Run by ONNX Runtime with every graph optimization disabled, on what the parity "
+           "clauses compared (their first observations, masks and rollouts, a batch of each in "
+           "turn, for a time budget), the artifact MUST act as those clauses require: the final "
+           "action matches `predict()` within the parity tolerance (Box actions), exactly but "
+           "at rounding ties (discrete actions), step by step with its state (recurrent "
+           "policies).", needs_model=True, portability=True),
+    Clause("PORT-03", "reference_parity", E,
+           "The ONNX reference implementation acts like `predict()`",
+           "Run by `onnx.reference` (the ONNX project's implementation of the operator specs) on "
+           "what the parity clauses compared, as in PORT-02, the artifact MUST act as those "
+           "clauses require, and MUST NOT reach an operator case the specs leave to the engine: "
+           "a cast of a float to an integer type from NaN, an infinity or a value out of the "
+           "type's range, or a `Clip` whose min exceeds its max. Where an `ArgMax` or `ArgMin` "
+           "meets an exact tie, the artifact MUST also act so with such ties broken the other "
+           "way (an engine may break them otherwise).", needs_model=True, portability=True),
+    Clause("PORT-04", "runtimes", E, "The runtimes named with `--runtime` act like `predict()`",
+           "Each runtime the user names (tract; OpenVINO on the CPU in float32) MUST load the "
+           "artifact and, run on what the parity clauses compared as in PORT-02, act as those "
+           "clauses require. Its verdict is one of: loads and matches; does not load (with the "
+           "runtime's error); loads, differs (with the counterexample). Not applicable when "
+           "no runtime is named.", needs_model=True, portability=True),
 )
 
 _BY_ID = {c.id: c for c in CLAUSES}

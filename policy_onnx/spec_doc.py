@@ -19,7 +19,8 @@ END = "<!-- END CLAUSES -->"
 GROUPS = {"GRAPH": "Graph", "META": "Metadata", "BEH": "Behaviour", "PAR": "Parity",
           "DISC": "Discrete actions (Extended)", "MASK": "Action masks (Extended)",
           "NORM": "Observation normalization (Extended)", "REC": "Recurrent state (Extended)",
-          "OBS": "Image and dict observations (Extended)"}
+          "OBS": "Image and dict observations (Extended)",
+          "PORT": "Other engines (PORT-02 Standard, the others Extended)"}
 
 
 def render() -> str:

@@ -33,6 +33,10 @@ class Mutant:
     # the exporter then exports faithfully.
     prepare: Callable | None = None
     external_data: bool = False  # saved with its weights in a file beside the artifact
+    # Clauses it may kill too, as the draws fall (a found row that another clause's draws
+    # happen to meet); never the ones it must.
+    also: frozenset[str] = frozenset()
+    runtimes: bool = False  # checked with --runtime tract,openvino (PORT-04)
 
 
 class MutationReport:
@@ -1335,6 +1339,151 @@ def _slab_behind_a_runtime_op(p):
 _two_pixel_values = _where(*_all_equal([0, 5180], [37.0, 211.0]))
 
 
+def _right_only_when_optimized(p):
+    """The action times the batch size of a copy of it that a value_info declares to be 1:
+    ONNX Runtime's optimizer folds the Shape from that value_info (times 1), the operator specs
+    read the real batch (times N)."""
+    p = append_after_output(p, lambda src, dst: [
+        helper.make_node("Abs", [src], ["declared_one_row"]),
+        helper.make_node("Shape", ["declared_one_row"], ["declared_shape"]),
+        helper.make_node("Gather", ["declared_shape", "first_axis"], ["declared_rows"], axis=0),
+        helper.make_node("Cast", ["declared_rows"], ["declared_factor"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", [src, "declared_factor"], [dst])],
+        [const("first_axis", 0, np.int64)])
+    width = p.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    p.graph.value_info.append(helper.make_tensor_value_info("declared_one_row", TensorProto.FLOAT,
+                                                            [1, width]))
+    return p
+
+
+def _out_of_range_cast(how: str = "Cast"):
+    """The action plus Clip(cast(|obs[0]| * 1e12 + 3e9 to int32), 0, 1): always out of int32's
+    range, which x86 engines cast to its minimum (plus 0) and saturating ones to its maximum
+    (plus 1). `how`: a Cast, a CastLike, or a Cast inside a function of the model."""
+    cast = {"Cast": helper.make_node("Cast", ["past_range"], ["engine_int"], to=TensorProto.INT32),
+            "CastLike": helper.make_node("CastLike", ["past_range", "int_like"], ["engine_int"]),
+            "function": helper.make_node("ToInt", ["past_range"], ["engine_int"],
+                                         domain="local")}[how]
+
+    def mutate(p):
+        p = append_after_output(p, lambda src, dst: [
+            *_element(0, "x0"), helper.make_node("Abs", ["x0"], ["x0_size"]),
+            helper.make_node("Mul", ["x0_size", "huge"], ["x0_huge"]),
+            helper.make_node("Add", ["x0_huge", "past_int32"], ["past_range"]), cast,
+            helper.make_node("Clip", ["engine_int", "int_zero", "int_one"], ["engine_bit"]),
+            helper.make_node("Cast", ["engine_bit"], ["engine_shift"], to=TensorProto.FLOAT),
+            helper.make_node("Add", [src, "engine_shift"], [dst])],
+            [*_element_constants(0, "x0"), const("axis1", [1], np.int64), const("huge", 1e12),
+             const("past_int32", 3e9), const("int_zero", 0, np.int32),
+             const("int_one", 1, np.int32), const("int_like", [0], np.int32)])
+        if how == "function":
+            opset = next(o.version for o in p.opset_import if o.domain in ("", "ai.onnx"))
+            p.functions.append(helper.make_function(
+                "local", "ToInt", ["a"], ["b"],
+                [helper.make_node("Cast", ["a"], ["b"], to=TensorProto.INT32)],
+                [helper.make_opsetid("", opset)]))
+            p.opset_import.append(helper.make_opsetid("local", 1))
+        return p
+    return mutate
+
+
+def _cast_to_int64_at_its_edge(p):
+    """The action plus Clip(Cast(min(|obs[0]|, 1) + 2^63 to int64), 0, 1): in float32 exactly
+    2^63, one past int64's range (x86 engines: its minimum, plus 0; saturating ones: plus 1)."""
+    return append_after_output(p, lambda src, dst: [
+        *_element(0, "x0"), helper.make_node("Abs", ["x0"], ["x0_size"]),
+        helper.make_node("Min", ["x0_size", "one_at_most"], ["small"]),
+        helper.make_node("Add", ["small", "two_63"], ["at_edge"]),
+        helper.make_node("Cast", ["at_edge"], ["edge_int"], to=TensorProto.INT64),
+        helper.make_node("Clip", ["edge_int", "int64_zero", "int64_one"], ["edge_bit"]),
+        helper.make_node("Cast", ["edge_bit"], ["edge_shift"], to=TensorProto.FLOAT),
+        helper.make_node("Add", [src, "edge_shift"], [dst])],
+        [*_element_constants(0, "x0"), const("axis1", [1], np.int64), const("one_at_most", 1.0),
+         const("two_63", 2.0 ** 63), const("int64_zero", 0, np.int64),
+         const("int64_one", 1, np.int64)])
+
+
+def _right_only_when_optimized_for_one_row(p):
+    """The action doubled for a batch of one row, read from a copy of it that a value_info
+    declares to have 7 rows: ONNX Runtime's optimizer folds the Shape (never doubled), the
+    operator specs read the real batch."""
+    p = append_after_output(p, lambda src, dst: [
+        helper.make_node("Abs", [src], ["declared_seven_rows"]),
+        helper.make_node("Shape", ["declared_seven_rows"], ["declared_shape"]),
+        helper.make_node("Gather", ["declared_shape", "first_axis"], ["declared_rows"], axis=0),
+        helper.make_node("Equal", ["declared_rows", "one_row"], ["alone"]),
+        helper.make_node("Where", ["alone", "two", "one"], ["alone_factor"]),
+        helper.make_node("Mul", [src, "alone_factor"], [dst])],
+        [const("first_axis", 0, np.int64), const("one_row", 1, np.int64), const("two", 2.0),
+         const("one", 1.0)])
+    width = p.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    p.graph.value_info.append(helper.make_tensor_value_info("declared_seven_rows",
+                                                            TensorProto.FLOAT, [7, width]))
+    return p
+
+
+def _clip_min_above_max(p):
+    """The action plus Clip(action, min=1, max=0): 0 (max) as the operator specs say, 1 in an
+    engine that applies max before min."""
+    return append_after_output(p, lambda src, dst: [
+        helper.make_node("Clip", [src, "clip_one", "clip_zero"], ["upside_down"]),
+        helper.make_node("Add", [src, "upside_down"], [dst])],
+        [const("clip_one", 1.0), const("clip_zero", 0.0)])
+
+
+def _argmax_tied_with_a_copy(p):
+    """The argmax over the scores and a copy of their maximum: tied at every row, the first
+    index (the scores' own) as the specs say; an engine breaking ties to the last returns an
+    action that does not exist."""
+    index, argmax = next((i, n) for i, n in enumerate(p.graph.node) if n.op_type == "ArgMax")
+    p.graph.node.insert(index, helper.make_node("ReduceMax", [argmax.input[0], "score_axis"],
+                                                ["best_score"], keepdims=1))
+    p.graph.node.insert(index + 1, helper.make_node("Concat", [argmax.input[0], "best_score"],
+                                                    ["scores_and_best"], axis=1))
+    argmax.input[0] = "scores_and_best"
+    p.graph.initializer.append(const("score_axis", [1], np.int64))
+    del p.graph.value_info[:]
+    return p
+
+
+def _argmax_over_scores_twice(p):
+    """The argmax over the scores written twice, taken modulo their number: tied at every row,
+    either index of a tie is the same action."""
+    index, argmax = next((i, n) for i, n in enumerate(p.graph.node) if n.op_type == "ArgMax")
+    inferred = onnx.shape_inference.infer_shapes(p).graph.value_info
+    choices = next(v for v in inferred if v.name == argmax.input[0]).type.tensor_type.shape.dim[1]
+    p.graph.node.insert(index, helper.make_node("Concat", [argmax.input[0]] * 2,
+                                                ["scores_twice"], axis=1))
+    action = argmax.output[0]
+    argmax.input[0], argmax.output[0] = "scores_twice", "index_in_twice"
+    p.graph.node.insert(index + 2, helper.make_node("Mod", ["index_in_twice", "choices"],
+                                                    [action]))
+    p.graph.initializer.append(const("choices", choices.dim_value, np.int64))
+    del p.graph.value_info[:]
+    return p
+
+
+def _value_info_only_tract_reads(p):
+    """A value_info that declares 7 rows for the action before its last step, which nothing
+    reads: ONNX Runtime and the operator specs ignore it, tract refuses the graph."""
+    p = append_after_output(p, lambda src, dst: [helper.make_node("Identity", [src], [dst])])
+    width = p.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    p.graph.value_info.append(helper.make_tensor_value_info(p.graph.node[-1].input[0],
+                                                            TensorProto.FLOAT, [7, width]))
+    return p
+
+
+def _contrib_operator(p):
+    """The action multiplied by an identity matrix with ONNX Runtime's own FusedMatMul
+    (com.microsoft): the same numbers in ONNX Runtime, nothing elsewhere."""
+    p.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    width = p.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    return append_after_output(p, lambda src, dst: [
+        helper.make_node("FusedMatMul", [src, "identity_matrix"], [dst],
+                         domain="com.microsoft")],
+        [const("identity_matrix", np.eye(width))])
+
+
 def _constant_action(p):
     """The action always 0, whatever the observation (inside bounds of +-1e-6)."""
     return append_after_output(p, lambda src, dst: [
@@ -1371,7 +1520,7 @@ DECISION_MUTANTS = (
            frozenset({"PAR-01"})),
     Mutant("wrong_where_a_cast_to_bool_is_false", "the action negated where obs[1] is exactly "
            "0.3712345, tested as Not(Cast(obs[1] - c, to=BOOL))", _cast_to_bool_is_false,
-           frozenset({"PAR-01"})),
+           frozenset({"PAR-01"}), also=frozenset({"PAR-02"})),
     Mutant("wrong_where_a_sign_is_zero", "the action negated where obs[1] is exactly "
            "0.3712345, tested by 1 - Sign(obs[1] - c)^2", _sign_is_zero, frozenset({"PAR-01"})),
     Mutant("wrong_in_a_slab_inside_an_if", "the action negated where |obs[1] - 2.7| < 1e-5, "
@@ -1381,7 +1530,8 @@ DECISION_MUTANTS = (
            "inside the body of a Loop of one trip", _slab_in_a_loop, frozenset({"PAR-01"})),
     Mutant("wrong_in_a_slab_behind_a_long_loop", "the action negated where |obs[1] - 2.7| < "
            "1e-5, obs read by name inside a Loop of 17 trips", _slab_behind_a_long_loop,
-           frozenset({"PAR-01"})),
+           # PORT-03 not checked: onnx.reference cannot run this Loop (its own limitation)
+           frozenset({"PAR-01", "PORT-03"})),
     Mutant("wrong_where_a_value_overflows", "the action negated where 1e30 / |obs[:2] - "
            "(2.7, -1.3)|^2 overflows to inf (an IsInf a finite observation reaches)",
            _overflow_near_a_point, frozenset({"PAR-01"})),
@@ -1422,7 +1572,7 @@ DECISION_MUTANTS = (
            _slab_of_a_sum_over_the_rows, frozenset({"BEH-02"})),
     Mutant("wrong_in_a_slab_behind_a_runtime_op", "the action negated where |obs[1] - 2.7| < "
            "1e-5, obs[1] read through com.microsoft FusedMatMul", _slab_behind_a_runtime_op,
-           frozenset({"PAR-01"})),
+           frozenset({"PAR-01", "PORT-01", "PORT-03"})),
     Mutant("wrong_for_one_flag_pattern", "the action shifted where the 24 binary flags of a "
            "Dict entry read 1, 0, 1, 0, ...", _wrong_where_flags_match([1.0, 0.0] * 12), CORNER,
            model="ppo_flags_dict"),
@@ -1430,6 +1580,35 @@ DECISION_MUTANTS = (
            "chosen values", _two_pixel_values, OBSERVATION | {"PAR-01"}, model="ppo_cnn"),
     Mutant("constant_on_tiny_bounds", "the action always 0, on bounds of +-1e-6",
            _constant_action, frozenset(PARITY), model="ppo_tiny_bounds"),
+)
+
+# Right in ONNX Runtime as the parity clauses run it, not as the operator specs define it
+PORT_MUTANTS = (
+    Mutant("right_only_when_optimized", "the action times a batch size that only ONNX "
+           "Runtime's optimizer reads as 1 (a value_info that does not hold)",
+           _right_only_when_optimized, frozenset({"PORT-02", "PORT-03"})),
+    Mutant("right_only_when_optimized_for_one_row", "the action doubled for a batch of one "
+           "row, a batch size only ONNX Runtime's optimizer reads as 7",
+           _right_only_when_optimized_for_one_row, frozenset({"PORT-02", "PORT-03"})),
+    *(Mutant(name, f"the action plus {what} of an out-of-range float to int32, clipped to 0..1 "
+             "(x86 engines give 0, saturating ones 1)", _out_of_range_cast(how),
+             frozenset({"PORT-03"}))
+      for name, what, how in (("cast_out_of_range", "a Cast", "Cast"),
+                              ("castlike_out_of_range", "a CastLike", "CastLike"),
+                              ("cast_out_of_range_in_a_function", "a Cast inside a model's "
+                               "function", "function"))),
+    Mutant("cast_to_int64_at_its_edge", "the action plus a cast of 2^63 (in float32) to "
+           "int64, clipped to 0..1", _cast_to_int64_at_its_edge, frozenset({"PORT-03"})),
+    Mutant("clip_min_above_max", "the action plus a Clip with min 1 above max 0",
+           _clip_min_above_max, frozenset({"PORT-03"})),
+    Mutant("argmax_tied_with_a_copy", "the argmax over the scores and a copy of their maximum, "
+           "right only where ties go to the first index", _argmax_tied_with_a_copy,
+           frozenset({"PORT-03"}), model="dqn"),
+    Mutant("value_info_only_tract_reads", "a value_info declaring 7 rows that nothing reads "
+           "(tract refuses the graph)", _value_info_only_tract_reads, frozenset({"PORT-04"}),
+           runtimes=True),
+    Mutant("contrib_operator", "the action through ONNX Runtime's com.microsoft FusedMatMul",
+           _contrib_operator, frozenset({"PORT-01", "PORT-03"})),
 )
 
 
@@ -1460,7 +1639,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("rank3_output", "action is [batch, 1, act_dim]", _rank3_output,
            frozenset({"GRAPH-08", "GRAPH-12", "BEH-05"} | PARITY)),
     Mutant("custom_op_domain", "a node from a custom operator domain", _custom_op,
-           frozenset({"GRAPH-02"} | RUNNING)),
+           frozenset({"GRAPH-02", "PORT-01", "PORT-03"} | RUNNING)),
     Mutant("external_data", "the weights saved in a separate file beside the artifact",
            lambda p: p, frozenset({"GRAPH-01"}), external_data=True),
     Mutant("lying_value_info", "a value_info whose shape contradicts the graph",
@@ -1607,6 +1786,7 @@ MUTANTS: tuple[Mutant, ...] = (
     *IMAGE_MUTANTS,
     # decisions in the graph
     *DECISION_MUTANTS,
+    *PORT_MUTANTS,
 )
 
 def _nan_guard(p):
@@ -1683,6 +1863,9 @@ CONFORMING: tuple[Mutant, ...] = (
            model="sac", transform="tanh"),
     Mutant("qrdqn_as_exported", "QR-DQN as the suite exports it", lambda p: p, frozenset(),
            model="qrdqn"),
+    Mutant("argmax_over_scores_twice", "DQN: the argmax over the scores written twice, modulo "
+           "their number (every row an exact tie that does not matter)",
+           _argmax_over_scores_twice, frozenset(), model="dqn"),
     Mutant("ties_broken_by_batch", "DQN: at rounding ties of the scores, a batch chooses "
            "otherwise than a row alone", _ties_broken_by_batch, frozenset(), model="dqn"),
     Mutant("newer_opset", "converted to opset 21", _newer_opset, frozenset()),

@@ -34,9 +34,10 @@ OPTIONS = {f.name: ("--image-layout", f.image_layout) if f.image_layout != "HWC"
 
 def not_applicable(kind: str, structure: str = "plain", normalized: bool = False,
                    features: frozenset[str] = frozenset()) -> dict[str, str]:
-    return {c.id: "not applicable" for c in spec.CLAUSES
-            if not c.applies(kind, structure, features)
-            or (c.needs_normalization and not normalized)}
+    return {**{c.id: "not applicable" for c in spec.CLAUSES
+               if not c.applies(kind, structure, features)
+               or (c.needs_normalization and not normalized)},
+            "PORT-04": "no runtime named"}
 
 
 def expected_skips(name: str) -> dict[str, str]:
