@@ -2,11 +2,12 @@
 
 ONNX Runtime as the other clauses run it (every graph optimization), ONNX Runtime with none, and
 the ONNX reference implementation (`onnx.reference`, written from the operator specs), made
-strict about what those specs leave to the engine: a float cast to an integer type from NaN,
-an infinity or a value out of the type's range, and a Clip whose min exceeds its max, end the
-run (`EngineDependent`); an exact tie at the maximum of an ArgMax (the minimum of an ArgMin) is
-noted, and the run can be repeated with such ties broken the other way. Each engine is a session
-with ONNX Runtime's `run(output_names, feeds)`.
+strict about what those specs leave to the engine: a float cast (Cast, CastLike) to an integer
+type from NaN, an infinity or a value out of the type's range, and a Clip whose min exceeds its
+max, end the run (`EngineDependent`); an exact tie at the maximum of an ArgMax (the minimum of
+an ArgMin) is noted, and the run can be repeated with such ties broken the other way. And, on
+request, the engines people deploy to (RUNTIMES). Each engine is a session with ONNX Runtime's
+`run(output_names, feeds)`.
 """
 
 from __future__ import annotations
@@ -26,11 +27,8 @@ TRACT = "tract"
 OPENVINO = "openvino"
 RUNTIMES = {TRACT: "tract", OPENVINO: "openvino"}
 RUNTIMES_HINT = "pip install policy-onnx[runtimes]"
-ENGINES = (ORT, ORT_UNOPTIMIZED, REFERENCE, REFERENCE_TIES_FLIPPED, *RUNTIMES)
-STANDARD_DOMAINS = ("", "ai.onnx")
-
-
 REFERENCES = (REFERENCE, REFERENCE_TIES_FLIPPED)
+STANDARD_DOMAINS = ("", "ai.onnx")
 
 
 class EngineDependent(Exception):

@@ -130,6 +130,11 @@ class Reference:
             return np.ones(len(obs), dtype=bool)
         return self.examine(obs)[1]
 
+    def raw(self, obs: np.ndarray) -> np.ndarray:
+        """The raw output of examine() alone (one float32 pass), as float64."""
+        with torch.no_grad():
+            return self._raw(torch.as_tensor(obs, dtype=torch.float32)).double().numpy()
+
     def _raw(self, x: torch.Tensor) -> torch.Tensor:
         """The network's raw output: a Box policy's mean, a discrete policy's scores."""
         return self.head.mean(x) if self.kind == "Box" else self.head(x, scores=True)

@@ -37,9 +37,10 @@ RATIO_BINS = ("<=1e-6", "1e-6..1e-5", "1e-5..1e-4", "1e-4..1e-3", "1e-3..0.01", 
 # The observation the worst ratio came from is kept up to this many elements (larger ones: its
 # counterexample file, for a failure).
 KEPT_OBSERVATION = 1024
-# What each parity clause compared is kept up to this many bytes, for the PORT clauses; they
-# run it in another engine for ENGINE_SECONDS of CPU time at most (what they compared is
-# reported).
+# What each parity clause compared is kept up to this many rows and bytes (its first: the rows
+# the searches found come first), for the PORT clauses; they run it in another engine for
+# ENGINE_SECONDS of CPU time at most (what they compared is reported).
+KEPT_ROWS = 4096
 KEPT_BYTES = 8 * 2**20
 ENGINE_SECONDS = 3.0
 ENGINE_ROWS = 4096  # rows an engine runs at a time
@@ -212,16 +213,21 @@ class ParityStats:
     # (observations, masks) or rollouts (arguments of rollout_problem), KEPT_BYTES at most
     kept: dict = field(default_factory=dict)
     kept_bytes: Counter = field(default_factory=Counter)
+    kept_rows: Counter = field(default_factory=Counter)
     runtimes: dict = field(default_factory=dict)  # clause -> {engine: its verdict} (PORT-04)
+    predicted: dict = field(default_factory=dict)  # what the PORT clauses asked predict() once
 
     def keep(self, clause_id: str, arrays: tuple) -> None:
-        """Keep what a clause compared and found right (its first rows, up to KEPT_BYTES of
-        them): the PORT clauses judge what another engine changes, not the faults the parity
-        clauses report."""
+        """Keep what a clause compared and found right (its first rows, up to KEPT_ROWS and
+        KEPT_BYTES of them): the PORT clauses judge what another engine changes, not the faults
+        the parity clauses report."""
         size = sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
-        if self.kept_bytes[clause_id] + size <= KEPT_BYTES:
+        rows = int(np.prod(arrays[0].shape[:-1]))  # a rollout's steps times environments
+        if self.kept_bytes[clause_id] + size <= KEPT_BYTES and \
+                self.kept_rows[clause_id] + rows <= KEPT_ROWS:
             self.kept.setdefault(clause_id, []).append(arrays)
             self.kept_bytes[clause_id] += size
+            self.kept_rows[clause_id] += rows
 
     def kept_in_turn(self) -> list[list[tuple]]:
         """What the clauses kept, a batch (or rollout) of each in turn, in groups: a rollout
@@ -695,6 +701,7 @@ def check_engine_parity(clause: spec.Clause, reference: Reference, artifact: Art
     `batch_sizes` the decision search found. Under onnx.reference, where an ArgMax or ArgMin
     met an exact tie, the run is repeated with such ties broken the other way."""
     kept = _kept_or_fresh(clause, reference, policy, batch_sizes)
+    reference = _Remembered(reference, policy.stats.predicted)
     under = artifact.under(engine)
     problem = _engine_problem(clause, reference, under, policy, kept)
     if problem is None and engine == engines.REFERENCE and under.session.tied:
@@ -710,6 +717,7 @@ def check_runtimes(clause: spec.Clause, reference: Reference, artifact: Artifact
     an engine; its verdict ("loads and matches", "does not load: ...", "loads, differs") is
     reported with the clause, and every runtime but one that loads and matches fails it."""
     kept = _kept_or_fresh(clause, reference, policy, batch_sizes)
+    reference = _Remembered(reference, policy.stats.predicted)
     verdicts, failures = {}, []
     for runtime in runtimes:
         under = artifact.under(runtime)
@@ -728,6 +736,30 @@ def check_runtimes(clause: spec.Clause, reference: Reference, artifact: Artifact
     policy.stats.runtimes[clause.id] = verdicts
     if failures:
         check.fail(clause, "\n".join(failures))
+
+
+class _Remembered:
+    """A Reference whose predict() and raw() of the same rows are computed once: the PORT
+    clauses run the same kept rows in several engines (`memory`: the policy's)."""
+
+    def __init__(self, reference: Reference, memory: dict):
+        self._reference, self._memory = reference, memory
+
+    def __getattr__(self, name: str):
+        return getattr(self._reference, name)
+
+    def predict(self, obs: np.ndarray, *masks):
+        return self._once("predict", obs, *masks)
+
+    def raw(self, obs: np.ndarray):
+        return self._once("raw", obs)
+
+    def _once(self, what: str, *arrays):
+        key = (what, *(None if a is None else hashlib.sha1(np.ascontiguousarray(a)).digest()
+                       for a in arrays))
+        if key not in self._memory:
+            self._memory[key] = getattr(self._reference, what)(*arrays)
+        return self._memory[key]
 
 
 def _kept_or_fresh(clause: spec.Clause, reference: Reference, policy,
@@ -823,7 +855,7 @@ def _engine_batch(clause, reference, under: Artifact, stats: ParityStats, obs: n
                   masks: np.ndarray | None, batch_sizes) -> str | None:
     """One batch of rows in another engine: counted, and compared with predict()."""
     found = compare_any(reference, under, obs, stats, clause.id, masks, batch_sizes)
-    raw = reference.examine(obs)[0]
+    raw = reference.raw(obs)
     _account(reference, stats, clause.id, obs, masks, raw, _outside_bounds(reference, raw))
     return found and str(found)
 

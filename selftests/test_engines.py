@@ -98,18 +98,24 @@ def test_a_runtime_unknown_or_not_installed_is_a_usage_error(conformance, monkey
 
 
 def test_each_runtime_gets_a_verdict(conformance, tmp_path):
-    """The real pair: both runtimes load and match, in the terminal, JSON and JUnit."""
+    """The real pair: both runtimes load and match, in the header, the terminal, JSON, JUnit
+    and the page."""
     import json
     import xml.etree.ElementTree as ET
 
-    report, junit = tmp_path / "report.json", tmp_path / "junit.xml"
+    report, junit, page = tmp_path / "report.json", tmp_path / "junit.xml", tmp_path / "p.html"
     run = conformance.run("--model", str(REAL_MODEL), "--onnx", str(REAL_ONNX), "--runtime",
-                          "tract,openvino", "--report", str(report), "--junitxml", str(junit))
+                          "tract,openvino", "--report", str(report), "--junitxml", str(junit),
+                          "--html", str(page))
     assert run.ret == 0 and run.verdicts["PORT-04"] == "passed", run.stdout
     [policy] = json.loads(report.read_text())["policies"]
     assert list(policy["runtimes"].values()) == ["loads and matches"] * 2
+    assert "runtimes (PORT-04): tract " in run.stdout  # the header
+    text = page.read_text()
+    assert "<h3>Runtimes (PORT-04)</h3>" in text
     for engine in policy["runtimes"]:
         assert f"runtime {engine}: loads and matches" in run.stdout
+        assert f"<td>{engine}</td><td>loads and matches</td>" in text
     assert policy["statistics"]["PORT-04"]["observations"] > 10_000
     properties = {p.get("name"): p.get("value") for p in ET.parse(junit).getroot().iter("property")}
     assert {k: v for k, v in properties.items() if k.startswith("runtime ")} == \

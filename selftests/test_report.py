@@ -49,9 +49,8 @@ def test_conforming_run_reports_every_clause_and_the_level(conformance, tmp_path
                                     if c["id"] == "DISC-05")
     # the parity clauses, and the PORT clauses that ran what they compared in other engines
     assert set(policy["statistics"]) == {"PAR-01", "PAR-02", "PORT-02", "PORT-03"}
-    assert policy["statistics"]["PORT-02"]["observations"] >= \
-        policy["statistics"]["PAR-01"]["observations"] + \
-        policy["statistics"]["PAR-02"]["observations"]
+    # each parity clause's first batches, up to 4,096 rows, and the sweep of batch sizes
+    assert 4096 < policy["statistics"]["PORT-02"]["observations"] <= 2 * 4096 + 128
     assert policy["statistics"]["PAR-01"]["observations"] >= 10_000
     assert policy["statistics"]["PAR-02"]["mean_outside_bounds"] > 0
     _margins_agree(policy, run.stdout, junit, failing=set())
