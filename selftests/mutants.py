@@ -1157,53 +1157,42 @@ _onehot_of_a_float_index = _gated(
 # Relu(obs[0] - a) Relu(b - obs[0]) Relu(obs[1] - c) Relu(d - obs[1]), scaled to 1 at its peak:
 # non-zero only in a box 1e-5 wide, though each Relu alone goes both ways everywhere
 _BOX = (3.14159, 3.14160, -2.71829, -2.71828)
-_box_of_relu_products = _gated(
-    [*_element(0, "x0"), *_element(1, "x1"),
-     helper.make_node("Sub", ["x0", "box_a"], ["above_a"]),
-     helper.make_node("Sub", ["box_b", "x0"], ["below_b"]),
-     helper.make_node("Sub", ["x1", "box_c"], ["above_c"]),
-     helper.make_node("Sub", ["box_d", "x1"], ["below_d"]),
-     *(helper.make_node("Relu", [t], [f"{t}_on"])
-       for t in ("above_a", "below_b", "above_c", "below_d")),
-     helper.make_node("Mul", ["above_a_on", "below_b_on"], ["in_x0"]),
-     helper.make_node("Mul", ["above_c_on", "below_d_on"], ["in_x1"]),
-     helper.make_node("Mul", ["in_x0", "in_x1"], ["in_box"]),
-     helper.make_node("Mul", ["in_box", "box_gain"], ["box_gate"])],
-    "box_gate", [*_element_constants(0, "x0"), *_element_constants(1, "x1"),
-                 const("axis1", [1], np.int64),
-                 *(const(name, v) for name, v in zip(("box_a", "box_b", "box_c", "box_d"), _BOX)),
-                 const("box_gain", 1.0 / ((_BOX[1] - _BOX[0]) / 2) ** 2
-                       / ((_BOX[3] - _BOX[2]) / 2) ** 2)])
+_BOX_CONSTANTS = [*_element_constants(0, "x0"), *_element_constants(1, "x1"),
+                  const("axis1", [1], np.int64),
+                  *(const(name, v) for name, v in zip(("box_a", "box_b", "box_c", "box_d"), _BOX))]
 
+
+def _box_of_relus(moved: tuple[str, ...] = ()):
+    """The box as a product of its four Relus; those named in `moved` reach the product
+    through an Identity."""
+    sides = ("above_a", "below_b", "above_c", "below_d")
+    factor = {t: f"{t}_moved" if t in moved else f"{t}_on" for t in sides}
+    return _gated(
+        [*_element(0, "x0"), *_element(1, "x1"),
+         helper.make_node("Sub", ["x0", "box_a"], ["above_a"]),
+         helper.make_node("Sub", ["box_b", "x0"], ["below_b"]),
+         helper.make_node("Sub", ["x1", "box_c"], ["above_c"]),
+         helper.make_node("Sub", ["box_d", "x1"], ["below_d"]),
+         *(helper.make_node("Relu", [t], [f"{t}_on"]) for t in sides),
+         *(helper.make_node("Identity", [f"{t}_on"], [f"{t}_moved"]) for t in moved),
+         helper.make_node("Mul", [factor["above_a"], factor["below_b"]], ["in_x0"]),
+         helper.make_node("Mul", [factor["above_c"], factor["below_d"]], ["in_x1"]),
+         helper.make_node("Mul", ["in_x0", "in_x1"], ["in_box"]),
+         helper.make_node("Mul", ["in_box", "box_gain"], ["box_gate"])],
+        "box_gate", [*_BOX_CONSTANTS,
+                     const("box_gain", 1.0 / ((_BOX[1] - _BOX[0]) / 2) ** 2
+                           / ((_BOX[3] - _BOX[2]) / 2) ** 2)])
+
+
+_box_of_relu_products = _box_of_relus()
 # The same box, three of its Relus reaching the product through an Identity
-_box_of_relus_through_identities = _gated(
-    [*_element(0, "x0"), *_element(1, "x1"),
-     helper.make_node("Sub", ["x0", "box_a"], ["above_a"]),
-     helper.make_node("Sub", ["box_b", "x0"], ["below_b"]),
-     helper.make_node("Sub", ["x1", "box_c"], ["above_c"]),
-     helper.make_node("Sub", ["box_d", "x1"], ["below_d"]),
-     *(helper.make_node("Relu", [t], [f"{t}_on"])
-       for t in ("above_a", "below_b", "above_c", "below_d")),
-     *(helper.make_node("Identity", [f"{t}_on"], [f"{t}_moved"])
-       for t in ("below_b", "above_c", "below_d")),
-     helper.make_node("Mul", ["above_a_on", "below_b_moved"], ["in_x0"]),
-     helper.make_node("Mul", ["above_c_moved", "below_d_moved"], ["in_x1"]),
-     helper.make_node("Mul", ["in_x0", "in_x1"], ["in_box"]),
-     helper.make_node("Mul", ["in_box", "box_gain"], ["box_gate"])],
-    "box_gate", [*_element_constants(0, "x0"), *_element_constants(1, "x1"),
-                 const("axis1", [1], np.int64),
-                 *(const(name, v) for name, v in zip(("box_a", "box_b", "box_c", "box_d"), _BOX)),
-                 const("box_gain", 1.0 / ((_BOX[1] - _BOX[0]) / 2) ** 2
-                       / ((_BOX[3] - _BOX[2]) / 2) ** 2)])
+_box_of_relus_through_identities = _box_of_relus(("below_b", "above_c", "below_d"))
 
 _BOX_SIDES = [*_element(0, "x0"), *_element(1, "x1"),
               helper.make_node("Greater", ["x0", "box_a"], ["past_a"]),
               helper.make_node("Less", ["x0", "box_b"], ["short_of_b"]),
               helper.make_node("Greater", ["x1", "box_c"], ["past_c"]),
               helper.make_node("Less", ["x1", "box_d"], ["short_of_d"])]
-_BOX_CONSTANTS = [*_element_constants(0, "x0"), *_element_constants(1, "x1"),
-                  const("axis1", [1], np.int64),
-                  *(const(name, v) for name, v in zip(("box_a", "box_b", "box_c", "box_d"), _BOX))]
 # The box as a product of its four comparisons cast to numbers (no And)
 _box_of_cast_comparisons = _gated(
     [*_BOX_SIDES,
