@@ -9,6 +9,7 @@ Examples:
   policy-onnx check zoo/ -- -n auto                         # every .zip in zoo/, on all cores
   policy-onnx replay counterexamples/m/PAR-01.json         # a failing parity clause, again
   policy-onnx compare last-release.json report.json --max-growth 2   # release over release
+  policy-onnx merge reports/*.json --junitxml junit.xml   # the shards of a zoo (--shard K/N)
   policy-onnx spec              # where POLICY_ONNX_SPEC.md is; it matches the clause registry
 """
 
@@ -81,6 +82,8 @@ def _check(args: argparse.Namespace) -> int:
         command += ["--html", str(args.html)]
     if args.runtime:
         command += ["--runtime", args.runtime]
+    if args.shard:
+        command += ["--shard", args.shard]
     if args.vecnormalize:
         command += ["--vecnormalize", args.vecnormalize]
     if args.image_layout:
@@ -166,6 +169,39 @@ def _compare(args: argparse.Namespace) -> int:
     return 1 if found.regressions else 0
 
 
+def _merge(args: argparse.Namespace) -> int:
+    from .record import ReportError
+    from .report import terminal_summary, write_json, write_junit
+    from .shards import merge
+
+    if args.html:
+        from .html import INSTALL_HINT, available
+
+        if not available():
+            return _error(f"--html needs matplotlib, which is not installed: {INSTALL_HINT}")
+    try:
+        run, shards = merge(args.reports)
+    except ReportError as exc:
+        return _error(str(exc))
+    print("\n".join(shards))
+    several = len(run.policies) > 1
+    terminal_summary(run, print, lambda title: print(f"{'-' * 8} {title} {'-' * 8}"),
+                     problems_only=several and not args.verbose, report_path=args.report,
+                     html_path=args.html and str(args.html))
+    if not several:
+        print(f"{len(run.policies)} policy judged; requested level "
+              f"{run.requested_level.label}: {'met' if run.level_met else 'NOT MET'}")
+    if args.report:
+        write_json(args.report, run.document())
+    if args.junitxml:
+        write_junit(args.junitxml, run)
+    if args.html:
+        from .html import write_html
+
+        write_html(args.html, run)
+    return 0 if run.level_met else 1
+
+
 def _growth(text: str) -> float:
     value = float(text)
     if not value >= 1:  # NaN too
@@ -243,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--runtime", metavar="NAMES",
                        help="also run the artifact in these engines, comma-separated (tract, "
                             "openvino; needs pip install policy-onnx[runtimes])")
+    check.add_argument("--shard", metavar="K/N",
+                       help="check only the K-th of N parts of a folder's models (whole "
+                            "models, dealt by name); policy-onnx merge joins the N --report "
+                            "files")
     check.add_argument("--image-layout", choices=IMAGE_LAYOUTS,
                        help=IMAGE_LAYOUT_HELP + ", for the suite's own export (default: HWC; "
                             "with an artifact, its observation_space says)")
@@ -278,6 +318,30 @@ def main(argv: list[str] | None = None) -> int:
                               "(new / old, an old ratio below 1e-6 counted as 1e-6); default: "
                               "margins are shown, never fail")
     compare.set_defaults(run=_compare)
+
+    merge = commands.add_parser(
+        "merge", help="one verdict of the JSON reports of a zoo's shards (--shard K/N)",
+        description="Merge the JSON reports of the N shards of one run (pytest ... --shard K/N "
+                    "--report reports/shard-K.json on N machines) into one: the summary, "
+                    "and with --report, --junitxml and --html one JSON report, JUnit file and "
+                    "page, as one run of every policy would write them. Exit status 0 when "
+                    "every policy meets the requested level, 1 when one does not, 2 when a "
+                    "shard is missing or given twice, or the shards differ in suite version, "
+                    "options or models. Example: policy-onnx merge reports/*.json --report "
+                    "report.json --junitxml junit.xml --html report.html")
+    merge.add_argument("reports", type=Path, nargs="*",
+                       help="every shard's JSON report, once each")
+    merge.add_argument("--report", type=Path, help="write the merged JSON report here")
+    merge.add_argument("--junitxml", type=Path,
+                       help="write the verdicts as JUnit XML here (a test case per clause of "
+                            "each policy)")
+    merge.add_argument("--html", type=Path,
+                       help="write the merged page here (needs pip install "
+                            "policy-onnx[report])")
+    merge.add_argument("-v", "--verbose", action="store_true",
+                       help="list every clause of every policy (default: with several "
+                            "policies, only the clauses that stop one)")
+    merge.set_defaults(run=_merge)
 
     spec_cmd = commands.add_parser(
         "spec", help="check or regenerate the clause tables of POLICY_ONNX_SPEC.md",

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import spec
 from .record import PolicyRecord, RunRecord
+from .report import write_whole
 
 INSTALL_HINT = "pip install policy-onnx[report]"
 SHOWN_ELEMENTS = 64  # observation elements listed in "what was drawn" (the rest are counted)
@@ -94,10 +95,7 @@ class PageWriter:
 
 def write_html(path: Path, run: RunRecord) -> None:
     """Write the page of `run` to `path`, whole or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(render(run), encoding="utf-8")
-    partial.replace(path)
+    write_whole(path, render(run))
 
 
 def render(run: RunRecord) -> str:

@@ -26,6 +26,7 @@ from .metadata import TRANSFORMS
 from .observations import IMAGE_LAYOUTS
 from .report import coverage_properties, normalization_line, terminal_summary, write_json
 from .session import Policy, Run, command_for, policies_from
+from .shards import Shard
 from .tolerance import RULE, tolerance
 from .tuning import (_keep_hypothesis_storage_out_of_the_project,
                      _seed_hypothesis_while_the_heap_is_small, _share_the_cores,
@@ -88,6 +89,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="also run the artifact in these engines, comma-separated (tract, openvino): PORT-04 "
              "says per engine whether it loads and matches predict(), does not load, or loads "
              "and differs. Needs the engines: pip install policy-onnx[runtimes]. Default: none.")
+    group.addoption(
+        "--shard", metavar="K/N",
+        help="check only the K-th of N parts of the policies named, for a zoo spread over N "
+             "machines: whole policies, dealt by name (sorted, in turn), the same way for the "
+             "same files. Give each shard --report; policy-onnx merge makes one verdict of "
+             "the N reports. Default: every policy.")
     group.addoption(
         "--vecnormalize", metavar="PKL", action="append",
         help="the VecNormalize statistics (a .pkl) the model was trained behind: the artifact "
@@ -167,7 +174,8 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--html needs matplotlib, which is not installed: "
                                     f"{INSTALL_HINT}")
     config.stash[RUNTIMES] = _runtimes(config.getoption("runtime"))
-    policies, passed_over = policies_from(config)
+    shard = _shard(config.getoption("shard"))
+    policies, passed_over, names = policies_from(config, shard)
     if config.getoption("html") and not _worker(config):
         from .html import PageWriter
 
@@ -179,8 +187,16 @@ def pytest_configure(config: pytest.Config) -> None:
     run = Run(policies, spec.Level[config.getoption("level").upper()],
               Path(report).expanduser() if report else None,
               lambda line: _announce(config, line), passed_over)
+    run.shard = shard.describe(names) if shard else None
     config.stash[RUN] = run
     config.pluginmanager.register(run, "policy-onnx-run")
+
+
+def _shard(option: str | None) -> Shard | None:
+    try:
+        return Shard.parse(option) if option else None
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _runtimes(option: str) -> list[str]:
@@ -218,10 +234,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                and spec.clause(item.get_closest_marker("clause").args[0]).portability)
     run = config.stash[RUN]
     run.suite_command = _suite_command(config, items)
-    if run.policies and not run.openable:  # a zoo none of whose models opens: nothing to run
+    if (run.policies or run.shard) and not run.openable:  # none opens, or none dealt
         config.hook.pytest_deselected(items=list(items))
         items.clear()
-    if run.policies:
+    if run.policies or run.shard:
         return
     if any(item.get_closest_marker("clause") for item in items):
         raise pytest.UsageError(
@@ -322,6 +338,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         lines.append(f"passed over: {len(run.passed_over)} best model(s) and checkpoint(s) of RL "
                      "Zoo runs, checked only when given as files (e.g. "
                      f"{run.passed_over[0]})")
+    if run.shard:
+        lines.append(f"shard {run.shard['index']}/{run.shard['total']}: "
+                     f"{len(run.policies)} of the {len(run.shard['policies'])} policies named"
+                     + ("" if run.policies else "; none dealt to this shard, nothing to run"))
     if len(run.policies) > 1:
         lines.append(f"{len(run.policies)} policies, each its own set of clause tests:")
     for policy in run.policies:
@@ -360,7 +380,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """The run's record is made; the exit status follows the requested level; the JSON report
     is written."""
     run = session.config.stash.get(RUN, None)
-    if run is None or _worker(session.config) or not run.judged:
+    if run is None or _worker(session.config) or not (run.judged or run.shard):
         return
     record = run.finish({"suite_version": __version__, "spec_version": spec.SPEC_VERSION,
                          "hypothesis_profile": settings.get_current_profile_name(),

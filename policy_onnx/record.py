@@ -36,6 +36,9 @@ STATISTICS = ("observations", "mean_outside_bounds", "rounding_ties", "observati
               "choices_searched", "search_stopped")
 
 
+VERDICT_FIELDS = ("id", "level", "title", "outcome", "detail")
+
+
 @dataclass
 class Verdict:
     id: str
@@ -148,6 +151,30 @@ class PolicyRecord:
             "runtimes": self.runtimes,
         }
         return {**self.description, **verdicts}
+
+    @classmethod
+    def from_dict(cls, found: dict) -> PolicyRecord:
+        """A policy of a JSON report read back (`as_dict`'s inverse, for `policy-onnx merge`;
+        what the report does not hold, such as the --vecnormalize option, stays unset)."""
+        verdicts = ("level_reached", "level_met", "next_level_blocked_by", "clauses",
+                    "statistics", "decision_coverage", "runtimes")
+        record = cls(found["name"], description={k: v for k, v in found.items()
+                                                 if k not in verdicts})
+        for clause in found["clauses"]:
+            record.by_clause[clause["id"]] = Verdict(*(clause[name] for name in VERDICT_FIELDS))
+            if clause.get("margin") is not None:
+                record.margins[clause["id"]] = {**clause["margin"],
+                                                "ratio_histogram": clause["ratio_histogram"]}
+        record.statistics = dict(found.get("statistics") or {})
+        record.coverage = found.get("decision_coverage")
+        record.runtimes = dict(found.get("runtimes") or {})
+        record.open_failure = found.get("open_failure")
+        record.structure = found.get("structure") or record.structure
+        record.action_kind = found.get("action_space") or record.action_kind
+        artifact = found.get("artifact") or {}
+        if artifact.get("exported_by_suite"):
+            record.exported_path = artifact["path"]
+        return record
 
     def margin_fields(self, clause_id: str) -> dict:
         """`margin` and `ratio_histogram` of a clause (null where it compared nothing)."""

@@ -189,6 +189,11 @@ def terminal_summary(run: RunRecord, write, section, problems_only: bool,
     """The run in the terminal: `write(line)`; `section(title)` starts a policy's part when
     there are several; `problems_only` lists only the clauses that stop a policy."""
     several = len(run.policies) > 1
+    shard = run.settings.get("shard")
+    if shard:
+        write(f"shard {shard['index']}/{shard['total']}: {len(run.policies)} of the "
+              f"{len(shard['policies'])} policies named judged here (policy-onnx merge joins "
+              "the shards' reports)")
     for policy in run.policies:
         if several:
             section(policy.key)
@@ -224,8 +229,64 @@ def runtime_lines(record: PolicyRecord) -> list[str]:
 
 
 def write_json(path: Path, document: dict) -> None:
-    """Write the report whole or not at all (a CI job may read it while another run writes)."""
+    write_whole(path, json.dumps(document, indent=2) + "\n")
+
+
+def write_whole(path: Path, text: str) -> None:
+    """Write a file whole or not at all (a CI job may read it while another run writes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(document, indent=2) + "\n")
+    partial.write_text(text, encoding="utf-8")
     os.replace(partial, path)
+
+
+def write_junit(path: Path, run: RunRecord) -> None:
+    """The run as JUnit XML (xunit1, the family whose schema has testcase properties): a test
+    case per clause of each policy, named by the policy and the clause, with the properties
+    the clause tests carry in a pytest run; a policy that could not be opened is one failing
+    case. For `policy-onnx merge`, where no pytest run wrote one."""
+    from xml.etree import ElementTree as ET
+
+    suite = ET.Element("testsuite", name="policy-onnx")
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for policy in run.policies:
+        if policy.open_failure:
+            case = ET.SubElement(suite, "testcase", classname=policy.key, name="opens")
+            ET.SubElement(case, "failure", message=policy.open_failure[:300]).text = \
+                policy.open_failure
+            counts["tests"] += 1
+            counts["failures"] += 1
+            continue
+        first = True
+        for verdict in (policy.by_clause[c.id] for c in spec.CLAUSES if c.id in policy.by_clause):
+            case = ET.SubElement(suite, "testcase", classname=policy.key,
+                                 name=f"{verdict.id} {verdict.title}")
+            found = [("clause", verdict.id), ("level", verdict.level), ("policy", policy.key),
+                     *policy.statistics.get(verdict.id, {}).items()]
+            if verdict.id == "PORT-04":
+                found += [(f"runtime {engine}", text.splitlines()[0])
+                          for engine, text in policy.runtimes.items()]
+            if first and policy.coverage is not None:
+                found += [(k, v) for k, v in coverage_properties(policy.coverage)
+                          if not isinstance(v, dict)]
+                first = False
+            properties = ET.SubElement(case, "properties")
+            for name, value in found:
+                ET.SubElement(properties, "property", name=name, value=str(value))
+            counts["tests"] += 1
+            message = (verdict.detail.splitlines() or [""])[0][:300]
+            if verdict.outcome in ("failed", "error"):
+                tag = "failure" if verdict.outcome == "failed" else "error"
+                ET.SubElement(case, tag, message=message).text = verdict.detail
+                counts["failures" if tag == "failure" else "errors"] += 1
+            elif verdict.outcome == "skipped":
+                ET.SubElement(case, "skipped", type="pytest.skip", message=message).text = \
+                    verdict.detail
+                counts["skipped"] += 1
+    for name, value in counts.items():
+        suite.set(name, str(value))
+    root = ET.Element("testsuites")
+    root.append(suite)
+    ET.indent(root)
+    write_whole(path, '<?xml version="1.0" encoding="utf-8"?>\n'
+                + ET.tostring(root, encoding="unicode") + "\n")

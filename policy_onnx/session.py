@@ -26,6 +26,7 @@ from .layouts import Found, find_models, find_statistics, unique_names
 from .load import LoadedModel, ModelLoadError, load_model
 from .parity import ParityStats
 from .record import PolicyRecord, RunRecord
+from .shards import Shard
 
 
 @dataclass(eq=False)
@@ -254,6 +255,7 @@ class Run:
     # How this run's clause tests are run again from where it started (set at collection).
     suite_command: tuple[str, ...] = ("pytest", "--pyargs", "policy_onnx.conformance")
     record: RunRecord | None = None  # made when the session finishes
+    shard: dict | None = None  # --shard: which, and every policy named (Shard.describe)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Called in the process that runs the tests, and in the pytest-xdist controller for
@@ -304,24 +306,32 @@ class Run:
                 record.structure, record.action_kind = policy.structure, policy.action_kind
             record.exported_path = str(policy.exported_path) if policy.exported_path else None
             record.vecnormalize_option = policy.vecnormalize
+        if self.shard:
+            settings_used = {**settings_used, "shard": self.shard}
         self.record = RunRecord(settings_used, self.requested_level,
                                 [p.record for p in self.judged])
         return self.record
 
 
-def policies_from(config: pytest.Config) -> tuple[list[Policy], list[Path]]:
+def policies_from(config: pytest.Config, shard: Shard | None = None
+                  ) -> tuple[list[Policy], list[Path], list[str]]:
     """The policies the options name (--model, --onnx, --vecnormalize and what applies to each),
-    opened; and the RL Zoo best models and checkpoints passed over in folders. A bad option is
-    a usage error; so is a model or artifact that cannot be opened when it is the only one (one
-    of several gets a failing verdict instead)."""
+    those `shard` is dealt only, opened; the RL Zoo best models and checkpoints passed over in
+    folders; and the names of every policy named. A bad option is a usage error; so is a model
+    or artifact that cannot be opened when it is the only one (one of several gets a failing
+    verdict instead)."""
     found = _models(config)
     pairs = _pairs(config, found.models)
     options = {"transform": config.getoption("action_transform"),
                "trust_code": config.getoption("trust_model_code"),
                "image_layout": config.getoption("image_layout")}
+    keys = _keys(pairs)
+    dealt = shard.deals(keys) if shard else keys
     policies = []
-    for key, (model_path, onnx_path), vecnormalize in zip(_keys(pairs), pairs,
+    for key, (model_path, onnx_path), vecnormalize in zip(keys, pairs,
                                                           _statistics(config, pairs)):
+        if key not in dealt:
+            continue
         try:
             if len(pairs) > 1 and model_path:
                 policies.append(_deferred(key, model_path, onnx_path, vecnormalize=vecnormalize,
@@ -340,7 +350,7 @@ def policies_from(config: pytest.Config) -> tuple[list[Policy], list[Path]]:
             policies.append(Policy(key, model_path, onnx_path, loaded=None,
                                    given_artifact=None, open_failure=str(exc),
                                    vecnormalize=vecnormalize, **options))
-    return policies, found.passed_over
+    return policies, found.passed_over, keys
 
 
 def _paths(values: list[str] | None) -> list[Path]:

@@ -4,6 +4,8 @@ check its verdicts clause by clause."""
 from __future__ import annotations
 
 import hashlib
+import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,3 +161,10 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("mutation report")
         for line in REPORT.lines([c.id for c in spec.CLAUSES]):
             terminalreporter.write_line(line)
+
+
+def ci_example_step(name: str, example: str = "github-actions.yml") -> str:
+    """The script of the step `name` of a GitHub Actions example in examples/, as written."""
+    text = (ROOT / "examples" / example).read_text()
+    block = re.search(rf"- name: {name}\n(?:\s+if: .*\n)?\s+run: \|\n((?:\s{{10}}.*\n)+)", text)
+    return textwrap.dedent(block.group(1))

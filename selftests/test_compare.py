@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ import pytest
 from policy_onnx import __version__
 from policy_onnx.__main__ import main
 
-from .conftest import REAL_MODEL, REAL_ONNX, ROOT
+from .conftest import REAL_MODEL, REAL_ONNX, ci_example_step
 
 RUNS = {  # name -> (artifact, hypothesis profile); the unclamped one is the fixture's
     "conforming": (REAL_ONNX, "ci"),
@@ -190,18 +189,11 @@ def test_unusable_input_is_one_line_of_error(reports, capsys, tmp_path):
     assert "--max-growth: 0.5: a factor of at least 1" in capsys.readouterr().err
 
 
-def _ci_example_step(name: str) -> str:
-    """The script of a step of examples/github-actions.yml, as written."""
-    text = (ROOT / "examples" / "github-actions.yml").read_text()
-    block = re.search(rf"- name: {name}\n(?:\s+if: .*\n)?\s+run: \|\n((?:\s{{10}}.*\n)+)", text)
-    return textwrap.dedent(block.group(1))
-
-
 @pytest.mark.slow  # runs the suite again, beyond the shared reports
 def test_the_ci_example_compares_with_the_last_release(reports, tmp_path):
     """The step runs as written in a project laid out as the workflow leaves it (the suite's
     venv as .policy-onnx: this checkout's)."""
-    script = _ci_example_step("Compare with the last release")
+    script = ci_example_step("Compare with the last release")
     (tmp_path / ".policy-onnx").symlink_to(Path(sys.prefix))
     (tmp_path / "conformance").mkdir()
     (tmp_path / "conformance" / "report.json").write_bytes(reports["unclamped"].read_bytes())

@@ -3,6 +3,7 @@ folder: checked in a throwaway venv, outside this repository."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -15,7 +16,7 @@ import pytest
 
 from policy_onnx import spec
 
-from .conftest import REAL_MODEL, REAL_ONNX, ROOT
+from .conftest import REAL_MODEL, REAL_ONNX, ROOT, ci_example_step
 
 pytestmark = pytest.mark.slow  # fresh venvs and subprocess runs: `make test-slow`
 
@@ -137,20 +138,13 @@ def test_printed_hints_work_where_they_are_printed(installed, project, unclamped
                                                         "--model m.zip")
 
 
-def _ci_example_check_command() -> str:
-    """The `Check the artifact` step of examples/github-actions.yml, as written."""
-    text = (ROOT / "examples" / "github-actions.yml").read_text()
-    block = re.search(r"- name: Check the artifact\n\s+run: \|\n((?:\s{10}.*\n)+)", text)
-    return block.group(1).replace("\\\n", " ")
-
-
 def test_the_ci_example_runs_as_written(installed, project, unclamped_real):
     (project / "models").mkdir()
     (project / "models" / "policy.zip").write_bytes(REAL_MODEL.read_bytes())
     (project / "models" / "policy.onnx").write_bytes(unclamped_real.read_bytes())
     (project / ".policy-onnx").symlink_to(installed)
     env = {**os.environ, "MODEL": "models/policy.zip", "ONNX": "models/policy.onnx"}
-    done = subprocess.run(["bash", "-c", _ci_example_check_command()], cwd=project, env=env,
+    done = subprocess.run(["bash", "-e", "-c", ci_example_step("Check the artifact")], cwd=project, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 1, done.stdout + done.stderr  # the unclamped artifact fails
     kept = project / "conformance"  # the folder the workflow uploads
@@ -188,3 +182,36 @@ def test_installed_spec_document_matches_its_registry(installed, project):
     done = _run(installed / "bin" / "policy-onnx", "spec", cwd=project)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(str(installed)) and f"POLICY_ONNX_SPEC {spec.SPEC_VERSION}" in done.stdout
+
+
+def test_the_zoo_ci_example_runs_as_written(installed, project):
+    """Its shard jobs, one after the other in the project as each machine has it, their reports
+    laid out as actions/download-artifact@v4 leaves them (each artifact in a folder of its
+    name), then its merge job: one verdict of the zoo."""
+    example = (ROOT / "examples" / "github-actions-zoo.yml").read_text()
+    env = dict(re.findall(r"^  (ZOO|SHARDS): (\S+)", example, re.MULTILINE))
+    matrix = re.search(r"shard: \[([\d, ]+)\]", example).group(1)
+    assert [int(k) for k in matrix.split(",")] == list(range(1, int(env["SHARDS"]) + 1))
+    zoo = project / env["ZOO"]
+    zoo.mkdir()
+    (zoo / "cartpole.zip").write_bytes(REAL_MODEL.read_bytes())
+    (zoo / "broken.zip").write_bytes(REAL_MODEL.read_bytes()[:2000])  # cannot be opened
+    (project / ".policy-onnx").symlink_to(installed)
+    for shard in matrix.split(","):
+        done = subprocess.run(["bash", "-e", "-c", ci_example_step("Check this shard",
+                                                                   "github-actions-zoo.yml")],
+                              cwd=project, env={**os.environ, **env, "SHARD": shard.strip()},
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode in (0, 1), done.stdout + done.stderr
+        (project / "shards").mkdir(exist_ok=True)
+        (project / "conformance").rename(project / "shards" / f"conformance-shard-{shard.strip()}")
+    merged = subprocess.run(["bash", "-e", "-c", ci_example_step("Merge the shards",
+                                                                 "github-actions-zoo.yml")],
+                            cwd=project, env={**os.environ, **env}, capture_output=True,
+                            text=True, timeout=300)
+    assert merged.returncode == 1, merged.stdout + merged.stderr  # broken.zip is not met
+    assert "1 of 2 policies meet the requested level Standard; NOT MET: broken" in merged.stdout
+    kept = project / "conformance"
+    assert [p["name"] for p in json.loads((kept / "report.json").read_text())["policies"]] == \
+        ["broken", "cartpole"]
+    assert (kept / "junit.xml").is_file() and "cartpole" in (kept / "report.html").read_text()
