@@ -11,20 +11,26 @@ alternating, on this (shared, noisy) machine. Medians, and ratios of medians.
 3. A zoo of fixture models: `pytest conformance --model zoo/ -n 2` against the same run
    serially. Target: at most 0.6x of the serial wall time on 2 cores.
 4. Images: `pytest conformance --model cnn.zip`, a PPO NatureCNN policy on 84x84x4 uint8 frames
-   through the suite's own export, against the real cartpole pair's run (`--model M --onnx O`)
-   and, as a second view, against the cartpole model through the same export path
-   (`--model M`). Target: within 3x of the pair's run, checking at least 2,000 observations in
-   each parity clause.
+   through the suite's own export, against its floor: bench/floor.py, a bare process that
+   imports, loads the model, exports the same CNN (HWC -> CHW, /255, policy, clamp) and compares
+   as many frames as the suite's parity clauses did with predict() (and as many again as its
+   PORT clauses ran, in ONNX Runtime without optimizations and onnx.reference). Target: within
+   1.3x, checking at least 2,000 observations in each parity clause.
 5. The page: the real pair's run with `--html page.html` against the same run without it.
    Target: within 1.1x (writing the page costs at most a tenth of the run).
 6. The other engines: the real pair's run against the same run without the PORT clauses
    (`-k "not PORT"`). Target: within 1.15x (the PORT clauses cost at most 15% of a run).
-7. Peak memory (RSS) of each command, as the kernel reports it for the process and its children.
+7. A real agent: the RL Zoo's HalfCheetah-v3 PPO with its VecNormalize statistics
+   (fixtures/real_models/rl-zoo), `pytest conformance --model HalfCheetah-v3.zip`, against its
+   floor (bench/floor.py, as for images, normalization exported with the policy). Target: within
+   1.3x.
+8. Peak memory (RSS) of each command, as the kernel reports it for the process and its children.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -36,7 +42,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL = ROOT / "fixtures" / "real_models" / "clankers-cartpole"
-TARGETS = {"onnx": 1.6, "export": 1.3, "zoo": 0.6, "image": 3.0, "page": 1.1, "engines": 1.15}
+AGENT = ROOT / "fixtures" / "real_models" / "rl-zoo" / "ppo" / "HalfCheetah-v3_1"
+FLOOR = ROOT / "bench" / "floor.py"
+TARGETS = {"onnx": 1.6, "export": 1.3, "zoo": 0.6, "image": 1.3, "page": 1.1, "engines": 1.15,
+           "agent": 1.3}
 TARGET_OBSERVATIONS = 10_000
 TARGET_IMAGE_OBSERVATIONS = 2_000  # in each parity clause
 ZOO_SIZE = 14
@@ -113,6 +122,22 @@ def parity_counts(out: str) -> dict[str, int]:
 
 def observations(out: str) -> int:
     return sum(n for clause, n in parity_counts(out).items() if clause.startswith("PAR"))
+
+
+def claimed(out: str) -> dict[str, int]:
+    """Observations each clause says it compared with predict() (parity, normalization, other
+    engines), from the summary: the work a floor does too."""
+    return {clause: int(n.replace(",", "")) for clause, n in
+            re.findall(r"^([A-Z]+-\d+): ([\d,]+) observations checked", out, re.MULTILINE)}
+
+
+def against_floor(name: str, model: Path, rounds: int, *floor_args: str) -> dict:
+    """The suite on `model` against bench/floor.py doing the work the suite's statistics claim
+    (read from one run of the suite first, not counted)."""
+    mine = suite("--model", str(model))
+    counts = claimed(measured(mine)[2])
+    return compare(name, [sys.executable, str(FLOOR), str(model), json.dumps(counts),
+                          *floor_args], mine, rounds)
 
 
 def suite(*args: str) -> list[str]:
@@ -197,22 +222,20 @@ def main() -> int:
     args = parser.parse_args()
     model, onnx = str(args.model), str(args.onnx)
     with tempfile.TemporaryDirectory() as tmp:
-        image_model = str(build_image_model(Path(tmp)))
-        image = compare("images: PPO NatureCNN 84x84x4 (pytest conformance --model cnn.zip) "
-                        "against the real cartpole pair's run (--model M --onnx O)",
-                        suite("--model", model, "--onnx", onnx), suite("--model", image_model),
-                        args.rounds)
-        image_export = compare("images, second view: the same against the cartpole model "
-                               "through the same export path (--model M)",
-                               suite("--model", model), suite("--model", image_model),
-                               args.rounds)
+        image = against_floor("images: PPO NatureCNN 84x84x4 (pytest conformance --model "
+                              "cnn.zip) against a bare process comparing the same frames",
+                              build_image_model(Path(tmp)), args.rounds, "--image")
     results = [
+        (against_floor("a real agent: RL Zoo HalfCheetah-v3 PPO with VecNormalize (pytest "
+                       "conformance --model HalfCheetah-v3.zip) against a bare process doing "
+                       "the same claimed work", AGENT / "HalfCheetah-v3.zip", args.rounds,
+                       "--vecnormalize", str(AGENT / "HalfCheetah-v3" / "vecnormalize.pkl")),
+         TARGETS["agent"], "wall"),
         (compare("--onnx path (pytest conformance --model M --onnx O)",
                  [sys.executable, "-c", LOAD_AND_CHECK, model, onnx],
                  suite("--model", model, "--onnx", onnx), args.rounds),
          TARGETS["onnx"], "observations"),
         (image, TARGETS["image"], "image observations"),
-        (image_export, TARGETS["image"], "image observations"),
         (compare("the page (--model M --onnx O --html page.html) against the same run "
                  "without it", suite("--model", model, "--onnx", onnx),
                  suite("--model", model, "--onnx", onnx, "--html",

@@ -755,6 +755,12 @@ class Seen:
         return [(j, way) for j, seen in enumerate(self.ways) if len(seen) < len(needed)
                 for way in sorted(needed - seen)]
 
+    def lacks(self, element: int, way: int) -> bool:
+        """Whether (element, way) is still one of `missing()` (without listing them all: a
+        convolution's units are tens of thousands)."""
+        seen = self.ways[element]
+        return len(seen) < 2 if way == -1 else way not in seen
+
     @property
     def complete(self) -> bool:
         return not self.missing()
@@ -893,7 +899,7 @@ class Search:
                 if now > self.deadline:
                     self.coverage.budget_spent = True
                     return self.coverage
-                if (element, way) not in entry.missing():
+                if not entry.lacks(element, way):
                     continue  # seen on the way to another
                 self.coverage.searched += 1
                 # a decision may take its share of what is left, a unit a way's budget

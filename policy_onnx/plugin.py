@@ -30,7 +30,7 @@ from .shards import Shard
 from .tolerance import RULE, tolerance
 from .tuning import (_keep_hypothesis_storage_out_of_the_project,
                      _seed_hypothesis_while_the_heap_is_small, _share_the_cores,
-                     _skip_the_last_collections_at_exit)
+                     _skip_pytests_last_collection, _skip_the_last_collections_at_exit)
 
 # No example database: a run writes nothing into the user's folder (failures are saved as
 # counterexample files and reproduction blobs instead).
@@ -158,6 +158,7 @@ def pytest_configure(config: pytest.Config) -> None:
         _keep_hypothesis_storage_out_of_the_project()
         _seed_hypothesis_while_the_heap_is_small()
         _skip_the_last_collections_at_exit()
+        _skip_pytests_last_collection(config)
     profile = config.getoption("hypothesis_profile", None)
     if profile:
         try:
