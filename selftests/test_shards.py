@@ -154,6 +154,12 @@ def test_shards_and_their_merge_give_the_serial_verdicts(unclamped_real, fixture
     assert serial.returncode == merged.returncode == 1, merged.stderr
     serial_document = json.loads((tmp_path / "serial.json").read_text())
     merged_document = json.loads((tmp_path / "merged.json").read_text())
+    # Discrete disagreements at a rounding tie are counted where they fall: a pytest-xdist
+    # worker runs torch and ONNX Runtime on fewer threads, which sum in another order.
+    for document in (serial_document, merged_document):
+        for policy in document["policies"]:
+            for counts in policy["statistics"].values():
+                counts.pop("rounding_ties")
     assert _verdicts(merged_document) == _verdicts(serial_document)
     assert {p["name"]: p["level_met"] for p in merged_document["policies"]} == {
         f"{REAL_MODEL.stem}-1": True, f"{REAL_MODEL.stem}-2": False, "broken": False,
