@@ -222,15 +222,20 @@ class ObservationDomain:
         rows = np.empty((n, self.dim))
         rows[:, columns] = getattr(floats, regime)(rng, n)
         integers, low, high = self._integer_part
-        # floor(low + u * (high - low + 1)), in place: an image's rows are millions of elements
-        values = rng.random((n, len(low)))
+        # floor(low + u * (high - low + 1)), in place (in the rows themselves for an image
+        # alone): an image's rows are millions of elements
+        values = rows[:, integers] if isinstance(integers, slice) else np.empty((n, len(low)))
+        rng.random(out=values)
         values *= high - low + 1
         values += low
         np.floor(values, out=values)
         if at_bounds:
-            bound = np.where(rng.random(values.shape) < 0.5, low, high)
-            np.copyto(values, bound, where=rng.random(values.shape) < at_bounds)
-        rows[:, integers] = values
+            lower = rng.random(values.shape) < 0.5
+            moved = rng.random(values.shape) < at_bounds
+            np.copyto(values, low, where=moved & lower)
+            np.copyto(values, high, where=moved & ~lower)
+        if not isinstance(integers, slice):
+            rows[:, integers] = values
         return self.finish(rows)
 
     def inside(self, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -425,14 +430,19 @@ class ObservationDomain:
     def finish(self, rows: np.ndarray) -> np.ndarray:
         """Rows as the runtime feeds them: finite values of the space's float type, as
         float32."""
-        rows = np.clip(rows, -self.float_limit, self.float_limit)
         if self.float_bits < 32:
-            rows = rows.astype(np.float16)
-        rows = rows.astype(np.float32, copy=False)  # a copy of the caller's rows already
+            rows = np.clip(rows, -self.float_limit, self.float_limit).astype(np.float16)
+            rows = rows.astype(np.float32)
+        else:  # clipped into a float32 copy in one pass (an image's rows are large)
+            rows = np.clip(rows, -self.float_limit, self.float_limit,
+                           out=np.empty(np.shape(rows), np.float32))
         if self.integral is not None:
             integers, low, high = self._integer_part
-            rows[:, integers] = np.clip(np.round(rows[:, integers]), low.astype(np.float32),
-                                        high.astype(np.float32))
+            values = rows[:, integers]  # a view for an image alone, else a copy
+            np.round(values, out=values)
+            np.clip(values, low.astype(np.float32), high.astype(np.float32), out=values)
+            if not isinstance(integers, slice):
+                rows[:, integers] = values
         for start, stop in self.one_hot:
             hot = np.argmax(rows[:, start:stop], axis=1)
             rows[:, start:stop] = 0.0
@@ -584,8 +594,9 @@ def batches(domain: ObservationDomain, regimes=REGIMES, seeds: np.ndarray | None
         large = draw(st.sampled_from(LARGE_BATCHES))
         seed = draw(st.integers(0, 2**32 - 1))
         rng = np.random.default_rng(seed)
-        observations = domain.finish(np.vstack([explicit, domain.sample(regime, rng, rows,
-                                                                   seeds)]))
+        sampled = domain.sample(regime, rng, rows, seeds)
+        observations = domain.finish(np.vstack([explicit, sampled]) if len(explicit)
+                                     else sampled)
         masks = None
         if mask_space is not None:
             masks = mask_space.draw(rng, observations, draw(st.sampled_from(MASK_DENSITIES)))
