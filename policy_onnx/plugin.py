@@ -176,7 +176,7 @@ def pytest_configure(config: pytest.Config) -> None:
                                     f"{INSTALL_HINT}")
     config.stash[RUNTIMES] = _runtimes(config.getoption("runtime"))
     shard = _shard(config.getoption("shard"))
-    policies, passed_over, names = policies_from(config, shard)
+    policies, passed_over, named = policies_from(config, shard)
     if config.getoption("html") and not _worker(config):
         from .html import PageWriter
 
@@ -188,7 +188,7 @@ def pytest_configure(config: pytest.Config) -> None:
     run = Run(policies, spec.Level[config.getoption("level").upper()],
               Path(report).expanduser() if report else None,
               lambda line: _announce(config, line), passed_over)
-    run.shard = shard.describe(names) if shard else None
+    run.shard = shard.describe(named) if shard else None
     config.stash[RUN] = run
     config.pluginmanager.register(run, "policy-onnx-run")
 

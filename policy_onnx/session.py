@@ -314,12 +314,12 @@ class Run:
 
 
 def policies_from(config: pytest.Config, shard: Shard | None = None
-                  ) -> tuple[list[Policy], list[Path], list[str]]:
+                  ) -> tuple[list[Policy], list[Path], dict[str, str | None]]:
     """The policies the options name (--model, --onnx, --vecnormalize and what applies to each),
     those `shard` is dealt only, opened; the RL Zoo best models and checkpoints passed over in
-    folders; and the names of every policy named. A bad option is a usage error; so is a model
-    or artifact that cannot be opened when it is the only one (one of several gets a failing
-    verdict instead)."""
+    folders; and the name of every policy named, with (for a shard) the SHA-256 of its files.
+    A bad option is a usage error; so is a model or artifact that cannot be opened when it is
+    the only one (one of several gets a failing verdict instead)."""
     found = _models(config)
     pairs = _pairs(config, found.models)
     options = {"transform": config.getoption("action_transform"),
@@ -350,7 +350,14 @@ def policies_from(config: pytest.Config, shard: Shard | None = None
             policies.append(Policy(key, model_path, onnx_path, loaded=None,
                                    given_artifact=None, open_failure=str(exc),
                                    vecnormalize=vecnormalize, **options))
-    return policies, found.passed_over, keys
+    return policies, found.passed_over, {
+        key: _contents(pair) if shard else None for key, pair in zip(keys, pairs)}
+
+
+def _contents(pair: tuple[Path | None, Path | None]) -> str:
+    """A policy's files by their SHA-256 (model, then artifact): what shards of one run must
+    agree on."""
+    return "+".join(sha256(path) for path in pair if path is not None)
 
 
 def _paths(values: list[str] | None) -> list[Path]:

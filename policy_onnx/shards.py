@@ -4,9 +4,9 @@ name, and `policy-onnx merge` makes one run's record of the N parts' JSON report
 A shard is dealt whole policies, never a policy's clauses: the policies' names sorted, the
 first to shard 1, the second to shard 2, ... and round again. The same set of files (the same
 names) deals the same way on every machine. Each shard's report names the whole set in the
-run's order, so that the merge can tell a missing shard, a shard of another set of files and a
-shard of another suite version or settings, each an error, from a complete run; it orders the
-policies as one serial run of the whole set would.
+run's order with the SHA-256 of each one's files, so that the merge can tell a missing shard, a
+shard of other files and a shard of another suite version or settings, each an error, from a
+complete run; it orders the policies as one serial run of the whole set would.
 """
 
 from __future__ import annotations
@@ -49,9 +49,11 @@ class Shard:
     def __str__(self) -> str:
         return f"{self.index}/{self.total}"
 
-    def describe(self, names: list[str]) -> dict:
-        """The shard as its report holds it: which it is and the whole set's policies."""
-        return {"index": self.index, "total": self.total, "policies": list(names)}
+    def describe(self, contents: dict[str, str]) -> dict:
+        """The shard as its report holds it: which it is, the whole set's policies and the
+        SHA-256 of each one's files (model, then artifact)."""
+        return {"index": self.index, "total": self.total, "policies": list(contents),
+                "sha256": dict(contents)}
 
 
 def merge(paths: list[Path]) -> tuple[RunRecord, list[str]]:
@@ -85,6 +87,14 @@ def merge(paths: list[Path]) -> tuple[RunRecord, list[str]]:
                 f"{path}: shard {_label(document)} of another set of policies than "
                 f"{first_path} (shard {_label(first)}): every shard must be given the same "
                 "models and the same N")
+        theirs, ours = document["shard"].get("sha256") or {}, first["shard"].get("sha256") or {}
+        other = next((name for name in first["shard"]["policies"]
+                      if theirs.get(name) != ours.get(name)), None)
+        if other is not None:
+            raise ReportError(
+                f"{path}: shard {_label(document)} was given other files for {other} than "
+                f"{first_path} (shard {_label(first)}): sha256 {theirs.get(other)} against "
+                f"{ours.get(other)}; check out the same models on every machine")
     names, total = first["shard"]["policies"], first["shard"]["total"]
     by_index: dict[int, Path] = {}
     for path, document in documents:

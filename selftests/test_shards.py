@@ -15,7 +15,7 @@ import pytest
 from policy_onnx.__main__ import main
 from policy_onnx.shards import Shard
 
-from .conftest import CONFORMANCE, REAL_MODEL, REAL_ONNX, ROOT
+from .conftest import CONFORMANCE, REAL_MODEL, REAL_ONNX, ROOT, sha256
 from .test_many_models import FAILS_UNCLAMPED, _verdicts
 
 NAMES = [f"ppo/Env{i}-v1_1" for i in range(23)] + ["a2c/Ant-v3_1", "dqn/Pong_1"]
@@ -65,7 +65,10 @@ def shard_reports(conformance, unclamped_real, tmp_path):
                               "-k", "GRAPH-01 or PAR-01")
         assert run.ret == 1, run.stdout  # two clauses reach no level
         assert f"shard {k}/3: 1 of the 3 policies named judged here" in run.stdout
-        assert len(json.loads(reports[-1].read_text())["policies"]) == 1
+        document = json.loads(reports[-1].read_text())
+        assert len(document["policies"]) == 1
+        assert document["shard"]["sha256"][f"{REAL_MODEL.stem}-1"] == \
+            f"{sha256(REAL_MODEL)}+{sha256(REAL_ONNX)}"  # the files each machine was given
     return reports
 
 
@@ -114,6 +117,9 @@ def test_merge_refuses_a_shard_missing_twice_or_of_another_run(shard_reports, tm
                                "of another set of policies"),
                               ("shard", {**document["shard"], "index": 1},
                                "are both shard 1/3"),
+                              ("shard", {**document["shard"], "sha256": {
+                                  **document["shard"]["sha256"], "broken": "0" * 64}},
+                               "was given other files for broken than"),
                               ("shard", {"index": "2"}, "not index, total and policies")):
         odd = tmp_path / f"odd-{name}.json"
         odd.write_text(json.dumps({**document, name: value}))
