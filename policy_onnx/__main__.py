@@ -170,8 +170,10 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
+    import json
+
     from .record import ReportError
-    from .report import terminal_summary, write_json, write_junit
+    from .report import junit_xml, terminal_summary, write_whole
     from .shards import merge
 
     if args.html:
@@ -180,25 +182,34 @@ def _merge(args: argparse.Namespace) -> int:
         if not available():
             return _error(f"--html needs matplotlib, which is not installed: {INSTALL_HINT}")
     try:
-        run, shards = merge(args.reports)
+        run, lines = merge(args.reports)
+        several = len(run.policies) > 1
+        terminal_summary(run, lines.append, lambda title: lines.append(f"{'-' * 8} {title} "
+                                                                      f"{'-' * 8}"),
+                         problems_only=several and not args.verbose, report_path=args.report,
+                         html_path=args.html and str(args.html))
+        if not several:
+            lines.append(f"{len(run.policies)} policy judged; requested level "
+                         f"{run.requested_level.label}: {'met' if run.level_met else 'NOT MET'}")
+        # Everything rendered before anything is written: a report edited into what this
+        # suite never writes is one line of error, and leaves no half-written files.
+        written = {}
+        if args.report:
+            written[args.report] = json.dumps(run.document(), indent=2) + "\n"
+        if args.junitxml:
+            written[args.junitxml] = junit_xml(run)
+        if args.html:
+            from .html import render
+
+            written[args.html] = render(run)
     except ReportError as exc:
         return _error(str(exc))
-    print("\n".join(shards))
-    several = len(run.policies) > 1
-    terminal_summary(run, print, lambda title: print(f"{'-' * 8} {title} {'-' * 8}"),
-                     problems_only=several and not args.verbose, report_path=args.report,
-                     html_path=args.html and str(args.html))
-    if not several:
-        print(f"{len(run.policies)} policy judged; requested level "
-              f"{run.requested_level.label}: {'met' if run.level_met else 'NOT MET'}")
-    if args.report:
-        write_json(args.report, run.document())
-    if args.junitxml:
-        write_junit(args.junitxml, run)
-    if args.html:
-        from .html import write_html
-
-        write_html(args.html, run)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+        return _error(f"the reports hold what --report never writes ({type(exc).__name__}: "
+                      f"{str(exc)[:200]}); pass the files the shards wrote, unedited")
+    print("\n".join(lines))
+    for path, text in written.items():
+        write_whole(path, text)
     return 0 if run.level_met else 1
 
 

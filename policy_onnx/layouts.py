@@ -75,7 +75,8 @@ def _run_extra(path: Path) -> bool:
 def model_name(path: Path) -> str:
     """What the suite calls a model: `ALGO/ENV_N` for the agent of a Zoo run (`ALGO/ENV_N/NAME`
     for its best model or a checkpoint), the Hub repository's name for its agent, else the
-    file's stem."""
+    file's stem (whether the path is given relative or not)."""
+    path = path.absolute()
     env = zoo_run_env(path.parent)
     if env is not None and path.parent.parent.name:
         run = f"{path.parent.parent.name}/{path.parent.name}"
@@ -89,7 +90,7 @@ def unique_names(paths: list[Path]) -> list[str]:
     names = [model_name(p) for p in paths]
     for name in {n for n in names if names.count(n) > 1}:
         group = [i for i, n in enumerate(names) if n == name]
-        told = [f"{paths[i].parent.name}/{name}" for i in group]
+        told = [f"{paths[i].absolute().parent.name}/{name}" for i in group]
         if len(set(told)) == len(told):
             for i, new in zip(group, told):
                 names[i] = new

@@ -188,9 +188,16 @@ def pytest_configure(config: pytest.Config) -> None:
     run = Run(policies, spec.Level[config.getoption("level").upper()],
               Path(report).expanduser() if report else None,
               lambda line: _announce(config, line), passed_over)
-    run.shard = shard.describe(named) if shard else None
+    run.shard = shard.describe(named, _shard_options(config)) if shard else None
     config.stash[RUN] = run
     config.pluginmanager.register(run, "policy-onnx-run")
+
+
+def _shard_options(config: pytest.Config) -> dict:
+    """The options that change a policy's verdict, which every shard of a run must share."""
+    return {name: config.getoption(name) for name in (
+        "action_transform", "image_layout", "vecnormalize", "trust_model_code", "runtime",
+        "keyword", "markexpr")}
 
 
 def _shard(option: str | None) -> Shard | None:
@@ -383,6 +390,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     run = session.config.stash.get(RUN, None)
     if run is None or _worker(session.config) or not (run.judged or run.shard):
         return
+    if run.shard and exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED,
+                                        pytest.ExitCode.NO_TESTS_COLLECTED):
+        return  # interrupted, or a usage error: no report, so that the merge finds it missing
     record = run.finish({"suite_version": __version__, "spec_version": spec.SPEC_VERSION,
                          "hypothesis_profile": settings.get_current_profile_name(),
                          "tolerance": RULE})

@@ -218,13 +218,14 @@ def read_document(path: Path) -> dict:
         document = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ReportError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ReportError(f"{path}: not readable as JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ReportError(f"{path}: not readable as JSON ({type(exc).__name__}: "
+                          f"{str(exc)[:200]})") from None
     if not isinstance(document, dict) or not isinstance(document.get("policies"), list) \
             or "report_version" not in document:
         raise ReportError(f"{path}: not a policy-onnx JSON report (no report_version and "
                           "policies); pass the file --report wrote")
-    if document["report_version"] != REPORT_VERSION:
+    if type(document["report_version"]) is not int or document["report_version"] != REPORT_VERSION:
         raise ReportError(
             f"{path}: a report of layout {document['report_version']!r} (policy-onnx "
             f"{document.get('suite_version', '?')}); this policy-onnx reads layout "

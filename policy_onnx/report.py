@@ -240,7 +240,7 @@ def write_whole(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def write_junit(path: Path, run: RunRecord) -> None:
+def junit_xml(run: RunRecord) -> str:
     """The run as JUnit XML (xunit1, the family whose schema has testcase properties): a test
     case per clause of each policy, named by the policy and the clause, with the properties
     the clause tests carry in a pytest run; a policy that could not be opened is one failing
@@ -288,5 +288,4 @@ def write_junit(path: Path, run: RunRecord) -> None:
     root = ET.Element("testsuites")
     root.append(suite)
     ET.indent(root)
-    write_whole(path, '<?xml version="1.0" encoding="utf-8"?>\n'
-                + ET.tostring(root, encoding="unicode") + "\n")
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

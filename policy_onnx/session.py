@@ -327,9 +327,9 @@ def policies_from(config: pytest.Config, shard: Shard | None = None
                "image_layout": config.getoption("image_layout")}
     keys = _keys(pairs)
     dealt = shard.deals(keys) if shard else keys
+    statistics = _statistics(config, pairs)
     policies = []
-    for key, (model_path, onnx_path), vecnormalize in zip(keys, pairs,
-                                                          _statistics(config, pairs)):
+    for key, (model_path, onnx_path), vecnormalize in zip(keys, pairs, statistics):
         if key not in dealt:
             continue
         try:
@@ -351,13 +351,21 @@ def policies_from(config: pytest.Config, shard: Shard | None = None
                                    given_artifact=None, open_failure=str(exc),
                                    vecnormalize=vecnormalize, **options))
     return policies, found.passed_over, {
-        key: _contents(pair) if shard else None for key, pair in zip(keys, pairs)}
+        key: _contents(*pair, vecnormalize) if shard else None
+        for key, pair, vecnormalize in zip(keys, pairs, statistics)}
 
 
-def _contents(pair: tuple[Path | None, Path | None]) -> str:
-    """A policy's files by their SHA-256 (model, then artifact): what shards of one run must
-    agree on."""
-    return "+".join(sha256(path) for path in pair if path is not None)
+def _contents(model_path: Path | None, onnx_path: Path | None, vecnormalize: str | None) -> str:
+    """A policy's files by their SHA-256, model+artifact+statistics ("-" where there is none,
+    "none" for --vecnormalize none): what the shards of one run must agree on."""
+    def digest(path: Path | None) -> str:
+        return sha256(path) if path is not None and path.is_file() else "-"
+
+    if model_path is None or vecnormalize == "none":
+        statistics = "-" if model_path is None else "none"
+    else:
+        statistics = digest(Path(vecnormalize) if vecnormalize else find_statistics(model_path))
+    return f"{digest(model_path)}+{digest(onnx_path)}+{statistics}"
 
 
 def _paths(values: list[str] | None) -> list[Path]:

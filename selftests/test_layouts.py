@@ -61,6 +61,15 @@ def test_a_zoo_tree_is_searched_through_and_named_by_run(tmp_path):
         "ppo/HalfCheetah-v3_1/rl_model_20000_steps"
 
 
+def test_a_zoo_agent_has_one_name_however_its_path_is_written(tmp_path, monkeypatch):
+    """Shards of a zoo on several machines must agree on names: relative or absolute."""
+    root = _tree(tmp_path, TREE) / "zoo"
+    monkeypatch.chdir(root / "ppo")
+    relative = Path("HalfCheetah-v3_1") / "HalfCheetah-v3.zip"
+    assert model_name(relative) == model_name(relative.absolute()) == "ppo/HalfCheetah-v3_1"
+    assert unique_names(find_models([Path("HalfCheetah-v3_1")]).models) == ["ppo/HalfCheetah-v3_1"]
+
+
 def test_statistics_are_found_where_each_layout_keeps_them(tmp_path):
     root = _tree(tmp_path, TREE) / "zoo"
     run = root / "ppo" / "HalfCheetah-v3_1"

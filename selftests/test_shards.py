@@ -68,7 +68,8 @@ def shard_reports(conformance, unclamped_real, tmp_path):
         document = json.loads(reports[-1].read_text())
         assert len(document["policies"]) == 1
         assert document["shard"]["sha256"][f"{REAL_MODEL.stem}-1"] == \
-            f"{sha256(REAL_MODEL)}+{sha256(REAL_ONNX)}"  # the files each machine was given
+            f"{sha256(REAL_MODEL)}+{sha256(REAL_ONNX)}+-"  # the files each machine was given
+        assert document["shard"]["options"]["keyword"] == "GRAPH-01 or PAR-01"
     return reports
 
 
@@ -99,6 +100,24 @@ def test_merge_makes_one_report_junit_file_and_verdict(shard_reports, tmp_path, 
     assert f'id="{second}"' in page.read_text() or second in page.read_text()
 
 
+def test_a_shard_is_the_same_whatever_the_order_of_its_models(conformance, shard_reports,
+                                                             unclamped_real, tmp_path, capsys):
+    """Given in another order (and cut short, or misused, it writes no report: missing)."""
+    zoo = _mixed_zoo(unclamped_real, tmp_path / "elsewhere")  # the same files, elsewhere
+    pairs = [zoo[i:i + 4] for i in range(0, len(zoo), 4)]
+    again = tmp_path / "again.json"
+    # broken.zip first: the two copies of the real model keep their order, hence their names
+    run = conformance.run(*pairs[2], *pairs[0], *pairs[1], "--shard", "2/3",
+                          "--report", str(again), "-k", "GRAPH-01 or PAR-01")
+    assert run.ret == 1, run.stdout
+    assert main(["merge", str(shard_reports[0]), str(again), str(shard_reports[2])]) == 1
+    assert "0 of 3 policies meet the requested level Standard" in capsys.readouterr().out
+    misused = tmp_path / "misused.json"
+    run = conformance.run(*zoo, str(tmp_path / "no-such-folder"), "--shard", "2/3",
+                          "--report", str(misused))
+    assert run.ret == pytest.ExitCode.USAGE_ERROR and not misused.exists()
+
+
 def test_merge_refuses_a_shard_missing_twice_or_of_another_run(shard_reports, tmp_path,
                                                               capsys):
     first, second, third = map(str, shard_reports)
@@ -108,22 +127,37 @@ def test_merge_refuses_a_shard_missing_twice_or_of_another_run(shard_reports, tm
         return capsys.readouterr().err
 
     assert "shard(s) 2/3 missing: no report of it among the 2 given, so 1 of the 3 policies " \
-        f"has no verdict ({REAL_MODEL.stem}-1)" in refused(first, third)  # dealt by name
+        f"({REAL_MODEL.stem}-1) has no verdict" in refused(first, third)  # dealt by name
     assert f"{first} is given twice" in refused(first, first, second, third)
     document = json.loads(shard_reports[1].read_text())
-    for name, value, says in (("suite_version", "0.0.1", "suite_version '0.0.1', but"),
-                              ("level_requested", "Basic", "level_requested 'Basic', but"),
-                              ("shard", {**document["shard"], "policies": ["other"]},
-                               "of another set of policies"),
-                              ("shard", {**document["shard"], "index": 1},
-                               "are both shard 1/3"),
-                              ("shard", {**document["shard"], "sha256": {
-                                  **document["shard"]["sha256"], "broken": "0" * 64}},
-                               "was given other files for broken than"),
-                              ("shard", {"index": "2"}, "not index, total and policies")):
-        odd = tmp_path / f"odd-{name}.json"
-        odd.write_text(json.dumps({**document, name: value}))
-        assert says in refused(first, odd, third)
+    shard, [policy] = document["shard"], document["policies"]
+    clause = policy["clauses"][0]
+    for edit, says in (
+            ({"suite_version": "0.0.1"}, "suite_version '0.0.1', but"),
+            ({"level_requested": "Basic"}, "level_requested 'Basic', but"),
+            ({"level_requested": "gold"}, "settings (suite_version"),
+            ({"report_version": True}, "a report of layout True"),
+            ({"shard": {**shard, "policies": ["other"]}}, "of another set of policies"),
+            ({"shard": {**shard, "index": 1}}, "are both shard 1/3"),
+            ({"shard": {**shard, "index": True}}, "not index, total, policies"),
+            ({"shard": {**shard, "sha256": {**shard["sha256"], "broken": "0" * 64}}},
+             "was given other files for broken than"),
+            ({"shard": {**shard, "options": {**shard["options"], "keyword": "GRAPH"}}},
+             "ran with keyword 'GRAPH', but"),
+            ({"shard": {"index": "2"}}, "not index, total, policies"),
+            ({"policies": []}, "judged 0 of the 1 policies dealt to it"),  # deselected, -k
+            ({"policies": [policy, policy]}, "which is not dealt to it once"),
+            ({"policies": [{**policy, "clauses": [{k: v for k, v in clause.items()
+                                                   if k != "detail"}]}]},
+             "is not as --report writes it (KeyError: 'detail')"),
+            ({"policies": [{**policy, "clauses": ["passed"]}]}, "is not as --report writes it"),
+            ({"policies": [{**policy, "statistics": {"NOPE-01": {}}}]},
+             "the reports hold what --report never writes")):
+        odd = tmp_path / "odd.json"
+        odd.write_text(json.dumps({**document, **edit}))
+        assert says in refused(first, odd, third), edit
+    odd.write_text("[" * 200_000 + "]" * 200_000)
+    assert "not readable as JSON (RecursionError" in refused(first, odd, third)
     plain = tmp_path / "plain.json"
     plain.write_text(json.dumps({k: v for k, v in document.items() if k != "shard"}))
     assert "not the report of a shard" in refused(first, plain, third)
