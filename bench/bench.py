@@ -116,8 +116,7 @@ def measured(command: list[str]) -> tuple[float, float, str]:
 
 def parity_counts(out: str) -> dict[str, int]:
     """Observations each parity clause (PAR, OBS) checked against predict(), from the summary."""
-    return {clause: int(n.replace(",", "")) for clause, n in
-            re.findall(r"^((?:PAR|OBS)-\d+): ([\d,]+) observations", out, re.MULTILINE)}
+    return {clause: n for clause, n in claimed(out).items() if clause.startswith(("PAR", "OBS"))}
 
 
 def observations(out: str) -> int:

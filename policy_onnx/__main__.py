@@ -170,10 +170,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    import json
-
     from .record import ReportError
-    from .report import junit_xml, terminal_summary, write_whole
+    from .report import json_text, junit_xml, terminal_summary, write_whole
     from .shards import merge
 
     if args.html:
@@ -195,7 +193,7 @@ def _merge(args: argparse.Namespace) -> int:
         # suite never writes is one line of error, and leaves no half-written files.
         written = {}
         if args.report:
-            written[args.report] = json.dumps(run.document(), indent=2) + "\n"
+            written[args.report] = json_text(run.document())
         if args.junitxml:
             written[args.junitxml] = junit_xml(run)
         if args.html:

@@ -24,7 +24,8 @@ from .artifact import Artifact, sha256
 from .check import VERDICTS, suite_limitation
 from .metadata import TRANSFORMS
 from .observations import IMAGE_LAYOUTS
-from .report import coverage_properties, normalization_line, terminal_summary, write_json
+from .report import (coverage_properties, normalization_line, runtime_properties,
+                     terminal_summary, write_json)
 from .session import Policy, Run, command_for, policies_from
 from .shards import Shard
 from .tolerance import RULE, tolerance
@@ -323,9 +324,8 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         # JUnit XML takes the properties of the teardown report: the flat ones (records such as
         # the policy's facts go to the controller only).
         item.user_properties += [(k, v) for k, v in found if not isinstance(v, dict)]
-        item.user_properties += [(f"runtime {engine}", verdict.splitlines()[0])
-                                 for name, verdicts in found if name == "runtimes"
-                                 for engine, verdict in verdicts.items()]
+        item.user_properties += [property for name, verdicts in found if name == "runtimes"
+                                 for property in runtime_properties(verdicts)]
     return report
 
 
@@ -390,14 +390,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     run = session.config.stash.get(RUN, None)
     if run is None or _worker(session.config) or not (run.judged or run.shard):
         return
-    if run.shard and exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED,
-                                        pytest.ExitCode.NO_TESTS_COLLECTED):
+    ran = exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED,
+                         pytest.ExitCode.NO_TESTS_COLLECTED)
+    if run.shard and not ran:
         return  # interrupted, or a usage error: no report, so that the merge finds it missing
     record = run.finish({"suite_version": __version__, "spec_version": spec.SPEC_VERSION,
                          "hypothesis_profile": settings.get_current_profile_name(),
                          "tolerance": RULE})
-    if exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED,
-                      pytest.ExitCode.NO_TESTS_COLLECTED):
+    if ran:
         session.exitstatus = pytest.ExitCode.OK if record.level_met \
             else pytest.ExitCode.TESTS_FAILED
     if run.report_path:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from . import spec
@@ -34,9 +34,6 @@ REPORT_VERSION = 1  # of the JSON report's layout; raised when a field changes m
 STATISTICS = ("observations", "mean_outside_bounds", "rounding_ties", "observation_at_clip",
               "predict_overflows", "rollout_reach", "choices_drawn", "choices_possible",
               "choices_searched", "search_stopped")
-
-
-VERDICT_FIELDS = ("id", "level", "title", "outcome", "detail")
 
 
 @dataclass
@@ -161,7 +158,8 @@ class PolicyRecord:
         record = cls(found["name"], description={k: v for k, v in found.items()
                                                  if k not in verdicts})
         for clause in found["clauses"]:
-            record.by_clause[clause["id"]] = Verdict(*(clause[name] for name in VERDICT_FIELDS))
+            record.by_clause[clause["id"]] = Verdict(**{f.name: clause[f.name]
+                                                        for f in fields(Verdict)})
             if clause.get("margin") is not None:
                 record.margins[clause["id"]] = {**clause["margin"],
                                                 "ratio_histogram": clause["ratio_histogram"]}

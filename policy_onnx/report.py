@@ -228,8 +228,18 @@ def runtime_lines(record: PolicyRecord) -> list[str]:
             for engine, verdict in record.runtimes.items()]
 
 
+def runtime_properties(runtimes: dict[str, str]) -> list[tuple[str, str]]:
+    """PORT-04's verdicts as JUnit properties: `runtime <engine>`, the verdict's first line."""
+    return [(f"runtime {engine}", verdict.splitlines()[0]) for engine, verdict in runtimes.items()]
+
+
+def json_text(document: dict) -> str:
+    """The JSON report as written."""
+    return json.dumps(document, indent=2) + "\n"
+
+
 def write_json(path: Path, document: dict) -> None:
-    write_whole(path, json.dumps(document, indent=2) + "\n")
+    write_whole(path, json_text(document))
 
 
 def write_whole(path: Path, text: str) -> None:
@@ -264,8 +274,7 @@ def junit_xml(run: RunRecord) -> str:
             found = [("clause", verdict.id), ("level", verdict.level), ("policy", policy.key),
                      *policy.statistics.get(verdict.id, {}).items()]
             if verdict.id == "PORT-04":
-                found += [(f"runtime {engine}", text.splitlines()[0])
-                          for engine, text in policy.runtimes.items()]
+                found += runtime_properties(policy.runtimes)
             if first and policy.coverage is not None:
                 found += [(k, v) for k, v in coverage_properties(policy.coverage)
                           if not isinstance(v, dict)]

@@ -94,9 +94,7 @@ class Policy:
     def statistics_path(self) -> Path | None:
         """The statistics file given or found by layout (unread): what a header names before
         the model is opened."""
-        if self.vecnormalize == "none" or self.model_path is None:
-            return None
-        return Path(self.vecnormalize) if self.vecnormalize else find_statistics(self.model_path)
+        return _statistics_file(self.model_path, self.vecnormalize)
 
     @property
     def action_kind(self) -> str:
@@ -361,11 +359,17 @@ def _contents(model_path: Path | None, onnx_path: Path | None, vecnormalize: str
     def digest(path: Path | None) -> str:
         return sha256(path) if path is not None and path.is_file() else "-"
 
-    if model_path is None or vecnormalize == "none":
-        statistics = "-" if model_path is None else "none"
-    else:
-        statistics = digest(Path(vecnormalize) if vecnormalize else find_statistics(model_path))
+    statistics = "none" if model_path is not None and vecnormalize == "none" \
+        else digest(_statistics_file(model_path, vecnormalize))
     return f"{digest(model_path)}+{digest(onnx_path)}+{statistics}"
+
+
+def _statistics_file(model_path: Path | None, vecnormalize: str | None) -> Path | None:
+    """The statistics file of a model (unread): --vecnormalize as given, else found by layout;
+    None for 'none' or without a model."""
+    if vecnormalize == "none" or model_path is None:
+        return None
+    return Path(vecnormalize) if vecnormalize else find_statistics(model_path)
 
 
 def _paths(values: list[str] | None) -> list[Path]:
