@@ -23,7 +23,7 @@ def test_batch_sizes(clause, artifact, probe_observations, decisions):
     problems = []
     with running(clause):
         for n in _sizes(probe_observations, decisions):
-            obs = np.resize(probe_observations, (n, probe_observations.shape[1]))
+            obs = probe_observations[np.arange(n) % len(probe_observations)]  # n rows, cycled
             shape = artifact.run(obs, one_row_each=False).shape
             static = all(isinstance(d, int) for d in row_shape)
             if shape[0] != n or (static and shape[1:] != row_shape):

@@ -674,6 +674,7 @@ class Instrumented:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = SESSION_THREADS
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # Tensors shape inference cannot type (after a custom domain's operator) are exposed
         # untyped, which ONNX Runtime types itself; if it cannot, their places are not seen.
         for typed_only in (False, True):

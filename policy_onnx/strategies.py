@@ -209,33 +209,45 @@ class ObservationDomain:
     @cached_property
     def _integer_part(self) -> tuple[np.ndarray | slice, np.ndarray, np.ndarray]:
         """The integer columns (a slice when they are all of them: an image alone) and their
-        bounds."""
+        bounds: scalars when every column has the same (pixels), else one per column."""
         integers = np.flatnonzero(self.integral)
         low, high = self.low[integers], self.high[integers]
+        if len(integers) and (low == low[0]).all() and (high == high[0]).all():
+            low, high = low[:1], high[:1]
         return (slice(None) if len(integers) == self.dim else integers), low, high
+
+    def _integers(self, rng: np.random.Generator, n: int, at_bounds: float) -> np.ndarray:
+        """[n, integer columns]: uniform integers within their bounds, a share `at_bounds` of
+        them at a bound, either one as often: drawn uniform over the bounds widened on each
+        side by that share, then clipped to them; in the narrowest integer type that holds
+        them (an image's rows are millions of elements)."""
+        integers, low, high = self._integer_part
+        width = self.dim if isinstance(integers, slice) else len(integers)
+        if not len(low):
+            return np.empty((n, width), dtype=np.uint8)
+        widening = np.round((high - low + 1) * at_bounds / (2 * (1 - at_bounds)))
+        lowest, highest = low - widening, high + widening
+        dtype = next(t for t in (np.uint8, np.int16, np.int32, np.int64)
+                     if np.iinfo(t).min <= lowest.min() and highest.max() <= np.iinfo(t).max)
+        bounds = [b.astype(dtype) for b in (lowest, highest, low, high)]
+        if len(low) == 1:  # numpy's fast path takes scalar bounds only
+            bounds = [b[0] for b in bounds]
+        lowest, highest, low, high = bounds
+        values = rng.integers(lowest, highest, (n, width), dtype=dtype, endpoint=True)
+        return np.clip(values, low, high, out=values) if at_bounds else values
 
     def _with_integers(self, regime: str, rng: np.random.Generator, n: int,
                        at_bounds: float = 0.0) -> np.ndarray:
         """Rows whose float columns are drawn by `regime` and whose integers are uniform within
         their bounds, a share `at_bounds` of them at a bound (what "beyond" means for pixels)."""
+        integers, _, _ = self._integer_part
+        values = self._integers(rng, n, at_bounds)
+        if isinstance(integers, slice):  # an image alone: no float column to draw
+            return self.finish(values.astype(np.float32))
         columns, floats = self._float_part
         rows = np.empty((n, self.dim))
         rows[:, columns] = getattr(floats, regime)(rng, n)
-        integers, low, high = self._integer_part
-        # floor(low + u * (high - low + 1)), in place (in the rows themselves for an image
-        # alone): an image's rows are millions of elements
-        values = rows[:, integers] if isinstance(integers, slice) else np.empty((n, len(low)))
-        rng.random(out=values)
-        values *= high - low + 1
-        values += low
-        np.floor(values, out=values)
-        if at_bounds:
-            lower = rng.random(values.shape) < 0.5
-            moved = rng.random(values.shape) < at_bounds
-            np.copyto(values, low, where=moved & lower)
-            np.copyto(values, high, where=moved & ~lower)
-        if not isinstance(integers, slice):
-            rows[:, integers] = values
+        rows[:, integers] = values
         return self.finish(rows)
 
     def inside(self, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -389,6 +401,8 @@ class ObservationDomain:
     def _special(self, rows: np.ndarray, rng: np.random.Generator, regime: str) -> np.ndarray:
         """A share of `rows` (SPECIAL_ROWS) with a share of their float elements
         (SPECIAL_ELEMENTS) set to one of their special values."""
+        if self.integral is not None and self.integral.all():
+            return rows
         picked = np.flatnonzero(rng.random(len(rows)) < SPECIAL_ROWS)
         row, column = np.nonzero(rng.random((len(picked), self.dim)) < SPECIAL_ELEMENTS)
         candidates = self.special_values(regime)
@@ -603,8 +617,11 @@ def batches(domain: ObservationDomain, regimes=REGIMES, seeds: np.ndarray | None
             masks[0] = draw(st.lists(st.booleans(), min_size=mask_space.width,
                                      max_size=mask_space.width))
         # A large observation's large batch follows the example's element budget (BEH-02 runs
-        # every size on the probe).
+        # every size on the probe); a budget that holds no batch larger than the small sizes
+        # (a frame stack's) runs none: the rows would only run again in a batch of those sizes.
         large = min(large, max(len(observations), EXAMPLE_ELEMENTS // domain.dim))
+        if large <= SMALL_BATCHES[-1]:
+            large = 0
         return Batch(regime, seed, observations, masks, large)
 
     return draw_batch()
