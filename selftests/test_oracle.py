@@ -130,3 +130,29 @@ def test_the_each_action_search_finds_a_rare_action_within_its_budget(fixture_mo
     rows = reference.find_each_action()
     assert reference.choice_search == ChoiceSearch(4, 4, False, SEARCH_BUDGET)
     assert set(reference.predict(rows)[:, 0]) == {0, 1, 2, 3}
+
+
+def test_the_ascent_over_pixels_ends_at_half_a_pixel_and_finds_what_whole_steps_reach():
+    """Over an observation of integers alone the sign-gradient ascent ends once its step is
+    below half a unit (25 steps for 0..255, not 60), and still reaches a target a few pixels
+    from its bound; over floats it runs every step."""
+    from types import SimpleNamespace
+
+    from policy_onnx.model import Reference
+    from policy_onnx.strategies import ObservationDomain
+
+    size = 64
+    pixels = ObservationDomain(np.zeros(size), np.full(size, 255.0), integral=np.ones(size, bool))
+    floats = ObservationDomain(np.zeros(size), np.full(size, 255.0))
+    target = torch.full((size,), 3.0)  # near the lower bound: the last whole steps find it
+    for domain, steps in ((pixels, 25), (floats, 60)):
+        calls = []
+
+        def closeness(x, owner):
+            calls.append(1)
+            return -(x - target).abs().sum(dim=1)
+
+        owner = SimpleNamespace(domain=domain, obs_dim=size)
+        rows, complete = Reference._ascend(owner, np.random.default_rng(0), closeness, 1)
+        assert complete and len(calls) == steps
+        assert np.abs(rows - 3.0).max(axis=1).min() <= 1.0

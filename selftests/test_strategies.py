@@ -157,3 +157,48 @@ def test_the_normalized_range_where_vecnormalize_clips_nothing(space, clip_obs, 
         assert np.isfinite(rows).all()
         z = (rows - 128.0) / np.sqrt(1600.0 + 1e-8)
         assert (np.abs(z) < drawn * BEYOND_CLIP + 1).all()
+
+
+@pytest.mark.parametrize("low, high", [(0, 255), (0, 1), (-5, 300), (-(2 ** 24), 2 ** 24)])
+def test_integers_are_uniform_within_their_bounds_and_beyond_puts_a_share_at_them(low, high):
+    """Integer elements (pixels, binary entries, integer Boxes) are drawn as integers within
+    their bounds, every value reachable (each bound too, inside); beyond puts about 30% of them
+    at a bound, either one as often. Per-column bounds, as in a mixed observation, too."""
+    size = 4000
+    rng = np.random.default_rng(0)
+    same = ObservationDomain(np.full(size, float(low)), np.full(size, float(high)),
+                             integral=np.ones(size, bool))
+    per_column = ObservationDomain(np.r_[np.full(size, float(low)), [0.0]],
+                                   np.r_[np.full(size, float(high)), [3.0]],
+                                   integral=np.ones(size + 1, bool))
+    for domain in (same, per_column):
+        inside, beyond = domain.inside(rng, 50)[:, :size], domain.beyond(rng, 50)[:, :size]
+        for rows in (inside, beyond):
+            assert rows.dtype == np.float32 and (rows == np.round(rows)).all()
+            assert rows.min() >= low and rows.max() <= high
+        if high - low <= 255:
+            assert set(np.unique(inside)) == set(range(low, high + 1))
+        at_bounds = (beyond == low) | (beyond == high)
+        expected = max(0.3, 2 / (high - low + 1))
+        assert abs(at_bounds.mean() - expected) < 0.03 + (high - low <= 2) * 0.5
+        if high - low > 2:
+            assert abs((beyond == low).mean() - (beyond == high).mean()) < 0.02
+
+
+def test_a_frame_stack_example_runs_its_rows_once_a_vector_one_again_in_a_large_batch():
+    """The large batch repeats an example's rows up to a drawn size within its element budget:
+    a frame stack's budget holds its 53 rows alone, which its schedule of sizes 1 to 64 runs
+    already, so it runs none; a vector observation's runs 100 to 4097 rows."""
+    for domain, wanted in ((_stack_domain(), {0}), (ObservationDomain.unbounded(17), None)):
+        larges = []
+
+        @settings(search_settings(), max_examples=12, derandomize=True, database=None,
+                  deadline=None)
+        @given(batch=batches(domain, ("inside",)))
+        def draws(batch):
+            larges.append(batch.large_batch)
+            schedule = batch.schedule(len(batch.observations))
+            assert sum(schedule) == len(batch.observations) + batch.large_batch
+
+        draws()
+        assert set(larges) == wanted if wanted else min(larges) >= 100
