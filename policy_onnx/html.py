@@ -378,6 +378,8 @@ def _anchor(key: str) -> str:
 
 
 if __name__ == "__main__":  # PageWriter's child
+    if hasattr(os, "nice"):  # draw in the time the run leaves idle, not in the run's
+        os.nice(10)
     _svg(_figure())
     while True:
         try:
