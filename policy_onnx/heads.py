@@ -145,6 +145,11 @@ class ActorCriticHead(BoxHead):
         features = self.policy.pi_features_extractor(self._observations(obs))
         return self.policy.action_net(self.policy.mlp_extractor.forward_actor(features))
 
+    @property
+    def raw_module(self) -> nn.Module:
+        """The module whose output is the raw action in SB3's own predict() too."""
+        return self.policy.action_net
+
 
 class SquashedGaussianHead(BoxHead):
     """SAC / TQC: the mean of the squashed Gaussian (gSDE included), always tanh + unscale."""
@@ -251,6 +256,8 @@ class CategoricalHead(DiscreteHead):
     def scores(self, obs):
         features = self.policy.pi_features_extractor(self._observations(obs))
         return self.policy.action_net(self.policy.mlp_extractor.forward_actor(features))
+
+    raw_module = ActorCriticHead.raw_module
 
 
 class MultiCategoricalHead(CategoricalHead):

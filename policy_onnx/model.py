@@ -61,6 +61,12 @@ def _terms(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 
+def _decidable(hidden: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """Per row: are the network's magnitudes (Reference._raw_and_magnitudes) within the limits
+    where predict()'s float32 arithmetic can be trusted?"""
+    return (hidden < HIDDEN_LIMIT) & (output < SAFE_MAGNITUDE)
+
+
 class Reference:
     def __init__(self, loaded: LoadedModel):
         self.loaded = loaded
@@ -111,7 +117,34 @@ class Reference:
         pre-squash mean of a Box policy; the scores of a discrete one) as float64, and per row
         whether predict() can decide there (`decidable`)."""
         raw, hidden, output = self._raw_and_magnitudes(obs)
-        return raw, (hidden < HIDDEN_LIMIT) & (output < SAFE_MAGNITUDE)
+        return raw, _decidable(hidden, output)
+
+    def examine_and_predict(self, obs: np.ndarray, masks: np.ndarray | None = None
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """examine() and predict() of the same rows: (raw, decidable, predict()'s actions). In
+        one pass of predict() itself where the family's raw output is a module's there
+        (`head.raw_module`, an actor-critic's action net), measured by hooks; else, or where
+        predict() cannot run on every row (its distribution rejects a NaN), examine() first
+        and predict() on the rows where it can decide."""
+        module = getattr(self.head, "raw_module", None)
+        if module is not None and masks is None and self.structure == "plain":
+            outputs = []
+            handle = module.register_forward_hook(lambda _, __, out: outputs.append(out))
+            try:
+                expected, raw, hidden, output = self._measured(
+                    len(obs), lambda: (self.predict(obs), outputs[-1]))
+            except ValueError:
+                pass
+            else:
+                return (raw.double().numpy(), _decidable(hidden, output), expected)
+            finally:
+                handle.remove()
+        raw, decided = self.examine(obs)
+        expected = np.full((len(obs), self.act_dim), np.nan)
+        if decided.any():
+            expected[decided] = self.predict(obs[decided],
+                                             None if masks is None else masks[decided])
+        return raw, decided, expected
 
     def magnitudes(self, obs: np.ndarray) -> np.ndarray:
         """Per row, the bound on the largest magnitude predict()'s network meets there (see
@@ -148,7 +181,15 @@ class Reference:
         hidden layers' largest; the second the output layer's (the last one run) and the
         output's. In float32, whose products and sums of magnitudes only round (an overflow to
         inf is past any limit anyway)."""
-        n = len(obs)
+        with torch.no_grad():
+            _, raw, hidden, output = self._measured(
+                len(obs), lambda: (None, self._raw(torch.as_tensor(obs, dtype=torch.float32))))
+        return raw.double().numpy(), hidden, output
+
+    def _measured(self, n: int, forward) -> tuple:
+        """(what `forward()` returns with the raw output of `n` rows: (result, raw tensor),
+        then `_raw_and_magnitudes`' two bounds), the linear layers and convolutions it runs
+        measured by hooks."""
         bounds = []  # per layer run, in order: per row
 
         def per_row(values: torch.Tensor) -> torch.Tensor:
@@ -156,19 +197,19 @@ class Reference:
 
         def hook(module, inputs, output):
             gain, bias = self._gains[module]
-            bounds.append(per_row(inputs[0]) * gain + bias)
+            bounds.append(per_row(inputs[0].detach()) * gain + bias)
 
         hooks = [module.register_forward_hook(hook) for module in self._gains]
         try:
-            with torch.no_grad():
-                raw = self._raw(torch.as_tensor(obs, dtype=torch.float32))
+            result, raw = forward()
         finally:
             for handle in hooks:
                 handle.remove()
+        raw = raw.detach()
         zero = torch.zeros(n, dtype=torch.float32)
         hidden = torch.stack([zero, *bounds[:-1]]).amax(dim=0)
         output = torch.stack([zero, *bounds[-1:], per_row(raw) if n else zero]).amax(dim=0)
-        return raw.double().numpy(), hidden.double().numpy(), output.double().numpy()
+        return result, raw, hidden.double().numpy(), output.double().numpy()
 
     @cached_property
     def _gains(self) -> dict[torch.nn.Module, tuple[float, float]]:

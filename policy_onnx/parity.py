@@ -383,11 +383,12 @@ def _worst_copies(origin: np.ndarray, badness: np.ndarray) -> np.ndarray:
 
 
 def compare(reference: Reference, artifact: Artifact, obs: np.ndarray, stats: ParityStats,
-            clause_id: str, batch_sizes: tuple[int, ...] | None = None) -> Problem | None:
+            clause_id: str, batch_sizes: tuple[int, ...] | None = None,
+            expected: np.ndarray | None = None) -> Problem | None:
     """None when every row matches in every batch it ran in, or differs only where
     predict()'s own rounding could have given the artifact's action (a rounding tie,
-    counted); else the worst row."""
-    expected = reference.predict(obs)
+    counted); else the worst row. `expected`: predict()'s actions, when already known."""
+    expected = reference.predict(obs) if expected is None else expected
     obtained, origin, ran_in = _run_scheduled(artifact, obs, None, batch_sizes)
     if obtained.shape[1:] != expected.shape[1:]:
         return Problem(f"the final action has shape {obtained.shape[1:]} per row, but predict() "
@@ -545,12 +546,13 @@ def rounding_ties(reference: Reference, obs: np.ndarray) -> np.ndarray:
 
 def compare_discrete(reference: Reference, artifact: Artifact, obs: np.ndarray,
                      stats: ParityStats, clause_id: str, masks: np.ndarray | None = None,
-                     batch_sizes: tuple[int, ...] | None = None) -> Problem | None:
+                     batch_sizes: tuple[int, ...] | None = None,
+                     expected: np.ndarray | None = None) -> Problem | None:
     """None when every action, in every batch it ran in, equals predict() or differs only at
-    a rounding tie."""
+    a rounding tie. `expected`: predict()'s actions, when already known."""
     if reference.masked and masks is None:
         masks = np.ones((len(obs), reference.head.mask_width), dtype=bool)
-    expected = reference.predict(obs, masks)
+    expected = reference.predict(obs, masks) if expected is None else expected
     stats.record_choices(clause_id, expected, len(reference.choices))
     obtained, origin, ran_in = _run_scheduled(artifact, obs, masks, batch_sizes)
     obtained = obtained.reshape(len(origin), -1)
@@ -616,12 +618,15 @@ OVERFLOW_CAUSES = (
 
 def compare_any(reference: Reference, artifact: Artifact, obs: np.ndarray,
                 stats: ParityStats, clause_id: str, masks: np.ndarray | None = None,
-                batch_sizes: tuple[int, ...] | None = None) -> Problem | None:
+                batch_sizes: tuple[int, ...] | None = None,
+                expected: np.ndarray | None = None) -> Problem | None:
     """The comparison of the policy's kind: a tolerance for Box actions, ties for discrete;
-    the artifact runs the rows in consecutive batches of `batch_sizes` (None: one batch)."""
+    the artifact runs the rows in consecutive batches of `batch_sizes` (None: one batch);
+    `expected`: predict()'s actions, when already known."""
     if reference.kind == "Box":
-        return compare(reference, artifact, obs, stats, clause_id, batch_sizes)
-    return compare_discrete(reference, artifact, obs, stats, clause_id, masks, batch_sizes)
+        return compare(reference, artifact, obs, stats, clause_id, batch_sizes, expected)
+    return compare_discrete(reference, artifact, obs, stats, clause_id, masks, batch_sizes,
+                            expected)
 
 
 def search_settings() -> settings:
@@ -652,7 +657,7 @@ def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, 
     @given(batch=strategy)
     @_bounded_shrinking
     def parity_holds(batch: Batch) -> None:
-        raw, decided = reference.examine(batch.observations)
+        raw, decided, expected = reference.examine_and_predict(batch.observations, batch.masks)
         obs = batch.observations[decided]
         masks = None if batch.masks is None else batch.masks[decided]
         undecided = int((~decided).sum())
@@ -666,7 +671,7 @@ def check_parity(clause: spec.Clause, reference: Reference, artifact: Artifact, 
             target(out_of_bounds / len(obs), label="share of rows whose mean leaves the bounds")
         schedule = batch.schedule(len(obs))
         problem = compare_any(reference, artifact, obs, policy.stats, clause.id, masks,
-                              schedule)
+                              schedule, expected[decided])
         # Counted once both sides have acted on them (an artifact that cannot run raises above).
         _account(reference, policy.stats, clause.id, obs, masks, raw, outside, undecided)
         if problem:

@@ -19,6 +19,7 @@ from policy_onnx.load import algorithm_class, load_model
 from policy_onnx.model import (HIDDEN_LIMIT, SAFE_MAGNITUDE, SEARCH_BUDGET, ChoiceSearch,
                                Reference)
 from policy_onnx.normalization import attach
+from policy_onnx.strategies import REGIMES
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +156,60 @@ def test_the_ascent_over_pixels_ends_at_half_a_pixel_and_finds_what_whole_steps_
         rows, complete = Reference._ascend(owner, np.random.default_rng(0), closeness, 1)
         assert complete and len(calls) == steps
         assert np.abs(rows - 3.0).max(axis=1).min() <= 1.0
+
+
+@pytest.mark.parametrize("name", ["ppo_default", "ppo_cnn", "ppo_discrete", "a2c_multidiscrete",
+                                  "ppo_multibinary", "ppo_vecnormalize", "maskable_ppo",
+                                  "sac"])
+def test_one_pass_of_predict_gives_what_examine_and_predict_give(fixture_models, name):
+    """examine_and_predict() hooks predict()'s own pass where the raw output is a module's
+    (actor-critics): the same raw output, decidability and actions as examine() and then
+    predict() on the rows it can decide; rows where predict()'s distribution rejects a NaN
+    (terms of +-float32's largest) fall back to those two passes; other families take them."""
+    reference = Reference(load_model(fixture_models[name]))
+    rng = np.random.default_rng(0)
+    rows = np.vstack([reference.domain.sample(regime, rng, 20) for regime in REGIMES[:3]])
+    huge = np.where(np.arange(reference.obs_dim) % 2, -3e38, 3e38).astype(np.float32)
+    for batch in (rows, np.vstack([rows, reference.domain.finish(huge[None])])):
+        raw, decided, expected = reference.examine_and_predict(batch)
+        raw_apart, decided_apart = reference.examine(batch)
+        assert decided.tolist() == decided_apart.tolist() and decided.any()
+        # the same network in float32, its convolutions run on another memory layout
+        np.testing.assert_allclose(raw[decided], raw_apart[decided], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(expected[decided], reference.predict(batch[decided]),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_rows_predict_rejects_fall_back_to_examine_and_predict_apart(tmp_path):
+    """A PPO whose mean is h1 - h2 with h1 = h2 = relu(2 obs[0]): at obs[0] = 3e38 both are
+    inf and the mean NaN, which predict()'s Normal rejects while torch validates distribution
+    arguments (torch's dynamo, once imported, switches that off for the process). Its batch
+    falls back to examine() and predict() of the rows that can decide: the others are
+    undecidable, not an error. Without the validation, the one pass gives the same."""
+    from stable_baselines3 import PPO
+
+    model = PPO("MlpPolicy", SpacesEnv(box(-np.inf, np.inf, (2,)), box(-2.0, 2.0, (1,))),
+                policy_kwargs={"net_arch": [2], "activation_fn": torch.nn.ReLU}, seed=0,
+                device="cpu")
+    first = model.policy.mlp_extractor.policy_net[0]
+    with torch.no_grad():
+        for layer in (first, model.policy.action_net):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        first.weight[:, 0] = 2.0
+        model.policy.action_net.weight[0] = torch.tensor([1.0, -1.0])
+    model.save(tmp_path / "nan.zip")
+    reference = Reference(load_model(tmp_path / "nan.zip"))
+    rows = np.array([[3e38, 0.0], [1.0, 5.0]], dtype=np.float32)
+    validating = torch.distributions.Distribution._validate_args
+    try:
+        for validate in (True, False):
+            torch.distributions.Distribution.set_default_validate_args(validate)
+            if validate:
+                with pytest.raises(ValueError):
+                    reference.predict(rows)
+            raw, decided, expected = reference.examine_and_predict(rows)
+            assert decided.tolist() == [False, True]
+            assert expected[1].tolist() == reference.predict(rows[1:])[0].tolist() == [0.0]
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validating)
