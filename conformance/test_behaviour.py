@@ -16,14 +16,15 @@ def _sizes(probe_observations, decisions) -> list[int]:
 
 
 @clause_test("BEH-01")
-def test_batch_sizes(clause, artifact, probe_observations, decisions, probe_batches):
+def test_batch_sizes(clause, artifact, probe_observations, decisions):
     if artifact.action is None:
         fail(clause, "there is no action output (see GRAPH-04)")
     row_shape = artifact.action.dims[1:]
     problems = []
     with running(clause):
         for n in _sizes(probe_observations, decisions):
-            shape = probe_batches(n).shape
+            obs = probe_observations[np.arange(n) % len(probe_observations)]  # n rows, cycled
+            shape = artifact.run(obs, one_row_each=False).shape
             static = all(isinstance(d, int) for d in row_shape)
             if shape[0] != n or (static and shape[1:] != row_shape):
                 problems.append(f"batch of {n} gives shape {shape}, must be "
@@ -34,14 +35,14 @@ def test_batch_sizes(clause, artifact, probe_observations, decisions, probe_batc
 
 @clause_test("BEH-02")
 def test_rows_independent(clause, policy, artifact, probe_observations, action_tolerance,
-                          decisions, probe_batches):
-    """Every batch size the suite uses, its rows the probe's cycled (BEH-01's batches): each
-    row as the same row fed alone (a batch without one row per observation is BEH-01's
-    concern). A discrete choice may differ at a rounding tie (the decision search's rows on
-    either side of an argmax's boundary are): predict()'s own, with a model; without one, the
-    graph's own."""
-    sizes = _sizes(probe_observations, decisions)
-    obs = probe_observations[:max(sizes)]  # the rows the batches take
+                          decisions):
+    """Every batch size the suite uses, its rows the probe's first 64 repeated (batches that
+    repeat rows, as environments showing the same frame do; BEH-01 runs the whole probe's
+    rows): each row as the same row fed alone (a batch without one row per observation is
+    BEH-01's concern). A discrete choice may differ at a rounding tie (the decision search's
+    rows on either side of an argmax's boundary are): predict()'s own, with a model; without
+    one, the graph's own."""
+    obs = probe_observations[:64]
     with running(clause):
         if policy.reference is not None:
             ties = rounding_ties(policy.reference, obs)
@@ -51,9 +52,9 @@ def test_rows_independent(clause, policy, artifact, probe_observations, action_t
         else:
             ties = None
         alone = np.vstack([artifact.run(one[None]).reshape(1, -1) for one in obs])
-        for size in sizes:
+        for size in _sizes(probe_observations, decisions):
             origin = np.arange(size) % len(obs)
-            batched = probe_batches(size)
+            batched = artifact.run(obs[origin], one_row_each=False)
             if batched.shape[:1] == (size,):
                 _require_as_alone(clause, obs, origin, batched.reshape(size, -1), alone[origin],
                                   action_tolerance, None if ties is None else ties[origin])

@@ -515,10 +515,9 @@ class Reference:
         their own bounds). `objective(rows, owner)` is each row's objective (`owner`: the
         index of the objective each row ascends). The step shrinks geometrically from a quarter
         of the range to ASCENT_FINEST of it, so that the ascent crosses the range and then
-        settles into small regions; for an observation of integers alone (pixels) it ends once
-        the step is below half a unit of every element, which moves none to another value.
-        Stops early at `deadline` (time.thread_time()). Returns each row at the best value it
-        reached, and whether every step ran."""
+        settles into small regions (steps below a unit still add up, for integer elements too:
+        rows are rounded once, at the end). Stops early at `deadline` (time.thread_time()).
+        Returns each row at the best value it reached, and whether every step ran."""
         widening = 10 * self.domain.width
         if self.domain.integral is not None:
             widening = np.where(self.domain.integral, 0.0, widening)
@@ -536,12 +535,8 @@ class Reference:
         best = x.detach().clone()
         best_value = torch.full((len(x),), -math.inf)
         complete = True
-        integers_only = self.domain.integral is not None and self.domain.integral.all()
-        widest = float((hi - lo).max()) if len(lo) else 0.0
         for k in range(steps):
             share = 0.25 * ASCENT_FINEST ** (k / (steps - 1))  # of the range
-            if integers_only and share * widest < 0.5:
-                break
             if deadline is not None and time.thread_time() >= deadline:
                 complete = False
                 break

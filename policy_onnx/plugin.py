@@ -11,7 +11,6 @@ is done once per model (and once per worker under pytest-xdist).
 
 from __future__ import annotations
 
-import functools
 import os
 import shlex
 from pathlib import Path
@@ -497,17 +496,6 @@ def probe_observations(domain, decisions):
     """A fixed mix of observations for the behaviour clauses, the rows the decision search
     found among the first."""
     return domain.probe(extra=decisions.found)
-
-
-@pytest.fixture(scope="session")
-def probe_batches(artifact: Artifact, probe_observations):
-    """size -> the artifact's output for a batch of that many of the probe's rows (cycled),
-    run once for BEH-01 and BEH-02 (a run that raises is run again by the next clause)."""
-    @functools.lru_cache(maxsize=None)
-    def run(size: int) -> np.ndarray:
-        rows = probe_observations[np.arange(size) % len(probe_observations)]
-        return artifact.run(rows, one_row_each=False)
-    return run
 
 
 @pytest.fixture(scope="session")
