@@ -660,6 +660,7 @@ class Instrumented:
         import onnxruntime as ort
 
         from .artifact import SESSION_THREADS
+        from .engines import ort_options
 
         self.artifact = artifact
         proto = graph if graph is not None else artifact.proto  # read only: `exposed` is a copy
@@ -671,10 +672,7 @@ class Instrumented:
         known = {v.name: v for v in (*typed.graph.value_info, *typed.graph.input,
                                      *typed.graph.output)}
         outputs = [o.name for o in proto.graph.output]
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = SESSION_THREADS
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = ort_options(SESSION_THREADS)
         # Tensors shape inference cannot type (after a custom domain's operator) are exposed
         # untyped, which ONNX Runtime types itself; if it cannot, their places are not seen.
         for typed_only in (False, True):

@@ -50,13 +50,23 @@ def session(engine: str, path, threads: int):
         return OpenVinoSession(path)
     import onnxruntime as ort
 
+    options = ort_options(threads)
+    if engine == ORT_UNOPTIMIZED:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_options(threads: int):
+    """ONNX Runtime's session options for the suite: quiet, `threads` threads (0: its own
+    choice), which do not spin after a run (spinning, they took the core that predict() and the
+    searches run on next)."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if engine == ORT_UNOPTIMIZED:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return options
 
 
 def available(runtime: str) -> bool:

@@ -536,7 +536,6 @@ class Reference:
         best_value = torch.full((len(x),), -math.inf)
         complete = True
         for k in range(steps):
-            share = 0.25 * ASCENT_FINEST ** (k / (steps - 1))  # of the range
             if deadline is not None and time.thread_time() >= deadline:
                 complete = False
                 break
@@ -546,6 +545,6 @@ class Reference:
                 better = value > best_value
                 best[better] = x[better]
                 best_value = torch.where(better, value, best_value)
-                x += (hi - lo) * share * torch.sign(grad)
+                x += (hi - lo) * (0.25 * ASCENT_FINEST ** (k / (steps - 1))) * torch.sign(grad)
                 x.copy_(torch.maximum(torch.minimum(x, hi), lo))
         return self.domain.finish(best.numpy()), complete
