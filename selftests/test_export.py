@@ -1,0 +1,24 @@
+"""The reference exporter's own behaviour, apart from what the clauses check of its artifacts."""
+
+from __future__ import annotations
+
+from torch.onnx._internal.exporter._registration import ONNXRegistry
+
+from policy_onnx import export as exporter
+from policy_onnx.load import load_model
+
+
+def test_exports_share_one_operator_table_and_leave_torchs_alone(fixture_models, tmp_path):
+    """The table of ONNX functions is built by the first export and given to the next ones:
+    they make the artifact a table of their own makes, and outside the suite's exports torch
+    builds its table anew (a caller may add its own operators to it)."""
+    built_by_torch = ONNXRegistry.__dict__["from_torchlib"]
+    loaded = load_model(fixture_models["ppo_default"])
+    exporter._OPERATOR_TABLES.clear()
+    fresh = exporter.export(loaded, tmp_path / "fresh.onnx").read_bytes()
+    exporter.export(load_model(fixture_models["sac"]), tmp_path / "other.onnx")
+    shared = exporter.export(loaded, tmp_path / "shared.onnx").read_bytes()
+    assert len(exporter._OPERATOR_TABLES) == 1
+    assert shared == fresh
+    assert ONNXRegistry.__dict__["from_torchlib"] is built_by_torch
+    assert ONNXRegistry.from_torchlib() is not ONNXRegistry.from_torchlib()
