@@ -7,7 +7,7 @@ torch's default (dynamo) exporter, a symbolic batch dimension, the nine metadata
 from __future__ import annotations
 
 import contextlib
-import functools
+import gc
 import io
 import logging
 import os
@@ -43,7 +43,7 @@ def export(loaded: LoadedModel, output: str | Path, *, transform: str = "none") 
         outputs += ["next_state_h", "next_state_c"]
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "graph.onnx"
-        with _quiet(), _operator_table_built_once():
+        with _quiet(), _operator_table_built_once(), _no_cycle_collection():
             torch.onnx.export(
                 head, tuple(example for example, _ in inputs.values()), str(raw), dynamo=True,
                 external_data=False, input_names=list(inputs), output_names=outputs,
@@ -89,6 +89,21 @@ def _operator_table_built_once():
 
 
 _OPERATOR_TABLES: dict = {}
+
+
+@contextlib.contextmanager
+def _no_cycle_collection():
+    """The exporter makes tens of thousands of objects that refer to each other (graphs, nodes,
+    fake tensors), and Python's cycle collector walks the whole heap of torch, SB3 and pytest
+    again and again while it runs: a quarter of a NatureCNN's export. The collector waits until
+    the export is done (the garbage is a few MiB) and then runs as usual."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @contextlib.contextmanager

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+
+import pytest
+import torch
+
 from torch.onnx._internal.exporter._registration import ONNXRegistry
 
 from policy_onnx import export as exporter
@@ -22,3 +27,25 @@ def test_exports_share_one_operator_table_and_leave_torchs_alone(fixture_models,
     assert shared == fresh
     assert ONNXRegistry.__dict__["from_torchlib"] is built_by_torch
     assert ONNXRegistry.from_torchlib() is not ONNXRegistry.from_torchlib()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_cycle_collector_waits_for_torchs_export_and_is_left_as_found(
+        fixture_models, tmp_path, monkeypatch, enabled):
+    during = []
+    torch_export = torch.onnx.export
+
+    def probed(*args, **kwargs):
+        during.append(gc.isenabled())
+        return torch_export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", probed)
+    loaded = load_model(fixture_models["ppo_default"])
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        exporter.export(loaded, tmp_path / "policy.onnx")
+        assert gc.isenabled() == enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+    assert during == [False]
