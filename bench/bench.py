@@ -91,8 +91,11 @@ assert np.abs(expected - obtained).max() < 1e-4
 """
 
 # Both sides run with bytecode caching on, as on a user's machine (this sandbox sets
-# PYTHONDONTWRITEBYTECODE, which makes pytest re-rewrite every plugin module on every run).
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+# PYTHONDONTWRITEBYTECODE, which makes pytest re-rewrite every plugin module on every run), and
+# with torch's threads waiting passively, as the suite sets them (tuning.py): on this shared
+# machine a bare process's spinning threads would make it the slower side whenever it is busy.
+ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+       "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 # Runs a command and reports, last on stderr, the largest RSS of it and its descendants (KiB).
@@ -132,11 +135,29 @@ def claimed(out: str) -> dict[str, int]:
 
 def against_floor(name: str, model: Path, rounds: int, *floor_args: str) -> dict:
     """The suite on `model` against bench/floor.py doing the work the suite's statistics claim
-    (read from one run of the suite first, not counted)."""
+    (read from one run of the suite first, not counted): its comparisons and its searches (the
+    target's baseline), and, measured in the same rounds, its comparisons alone."""
     mine = suite("--model", str(model))
-    counts = claimed(measured(mine)[2])
-    return compare(name, [sys.executable, str(FLOOR), str(model), json.dumps(counts),
-                          *floor_args], mine, rounds)
+    out = measured(mine)[2]
+    floor = [sys.executable, str(FLOOR), str(model), json.dumps(claimed(out)), *floor_args]
+    return compare(name, floor + searches(model, out), mine, rounds, also=floor)
+
+
+def searches(model: Path, out: str) -> list[str]:
+    """bench/floor.py's arguments for the searches the suite ran on `model`: the out-of-bound
+    ascent (a Box policy's; its rows and steps), and the decision search's time budget where the
+    summary says the search spent it."""
+    sys.path.insert(0, str(ROOT))
+    from policy_onnx.decisions import SEARCH_SECONDS
+    from policy_onnx.load import load_model
+    from policy_onnx.model import ASCENT_STEPS, Reference
+
+    reference = Reference(load_model(model))
+    args = ["--ascent", str(reference.ascent_rows(2 * reference.act_dim)), str(ASCENT_STEPS)] \
+        if reference.clips else []
+    if "the search stopped at its time budget" in out:
+        args += ["--search-seconds", str(SEARCH_SECONDS)]
+    return args
 
 
 def suite(*args: str) -> list[str]:
@@ -144,18 +165,22 @@ def suite(*args: str) -> list[str]:
             "--hypothesis-profile", "ci", *args]
 
 
-def compare(name: str, baseline: list[str], mine: list[str], rounds: int) -> dict:
-    """Alternating runs of a baseline and the suite: medians, ratio, observations, peak RSS."""
+def compare(name: str, baseline: list[str], mine: list[str], rounds: int,
+            also: list[str] | None = None) -> dict:
+    """Alternating runs of a baseline (and of another, `also`, reported beside it) and the
+    suite: medians, ratio, observations, peak RSS."""
     measured(baseline)  # warm the file cache once; not counted
-    base, ours, checked, peak = [], [], 0, 0.0
+    base, other, ours, checked, peak = [], [], [], 0, 0.0
     for _ in range(rounds):
         base.append(measured(baseline)[0])
+        if also:
+            other.append(measured(also)[0])
         elapsed, peak_now, out = measured(mine)
         ours.append(elapsed)
         checked = observations(out)
         peak = max(peak, peak_now)
-    return {"name": name, "baseline": base, "suite": ours, "observations": checked,
-            "per_clause": parity_counts(out),
+    return {"name": name, "baseline": base, "also": other, "suite": ours,
+            "observations": checked, "per_clause": parity_counts(out),
             "ratio": statistics.median(ours) / statistics.median(base), "peak": peak}
 
 
@@ -193,6 +218,9 @@ def report(result: dict, target: float, unit: str) -> bool:
 
     print(f"{result['name']}:")
     print(f"  baseline: {times(result['baseline'])}")
+    if result["also"]:
+        print(f"  the comparisons alone (no searches): {times(result['also'])}; the suite "
+              f"{statistics.median(result['suite']) / statistics.median(result['also']):.2f}x")
     print(f"  suite:    {times(result['suite'])}")
     met = result["ratio"] <= target
     extra = ""

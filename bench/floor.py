@@ -2,6 +2,7 @@
 statistics claim, with none of the suite's machinery (make bench measures the suite against it).
 
     python bench/floor.py PPO_MODEL COUNTS [--vecnormalize PKL] [--image]
+                          [--ascent ROWS STEPS] [--search-seconds S]
 
 It imports torch, Stable-Baselines3 and ONNX Runtime; loads the agent (an RL Zoo zip saved under
 gym: its spaces are rebuilt from the zip's JSON) and its VecNormalize statistics; exports
@@ -13,6 +14,12 @@ rows beyond its fixed part, as the suite does);
 and, for the PORT clauses' counts, runs that many of them again in ONNX Runtime without graph
 optimizations and in onnx.reference. It fails (exit 1) where the artifact does not act like
 predict(), so that it cannot be fast by skipping work.
+
+The searches the suite's report claims, done bare: `--ascent ROWS STEPS`, the out-of-bound search
+(a sign-gradient ascent of the pre-clip mean toward each bound, ROWS rows moved at once for STEPS
+steps); `--search-seconds S`, the decision search that spent its time budget (S seconds of the
+searching thread's CPU time, which on a quiet machine is about as long: here S seconds of wall
+time running the artifact on drawn observations).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import json
 import logging
 import pickle
 import tempfile
+import time
 import warnings
 import zipfile
 
@@ -37,6 +45,24 @@ from onnx.reference import ReferenceEvaluator
 from stable_baselines3 import PPO
 
 BATCH = 4096
+SEARCH_ROWS = 64
+
+
+def ascend(exported: Exported, x: torch.Tensor, steps: int, image: bool) -> None:
+    """Each row pushes one action element toward one of its bounds, in turn: a sign step on the
+    gradient of the pre-clip mean, shrinking from a quarter of the range to 1e-5 of it, kept
+    within the range (the pixels' own for images)."""
+    lo, hi = (0.0, 255.0) if image else (-110.0, 110.0)
+    act = exported.low.numel()
+    direction = torch.zeros(len(x), act)
+    direction[torch.arange(len(x)), torch.arange(len(x)) // 2 % act] = 1.0
+    direction[1::2] *= -1.0
+    x.requires_grad_(True)
+    for k in range(steps):
+        (grad,) = torch.autograd.grad((exported.mean(x) * direction).sum(), x)
+        with torch.no_grad():
+            x += (hi - lo) * 0.25 * 1e-5 ** (k / max(steps - 1, 1)) * torch.sign(grad)
+            x.clamp_(lo, hi)
 
 
 def spaces(path: str) -> dict:
@@ -74,14 +100,16 @@ class Exported(torch.nn.Module):
         self.normalize = normalize  # (mean, std, clip) or None
 
     def forward(self, obs):
+        return torch.clamp(self.mean(obs), self.low, self.high)
+
+    def mean(self, obs):
         if self.normalize is not None:
             mean, std, clip = self.normalize
             obs = torch.clamp((obs - mean) / std, -clip, clip)
         if self.image:
             obs = obs.permute(0, 3, 1, 2) / 255.0
         features = self.policy.pi_features_extractor(obs)
-        latent = self.policy.mlp_extractor.forward_actor(features)
-        return torch.clamp(self.policy.action_net(latent), self.low, self.high)
+        return self.policy.action_net(self.policy.mlp_extractor.forward_actor(features))
 
 
 def main() -> int:
@@ -91,6 +119,8 @@ def main() -> int:
     parser.add_argument("counts", type=json.loads)
     parser.add_argument("--vecnormalize")
     parser.add_argument("--image", action="store_true")
+    parser.add_argument("--ascent", type=int, nargs=2, metavar=("ROWS", "STEPS"))
+    parser.add_argument("--search-seconds", type=float, default=0.0)
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
@@ -111,8 +141,9 @@ def main() -> int:
     shape = model.observation_space.shape
     taken = (shape[1], shape[2], shape[0]) if args.image else shape  # images taken HWC
     path = tempfile.mktemp(suffix=".onnx")
+    exported = Exported(policy, low, high, normalize, args.image).eval()
     with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-        torch.onnx.export(Exported(policy, low, high, normalize, args.image).eval(),
+        torch.onnx.export(exported,
                           (torch.zeros(2, *taken),), path, dynamo=True, input_names=["obs"],
                           output_names=["action"],
                           dynamic_shapes=({0: torch.export.Dim("batch")},))
@@ -157,6 +188,13 @@ def main() -> int:
     def ort_run(obs):
         return session.run(None, {"obs": obs})[0]
 
+    started = time.perf_counter()
+    if args.ascent:
+        ascend(exported, torch.as_tensor(draw(args.ascent[0])), args.ascent[1], args.image)
+    deadline = time.perf_counter() + args.search_seconds
+    while time.perf_counter() < deadline:
+        ort_run(draw(SEARCH_ROWS))
+    print(f"searches {time.perf_counter() - started:.2f} s")
     parity = sum(n for clause, n in args.counts.items() if not clause.startswith("PORT"))
     for start in range(0, parity, BATCH):
         check(draw(min(BATCH, parity - start)), ort_run)

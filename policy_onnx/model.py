@@ -35,6 +35,8 @@ SAFE_MAGNITUDE = FLOAT32_MAX * 2.0 ** -10
 SEARCH_BUDGET = 5.0
 # Rows the ascent toward the missing choices moves at once, at most (16 per choice below it).
 ASCENT_ROWS = 256
+ASCENT_STARTS = 16  # rows each objective ascends from (fewer for a large observation)
+ASCENT_STEPS = 60
 ASCENT_FINEST = 1e-5  # the ascent's last step, as a share of the range it searches
 
 
@@ -507,10 +509,17 @@ class Reference:
                           self.domain.beyond(rng, size // 4), self.domain.far(rng, size // 4)])
         return rows[self.decidable(rows)]
 
-    def _ascend(self, rng: np.random.Generator, objective, count: int, starts: int = 16,
-                steps: int = 60, deadline: float | None = None) -> tuple[np.ndarray, bool]:
-        """Projected sign-gradient ascent of `count` objectives at once, from `starts` rows each
-        (fewer for a large observation, or past ASCENT_ROWS rows in all), within the bounds
+    def ascent_rows(self, count: int) -> int:
+        """The rows an ascent of `count` objectives moves at once: ASCENT_STARTS each, fewer for
+        a large observation (the rows of a parity example) or past ASCENT_ROWS in all."""
+        return count * max(1, min(ASCENT_STARTS, ASCENT_ROWS // count,
+                                  example_rows(self.obs_dim, ASCENT_STARTS * count) // count))
+
+    def _ascend(self, rng: np.random.Generator, objective, count: int,
+                steps: int = ASCENT_STEPS, deadline: float | None = None
+                ) -> tuple[np.ndarray, bool]:
+        """Projected sign-gradient ascent of `count` objectives at once, from the rows of
+        `ascent_rows` (an equal share each), within the bounds
         widened by ten widths (+-MAX_MAGNITUDE where unbounded; integers such as pixels within
         their own bounds). `objective(rows, owner)` is each row's objective (`owner`: the
         index of the objective each row ascends). The step shrinks geometrically from a quarter
@@ -527,10 +536,9 @@ class Reference:
                                  MAX_MAGNITUDE), None, MAX_MAGNITUDE)
         lo = torch.as_tensor(lower, dtype=torch.float32)
         hi = torch.as_tensor(upper, dtype=torch.float32)
-        starts = max(1, min(starts, ASCENT_ROWS // count,
-                            example_rows(self.obs_dim, starts * count) // count))
-        owner = torch.arange(count).repeat_interleave(starts)
-        x = torch.as_tensor(self.domain.beyond(rng, count * starts), dtype=torch.float32)
+        rows = self.ascent_rows(count)
+        owner = torch.arange(count).repeat_interleave(rows // count)
+        x = torch.as_tensor(self.domain.beyond(rng, rows), dtype=torch.float32)
         x.requires_grad_(True)
         best = x.detach().clone()
         best_value = torch.full((len(x),), -math.inf)

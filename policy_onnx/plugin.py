@@ -31,7 +31,8 @@ from .shards import Shard
 from .tolerance import RULE, tolerance
 from .tuning import (_keep_hypothesis_storage_out_of_the_project,
                      _seed_hypothesis_while_the_heap_is_small, _share_the_cores,
-                     _skip_pytests_last_collection, _skip_the_last_collections_at_exit)
+                     _skip_pytests_last_collection, _skip_the_last_collections_at_exit,
+                     _torch_threads_wait_passively)
 
 # No example database: a run writes nothing into the user's folder (failures are saved as
 # counterexample files and reproduction blobs instead).
@@ -160,6 +161,7 @@ def pytest_configure(config: pytest.Config) -> None:
         _seed_hypothesis_while_the_heap_is_small()
         _skip_the_last_collections_at_exit()
         _skip_pytests_last_collection(config)
+        _torch_threads_wait_passively()
     profile = config.getoption("hypothesis_profile", None)
     if profile:
         try:

@@ -1,6 +1,6 @@
 """Process tuning of a conformance run: where hypothesis keeps its files, its PRNG registered
-while the heap is small, no last collections at pytest's cleanup and at exit, the cores shared
-among pytest-xdist workers."""
+while the heap is small, no last collections at pytest's cleanup and at exit, torch's threads
+waiting without spinning, the cores shared among pytest-xdist workers."""
 
 from __future__ import annotations
 
@@ -50,6 +50,15 @@ def _skip_pytests_last_collection(config) -> None:
     except ImportError:  # another pytest than the pinned one: keep its collection
         return
     config.stash[gc_collect_iterations_key] = 0
+
+
+def _torch_threads_wait_passively() -> None:
+    """torch's OpenMP threads spin at each barrier, waiting for each other: while another
+    process takes a core (a shared CI runner), every operation waits for a thread that is not
+    running. A NatureCNN's gradient step took 100-330 ms instead of 25 then; waiting passively,
+    55-75 ms, and the same 25 ms on a quiet machine. OpenMP reads this once, when torch is first
+    imported: a run that imports torch before the suite (or sets the variable) keeps its own."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _share_the_cores(busy_workers: int) -> None:

@@ -110,3 +110,31 @@ def test_check_passes_trust_model_code_on(tmp_path):
     assert not marker.exists()
     cli("check", str(crafted), str(REAL_ONNX), "--trust-model-code", "--", "-k", "GRAPH-01")
     assert marker.exists()
+
+
+@pytest.mark.parametrize("given, kept", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_torch_is_imported_with_its_threads_waiting_passively_unless_told_otherwise(
+        tmp_path, given, kept):
+    """OpenMP reads OMP_WAIT_POLICY when torch is first imported: the run sets it before, and
+    keeps a value the user set. (A probe records the value at torch's import.)"""
+    import os
+
+    seen = tmp_path / "seen"
+    (tmp_path / "probe.py").write_text(
+        "import os, sys\n"
+        "class AtTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch':\n"
+        f"            open({str(seen)!r}, 'w').write(str(os.environ.get('OMP_WAIT_POLICY')))\n"
+        "            sys.meta_path.remove(self)\n"
+        "sys.meta_path.insert(0, AtTorch())\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["PYTHONPATH"] = str(tmp_path)
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    done = subprocess.run([sys.executable, "-m", "pytest", "conformance", "-p", "probe",
+                           "--model", str(REAL_MODEL), "--onnx", str(REAL_ONNX), "-q",
+                           "-k", "GRAPH-01"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert "1 passed" in done.stdout, done.stdout + done.stderr
+    assert seen.read_text() == kept

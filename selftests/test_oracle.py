@@ -154,6 +154,7 @@ def test_the_ascent_over_integers_reaches_an_exact_pattern():
             return -(x[:, columns] - target).abs().sum(dim=1)
 
         owner = SimpleNamespace(domain=domain, obs_dim=size)
+        owner.ascent_rows = lambda count: Reference.ascent_rows(owner, count)
         rows, complete = Reference._ascend(owner, np.random.default_rng(0), closeness, 1)
         assert complete
         assert (rows[:, columns.numpy()] == target.numpy()).all(axis=1).any(), (size, high)
