@@ -7,11 +7,13 @@ torch's default (dynamo) exporter, a symbolic batch dimension, the nine metadata
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import io
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -43,7 +45,8 @@ def export(loaded: LoadedModel, output: str | Path, *, transform: str = "none") 
         outputs += ["next_state_h", "next_state_c"]
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "graph.onnx"
-        with _quiet(), _operator_table_built_once(), _no_cycle_collection():
+        with _ONE_EXPORT_AT_A_TIME, _quiet(), _operator_table_built_once(), \
+                _no_cycle_collection():
             torch.onnx.export(
                 head, tuple(example for example, _ in inputs.values()), str(raw), dynamo=True,
                 external_data=False, input_names=list(inputs), output_names=outputs,
@@ -64,9 +67,9 @@ def export(loaded: LoadedModel, output: str | Path, *, transform: str = "none") 
 @contextlib.contextmanager
 def _operator_table_built_once():
     """torch's exporter builds its table of ONNX functions for each export, parsing the source
-    of about 500 of them (0.4 s of a zoo's 1.6 s per policy). The suite's own exports add
-    nothing to the table, so while one runs, the table the first one built is given again.
-    Only then: another caller's table (custom operators added to it) stays its own."""
+    of about 500 of them (0.4 s of a zoo's 1.6 s per policy). While one of the suite's exports
+    runs, the table is built once and each export gets a copy of it: operators a caller adds
+    to its table (torch's `custom_translation_table`) stay in that caller's copy."""
     try:
         from torch.onnx._internal.exporter._registration import ONNXRegistry
         original = ONNXRegistry.__dict__["from_torchlib"]
@@ -79,7 +82,9 @@ def _operator_table_built_once():
         key = (cls, args, tuple(sorted(options.items())))
         if key not in _OPERATOR_TABLES:
             _OPERATOR_TABLES[key] = build(cls, *args, **options)
-        return _OPERATOR_TABLES[key]
+        table = copy.copy(_OPERATOR_TABLES[key])
+        table.functions = {op: list(entries) for op, entries in table.functions.items()}
+        return table
 
     ONNXRegistry.from_torchlib = classmethod(built_once)
     try:
@@ -89,6 +94,9 @@ def _operator_table_built_once():
 
 
 _OPERATOR_TABLES: dict = {}
+# torch's exporter is not made for threads, and the suite's exports swap and restore process-wide
+# state (the operator table's builder, the standard output): exports from threads wait in turn.
+_ONE_EXPORT_AT_A_TIME = threading.Lock()
 
 
 @contextlib.contextmanager
