@@ -56,8 +56,9 @@ def _torch_threads_wait_passively() -> None:
     """torch's OpenMP threads spin at each barrier, waiting for each other: while another
     process takes a core (a shared CI runner), every operation waits for a thread that is not
     running. A NatureCNN's gradient step took 100-330 ms instead of 25 then; waiting passively,
-    55-75 ms, and the same 25 ms on a quiet machine. OpenMP reads this once, when torch is first
-    imported: a run that imports torch before the suite (or sets the variable) keeps its own."""
+    55-75 ms, and the same 25 ms on a quiet machine (a real MLP agent's run about 1% slower).
+    OpenMP reads this once, when torch is first imported: a run that imports torch before the
+    suite (or sets the variable) keeps its own."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
