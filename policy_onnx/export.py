@@ -67,9 +67,9 @@ def export(loaded: LoadedModel, output: str | Path, *, transform: str = "none") 
 @contextlib.contextmanager
 def _operator_table_built_once():
     """torch's exporter builds its table of ONNX functions for each export, parsing the source
-    of about 500 of them (0.4 s of a zoo's 1.6 s per policy). While one of the suite's exports
-    runs, the table is built once and each export gets a copy of it: operators a caller adds
-    to its table (torch's `custom_translation_table`) stay in that caller's copy."""
+    of about 500 of them (0.4 s an export; a zoo exports once a policy). While one of the
+    suite's exports runs, the table is built once a process and each export gets a copy of it:
+    operators a caller adds to its table (torch's `custom_translation_table`) stay in its copy."""
     try:
         from torch.onnx._internal.exporter._registration import ONNXRegistry
         original = ONNXRegistry.__dict__["from_torchlib"]
