@@ -196,13 +196,11 @@ def main() -> int:
     def ort_run(obs):
         return session.run(None, {"obs": obs})[0]
 
-    started = time.perf_counter()
     if args.ascent:
         ascend(exported, torch.as_tensor(draw(args.ascent[0])), args.ascent[1], args.image)
     deadline = time.perf_counter() + args.search_seconds
     while time.perf_counter() < deadline:
         ort_run(draw(SEARCH_ROWS))
-    print(f"searches {time.perf_counter() - started:.2f} s")
     parity = sum(n for clause, n in args.counts.items() if not clause.startswith("PORT"))
     for start in range(0, parity, BATCH):
         check(draw(min(BATCH, parity - start)), ort_run)

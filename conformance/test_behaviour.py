@@ -28,13 +28,13 @@ def probe_batches(artifact, probe_observations):
     kept = {}
 
     def run(n: int):
-        if n not in kept:
-            out = artifact.run(probe_observations[np.arange(n) % len(probe_observations)],
-                               one_row_each=False)
-            if n > REPEATED_ROWS:
-                return out
+        if n in kept:
+            return kept[n]
+        out = artifact.run(probe_observations[np.arange(n) % len(probe_observations)],
+                           one_row_each=False)
+        if n <= REPEATED_ROWS:
             kept[n] = out
-        return kept[n]
+        return out
 
     return run
 
