@@ -13,8 +13,9 @@ alternating, on this (shared, noisy) machine. Medians, and ratios of medians.
    start-up a serial run pays once (importing torch and the exporter, the first export: about
    3.5 s of CPU), so two workers cannot beat about (F + W/2) / (F + W) of a serial run with
    start-up F and work W: about 0.62 for these 14 small models (about 1 s of work each). The
-   bench prints beside the bound the -n 2 run's own CPU time sets (half of it, on two cores). A
-   worker exporting every policy, or threads oversubscribing the cores, takes 0.9x and more.
+   bench prints beside the bound the -n 2 run's own CPU time sets (half of it, on two cores).
+   Policies exported on both workers (`--dist load`) took 0.83x, oversubscribed threads more
+   than 1x.
 4. Images: `pytest conformance --model cnn.zip`, a PPO NatureCNN policy on 84x84x4 uint8 frames
    through the suite's own export, against its floor: bench/floor.py, a bare process that
    imports, loads the model, exports the same CNN (HWC -> CHW, /255, policy, clamp), runs the
