@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -114,6 +114,9 @@ class Place:
     # For a decision on the batch size: the scalar constants on its way from Shape or Size
     # (a Mod's divisor, a compared size), the sizes it most likely singles out.
     batch_constants: tuple[float, ...] = ()
+    # Its position among the graph's places (find_places), which tells places apart: `node`,
+    # a node's name or else its first output's, can be another node's name too.
+    index: int = -1
 
     @property
     def label(self) -> str:
@@ -213,7 +216,8 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
             if "batch" in what else ()
         places.append(Place(node.name or node.output[0], node.op_type, kind, tensors, what,
                             attributes, condition, tuple(on_the_way)))
-    return places + _domain_edges(graph.node, reads)
+    return [replace(place, index=i)
+            for i, place in enumerate(places + _domain_edges(graph.node, reads))]
 
 
 def _what_decides(sources: set[str]) -> str | None:
@@ -768,7 +772,7 @@ class Seen:
 @dataclass
 class Coverage:
     """What the suite's observations made of the graph's decisions."""
-    seen: dict[str, Seen] = field(default_factory=dict)
+    seen: dict[int, Seen] = field(default_factory=dict)  # by Place.index
     batch_sizes: list[int] = field(default_factory=list)  # sizes that flip a batch decision
     rows: list[np.ndarray] = field(default_factory=list)  # rows found by the search
     searched: int = 0  # ways searched for
@@ -791,7 +795,7 @@ class Coverage:
     def observe(self, instrumented: Instrumented, values: dict, rows: int) -> None:
         for place in instrumented.places:
             codes, count = ways(place, [values[t] for t in place.tensors], rows)
-            entry = self.seen.setdefault(place.node, Seen(place, count))
+            entry = self.seen.setdefault(place.index, Seen(place, count))
             entry.add(codes)
 
     def summary(self) -> dict:
@@ -804,7 +808,7 @@ class Coverage:
         decisions, both = counted("decision")
         units = [(s, j) for s in self.seen.values() if s.place.kind == "unit"
                  for j in range(len(s.ways))]
-        missing_units = {(s.place.node, j) for s in self.seen.values()
+        missing_units = {(s.place.index, j) for s in self.seen.values()
                          if s.place.kind == "unit" for j, _ in s.missing()}
         guards = [s for s in self.seen.values() if s.place.kind == "guard"]
         return {

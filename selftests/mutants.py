@@ -976,6 +976,31 @@ _thin_slab = _where([*_element(1, "x1"), *_SLAB], "in_slab",
                     [*_element_constants(1, "x1"), const("axis1", [1], np.int64),
                      *_SLAB_CONSTANTS])
 
+
+def _thin_slab_named_like(name_of: Callable[[onnx.ModelProto], str], decoy: bool = False):
+    """The thin slab, its comparison unnamed and its output named as another node is
+    (`name_of(proto)`): the clamp's Max, a unit, or (`decoy`) a harmless comparison of obs[1]
+    with 0 made first, which the draws see both ways. ONNX keeps node and tensor names apart;
+    a place known by the name alone stood for both, and the slab was never searched."""
+    def mutate(p):
+        name = name_of(p)
+
+        def nodes(src, dst):
+            kept, first = src, []
+            if decoy:
+                first = [helper.make_node("Greater", ["x1", "decoy_zero"], ["decoy_out"],
+                                          name=name),
+                         helper.make_node("Where", ["decoy_out", src, src], ["decoy_kept"])]
+                kept = "decoy_kept"
+            return [*_element(1, "x1"), *first, *_SLAB[:2],
+                    helper.make_node("Less", ["distance", "slab_width"], [name]),
+                    helper.make_node("Neg", [kept], ["negated"]),
+                    helper.make_node("Where", [name, "negated", kept], [dst])]
+        return append_after_output(p, nodes, [*_element_constants(1, "x1"),
+                                              const("axis1", [1], np.int64), *_SLAB_CONSTANTS,
+                                              const("decoy_zero", 0.0)])
+    return mutate
+
 # 2.3 < obs[0] < 2.3001 and obs[2] > 5: a region no random draw reaches, behind one Where on an And.
 _planted_region = _where(
     [*_element(0, "x0"), *_element(2, "x2"),
@@ -1483,6 +1508,13 @@ CORNER = frozenset({"PAR-01", "OBS-03"})
 DECISION_MUTANTS = (
     Mutant("wrong_in_a_thin_slab", "the action negated where |obs[1] - 2.7| < 1e-5",
            _thin_slab, frozenset({"PAR-01"})),
+    Mutant("wrong_in_a_thin_slab_named_like_the_clamp", "the thin slab, its comparison's "
+           "output named as the clamp's Max node is",
+           _thin_slab_named_like(lambda p: next(n.name for n in p.graph.node
+                                                if n.op_type == "Max")), frozenset({"PAR-01"})),
+    Mutant("wrong_in_a_thin_slab_named_like_a_decision", "the thin slab, its comparison's "
+           "output named as a harmless comparison made first is",
+           _thin_slab_named_like(lambda p: "decoy", decoy=True), frozenset({"PAR-01"})),
     Mutant("wrong_in_a_planted_region", "the action negated where 2.3 < obs[0] < 2.3001 and "
            "obs[2] > 5 (a Where on an And)", _planted_region, frozenset({"PAR-01"})),
     Mutant("wrong_far_beyond_bounds", "the action negated where 22 < max|obs| < 9000, on a "

@@ -71,7 +71,7 @@ def test_the_search_reaches_what_the_draws_miss(name, fixture_models, tmp_path):
     assert planted and all(s.complete for s in planted), searched.summary()
     assert inside(searched.found).any()
     if name != "wrong_far_beyond_bounds":  # random draws reach that one too, now
-        assert not all(drawn.seen[s.place.node].complete for s in planted), drawn.summary()
+        assert not all(drawn.seen[s.place.index].complete for s in planted), drawn.summary()
 
 
 def test_the_search_finds_a_range_of_batch_sizes(fixture_models, tmp_path):
