@@ -160,14 +160,15 @@ def _loop_unrolled(node, constants, prefix, initializers, opset: int):
 
 
 def control_flow_inlined(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `proto` in which every If on a constant of the main graph is replaced by the
+    """A copy of `proto` in which each call of a function the model defines is replaced by the
+    function's nodes (as ONNX Runtime runs it), every If on a constant of the main graph by the
     branch it takes, and every Loop of a constant trip count of at most MAX_UNROLLED_TRIPS,
     entered on a constant true and whose body passes its condition on, by a copy of its body
     per trip (tensors renamed apart, in the bodies inside them too). What is inlined may hold
     more of them: passes go on until none changes anything, or the copy holds MAX_INLINED_NODES
     nodes. `proto` itself when there is nothing to inline."""
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
-    current = proto
+    current = _functions_inlined(proto)
     for round_ in itertools.count():
         if len(current.graph.node) > MAX_INLINED_NODES:
             break
@@ -189,3 +190,17 @@ def control_flow_inlined(proto: onnx.ModelProto) -> onnx.ModelProto:
         del current.graph.node[:]
         current.graph.node.extend(nodes)
     return current
+
+
+def _functions_inlined(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `proto` with the calls of its own functions written out (onnx's inliner), or
+    `proto` itself when it defines none or they cannot be written out (the search then reads
+    each call as an operation it does not model)."""
+    if not proto.functions:
+        return proto
+    from onnx.inliner import inline_local_functions
+
+    try:
+        return inline_local_functions(proto)
+    except Exception:
+        return proto

@@ -1121,6 +1121,24 @@ def _slab_in_a_loop(p):
                                           const("go", True, np.bool_)])
 
 
+# The thin slab of _thin_slab inside a function the model defines (standard operators only),
+# called after the output
+def _slab_in_a_function(p):
+    opset = next(o.version for o in p.opset_import if o.domain in ("", "ai.onnx"))
+    constants = [helper.make_node("Constant", [], [t.name], value=t)
+                 for t in (*_element_constants(1, "x1"), const("axis1", [1], np.int64),
+                           *_SLAB_CONSTANTS)]
+    body = [*constants, *_element(1, "x1"), *_SLAB,
+            helper.make_node("Neg", ["action_in"], ["negated"]),
+            helper.make_node("Where", ["in_slab", "negated", "action_in"], ["action_out"])]
+    p.functions.append(helper.make_function("local.functions", "NegatedInASlab",
+                                            ["action_in", "obs"], ["action_out"], body,
+                                            [helper.make_opsetid("", opset)]))
+    p.opset_import.append(helper.make_opsetid("local.functions", 1))
+    return append_after_output(p, lambda src, dst: [helper.make_node(
+        "NegatedInASlab", [src, "obs"], [dst], domain="local.functions")])
+
+
 # 1e30 / ((obs[0] - 2.7)^2 + (obs[1] + 1.3)^2) overflows to inf within 5.4e-5 of a point: a
 # finite observation makes the "guard" true
 _overflow_near_a_point = _where(
@@ -1508,6 +1526,8 @@ CORNER = frozenset({"PAR-01", "OBS-03"})
 DECISION_MUTANTS = (
     Mutant("wrong_in_a_thin_slab", "the action negated where |obs[1] - 2.7| < 1e-5",
            _thin_slab, frozenset({"PAR-01"})),
+    Mutant("wrong_in_a_thin_slab_in_a_function", "the thin slab inside a function the model "
+           "defines", _slab_in_a_function, frozenset({"PAR-01"})),
     Mutant("wrong_in_a_thin_slab_named_like_the_clamp", "the thin slab, its comparison's "
            "output named as the clamp's Max node is",
            _thin_slab_named_like(lambda p: next(n.name for n in p.graph.node
