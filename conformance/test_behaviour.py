@@ -18,6 +18,10 @@ def _sizes(probe_observations, decisions) -> list[int]:
 
 # BEH-02's batches repeat the probe's first rows, as environments showing the same frame do.
 REPEATED_ROWS = 64
+# BEH-02 also runs batches of one row repeated, as environments reset to one state are: of
+# these sizes and the largest it runs.
+ONE_ROW_SIZES = (2, 3, 64)
+CYCLED = "the probe's first rows, cycled"
 
 
 @pytest.fixture(scope="session")
@@ -61,10 +65,10 @@ def test_rows_independent(clause, policy, artifact, probe_observations, action_t
                           decisions, probe_batches):
     """Every batch size the suite uses, its rows the probe's first 64 repeated (batches that
     repeat rows, as environments showing the same frame do; BEH-01 runs the whole probe's
-    rows): each row as the same row fed alone (a batch without one row per observation is
-    BEH-01's concern). A discrete choice may differ at a rounding tie (the decision search's
-    rows on either side of an argmax's boundary are): predict()'s own, with a model; without
-    one, the graph's own."""
+    rows), and a few sizes of one row repeated (ONE_ROW_SIZES): each row as the same row fed
+    alone (a batch without one row per observation is BEH-01's concern). A discrete choice may
+    differ at a rounding tie (the decision search's rows on either side of an argmax's boundary
+    are): predict()'s own, with a model; without one, the graph's own."""
     obs = probe_observations[:REPEATED_ROWS]
     with running(clause):
         if policy.reference is not None:
@@ -75,16 +79,21 @@ def test_rows_independent(clause, policy, artifact, probe_observations, action_t
         else:
             ties = None
         alone = np.vstack([artifact.run(one[None]).reshape(1, -1) for one in obs])
-        for size in _sizes(probe_observations, decisions):
-            origin = np.arange(size) % len(obs)
-            batched = probe_batches(size) if size <= REPEATED_ROWS else \
-                artifact.run(obs[origin], one_row_each=False)
+        sizes = _sizes(probe_observations, decisions)
+        batches = [(n, np.arange(n) % len(obs), CYCLED) for n in sizes]
+        one_row = sorted({*(n for n in ONE_ROW_SIZES if n <= sizes[-1]), sizes[-1]})
+        batches += [(n, np.full(n, k % len(obs)), f"probe row {k % len(obs)}, repeated")
+                    for k, n in enumerate(one_row)]
+        for size, origin, made in batches:
+            batched = probe_batches(size) if size <= REPEATED_ROWS and made == CYCLED \
+                else artifact.run(obs[origin], one_row_each=False)
             if batched.shape[:1] == (size,):
                 _require_as_alone(clause, obs, origin, batched.reshape(size, -1), alone[origin],
-                                  action_tolerance, None if ties is None else ties[origin])
+                                  action_tolerance, None if ties is None else ties[origin], made)
 
 
-def _require_as_alone(clause, obs, origin, batched, alone, action_tolerance, ties) -> None:
+def _require_as_alone(clause, obs, origin, batched, alone, action_tolerance, ties,
+                      made: str) -> None:
     both_nan = np.isnan(batched) & np.isnan(alone)
     bad = ~((batched == alone) | both_nan)
     if ties is not None and ties.shape[0] == bad.shape[0]:
@@ -98,7 +107,8 @@ def _require_as_alone(clause, obs, origin, batched, alone, action_tolerance, tie
     bad[rows] = ~((np.abs(batched[rows] - alone[rows]) <= tolerance) | both_nan[rows])
     if bad.any():
         i = int(np.argmax(bad.any(axis=1)))
-        fail(clause, f"row {i} of a batch of {len(batched)} gives {batched[i].tolist()}, alone "
+        fail(clause, f"row {i} of a batch of {len(batched)} ({made}) gives "
+                     f"{batched[i].tolist()}, alone "
                      f"it gives {alone[i].tolist()} (obs={row(obs[origin[i]])}); "
                      f"{int(bad.any(axis=1).sum())} rows differ: the graph mixes rows of the "
                      "batch, or acts on the batch size")

@@ -287,6 +287,32 @@ def _batch_coupled(p):
          const("hi", 1.0)])
 
 
+def _wrong_when_every_row_is_the_same(p):
+    """The action negated in a batch of two or more rows all alike (environments reset to one
+    state), with no comparison: exp(-1e38 * sum of (max - min over the rows)) is 1 there and 0
+    elsewhere, and tanh(100 * (rows - 1)) is 0 for one row."""
+    return append_after_output(p, lambda src, dst: [
+        helper.make_node("ReduceMax", ["obs", "axis0"], ["rows_max"], keepdims=1),
+        helper.make_node("ReduceMin", ["obs", "axis0"], ["rows_min"], keepdims=1),
+        helper.make_node("Sub", ["rows_max", "rows_min"], ["spread"]),
+        helper.make_node("ReduceSum", ["spread", "axis1"], ["spread_sum"], keepdims=1),
+        helper.make_node("Mul", ["spread_sum", "minus_huge"], ["steep"]),
+        helper.make_node("Exp", ["steep"], ["all_alike"]),
+        helper.make_node("Shape", ["obs"], ["obs_shape"]),
+        helper.make_node("Gather", ["obs_shape", "first"], ["rows"], axis=0),
+        helper.make_node("Cast", ["rows"], ["rows_f"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["rows_f", "one"], ["others"]),
+        helper.make_node("Mul", ["others", "hundred"], ["others_steep"]),
+        helper.make_node("Tanh", ["others_steep"], ["several"]),
+        helper.make_node("Mul", ["all_alike", "several"], ["flip"]),
+        helper.make_node("Mul", ["flip", "minus_two"], ["flip_twice"]),
+        helper.make_node("Add", ["flip_twice", "one"], ["factor"]),
+        helper.make_node("Mul", [src, "factor"], [dst])],
+        [const("axis0", [0], np.int64), const("axis1", [1], np.int64),
+         const("minus_huge", -1e38), const("first", 0, np.int64), const("one", 1.0),
+         const("hundred", 100.0), const("minus_two", -2.0)])
+
+
 def _nan_far_outside(p):
     return append_after_output(p, lambda src, dst: [
         helper.make_node("Abs", [p.graph.input[0].name], ["magnitude"]),
@@ -1716,6 +1742,9 @@ MUTANTS: tuple[Mutant, ...] = (
            frozenset({"BEH-04", "BEH-05"} | PARITY)),
     Mutant("batch_coupled", "each row nudged by the batch mean", _batch_coupled,
            frozenset({"BEH-02"} | PARITY)),
+    Mutant("wrong_when_every_row_is_the_same", "the action negated in a batch of rows all "
+           "alike (environments reset to one state)", _wrong_when_every_row_is_the_same,
+           frozenset({"BEH-02"})),
     Mutant("wrong_at_batch_1", "wrong actions for a batch of one row (a single robot)",
            _wrong_for_batches(1, 1), frozenset({"BEH-02"} | PARITY)),
     Mutant("wrong_at_batch_7", "wrong actions for a batch of exactly 7 rows",
