@@ -85,6 +85,10 @@ GATES = ("Relu", "ThresholdedRelu")
 # Operations that move values without changing them: a product, a condition or a gate is read
 # through them.
 DATA_MOVES = ("Identity", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Flatten", "Expand")
+# A constant table read at an index computed from the batch size alone is a decision on the size
+# too, with no comparison: its ways are the table's most common entry and any other, and the
+# positions of the others (the first MAX_RARE_ENTRIES) are sizes the batch size search tries.
+MAX_RARE_ENTRIES = 8
 INTEGER_TYPES = {TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64,
                  TensorProto.UINT8, TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64,
                  TensorProto.BOOL}
@@ -169,6 +173,14 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
                 batch_constants[out] = frozenset().union(
                     *(batch_constants.get(i, ()) for i in node.input),
                     _scalars(node.input, constants))
+        lookup = _batch_lookup(node, sources, constants)
+        if lookup is not None:
+            common, rare = lookup
+            places.append(Place(node.name or node.output[0], node.op_type, "decision",
+                                (node.output[0],), "batch", (("common", common),),
+                                batch_constants=tuple(sorted(
+                                    {*batch_constants.get(node.input[1], ()), *rare}))))
+            continue
         condition = (_condition(node.input[0], producers, constants)
                      if node.op_type in CONSUMERS else None)
         if node.op_type == "Mul" and not any(c.op_type == "Mul" for c in consumers.get(
@@ -218,6 +230,29 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
                             attributes, condition, tuple(on_the_way)))
     return [replace(place, index=i)
             for i, place in enumerate(places + _domain_edges(graph.node, reads))]
+
+
+def _batch_lookup(node: onnx.NodeProto, sources: set[str], constants: dict
+                  ) -> tuple[tuple[float, ...], list[int]] | None:
+    """For a Gather of a constant table at indices computed from the batch size alone: the
+    table's most common entry (flattened) and the positions of the others (at most
+    MAX_RARE_ENTRIES); None for any other node, or a table of one entry throughout."""
+    if node.op_type != "Gather" or sources != {"batch"} or node.input[0] not in constants:
+        return None
+    try:
+        table = numpy_helper.to_array(constants[node.input[0]])
+    except Exception:  # weights outside the file: the graph's loading is GRAPH-02's concern
+        return None
+    if table.ndim == 0 or not table.size:
+        return None
+    entries = np.moveaxis(table, int(_attribute(node, "axis", 0)), 0)
+    entries = entries.reshape(len(entries), -1).astype(np.float64)
+    kinds, which, counts = np.unique(entries, axis=0, return_inverse=True, return_counts=True)
+    if len(kinds) < 2:
+        return None
+    common = int(np.argmax(counts))
+    rare = np.flatnonzero(np.ravel(which) != common)[:MAX_RARE_ENTRIES]
+    return tuple(float(v) for v in kinds[common]), [int(i) for i in rare]
 
 
 def _what_decides(sources: set[str]) -> str | None:
@@ -515,6 +550,10 @@ def ways(place: Place, values: list[np.ndarray], rows: int) -> tuple[np.ndarray,
         return _per_row(holds.astype(np.int64), rows), 2
     if op in ("Where", "If") or place.condition is not None:
         return _per_row(np.asarray(values[0]).astype(bool).astype(np.int64), rows), 2
+    if get("common") is not None:  # a constant table's entry: its most common one, or another
+        common = np.asarray(get("common"))
+        x = np.asarray(values[0], np.float64).reshape(-1, common.size)
+        return _per_row((x != common).any(axis=1).astype(np.int64), rows), 2
     if op in GUARDS:
         x = np.asarray(values[0], np.float64)
         return _per_row((np.isnan(x) if op == "IsNaN" else np.isinf(x)).astype(np.int64),

@@ -356,6 +356,19 @@ def _wrong_for_multiples_of(divisor: int):
         "bs_multiple", 0.5, [const("bs_zero", 0, np.int64), const("bs_divisor", divisor, np.int64)])
 
 
+def _wrong_for_a_batch_size_in_a_table(size: int):
+    """0.5 added to every action of a batch of `size` rows, read from a constant table at the
+    batch size (no comparison anywhere)."""
+    table = np.zeros(4098, np.float32)
+    table[size] = 0.5
+    return lambda p: append_after_output(p, lambda src, dst: [
+        helper.make_node("Shape", ["obs"], ["bs_shape"]),
+        helper.make_node("Gather", ["bs_shape", "bs_zero"], ["bs_rows"], axis=0),
+        helper.make_node("Gather", ["bs_table", "bs_rows"], ["bs_shift"], axis=0),
+        helper.make_node("Add", [src, "bs_shift"], [dst])],
+        [const("bs_zero", 0, np.int64), const("bs_table", table)])
+
+
 def _all_equal(indices, values) -> tuple[list, str, list]:
     """(nodes, condition, initializers): obs[:, indices] all equal `values` (each its own, or
     one for all), an All written as ReduceMin over the comparisons cast to floats."""
@@ -1568,6 +1581,9 @@ DECISION_MUTANTS = (
            model="a2c_matrix_obs"),
     Mutant("wrong_for_batches_300_to_310", "wrong actions for batches of 300 to 310 rows",
            _wrong_for_batches(300, 310), frozenset({"BEH-02"} | PARITY)),
+    Mutant("wrong_for_a_batch_of_300_in_a_table", "wrong actions for a batch of 300 rows, read "
+           "from a constant table at the batch size", _wrong_for_a_batch_size_in_a_table(300),
+           frozenset({"BEH-02"} | PARITY)),
     Mutant("vecnormalize_off_where_huge", "5e-4 off wherever a raw reading exceeds 1e8, where "
            "VecNormalize clips", _off_where_huge, frozenset({"NORM-01"} | PARITY),
            model="ppo_vecnormalize"),
