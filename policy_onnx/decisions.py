@@ -86,9 +86,12 @@ GATES = ("Relu", "ThresholdedRelu")
 # through them.
 DATA_MOVES = ("Identity", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Flatten", "Expand")
 # A constant table read at an index computed from the batch size alone is a decision on the size
-# too, with no comparison: its ways are the table's most common entry and any other, and the
-# positions of the others (the first MAX_RARE_ENTRIES) are sizes the batch size search tries.
-MAX_RARE_ENTRIES = 8
+# too, with no comparison: its ways are the table's most common entry and any other. The batch
+# size search tries the sizes whose index meets each of the others (the first MAX_RARE_ENTRIES;
+# the index taken as an affine function of the size, from two sizes tried), and the positions
+# of the first MAX_RARE_CONSTANTS as constants on the decision's way.
+MAX_RARE_ENTRIES = 64
+MAX_RARE_CONSTANTS = 8
 INTEGER_TYPES = {TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64,
                  TensorProto.UINT8, TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64,
                  TensorProto.BOOL}
@@ -177,9 +180,11 @@ def find_places(proto: onnx.ModelProto, obs_name: str = "obs") -> list[Place]:
         if lookup is not None:
             common, rare = lookup
             places.append(Place(node.name or node.output[0], node.op_type, "decision",
-                                (node.output[0],), "batch", (("common", common),),
+                                (node.output[0], node.input[1]), "batch",
+                                (("common", common), ("rare", tuple(rare))),
                                 batch_constants=tuple(sorted(
-                                    {*batch_constants.get(node.input[1], ()), *rare}))))
+                                    {*batch_constants.get(node.input[1], ()),
+                                     *rare[:MAX_RARE_CONSTANTS]}))))
             continue
         condition = (_condition(node.input[0], producers, constants)
                      if node.op_type in CONSUMERS else None)
@@ -236,14 +241,16 @@ def _batch_lookup(node: onnx.NodeProto, sources: set[str], constants: dict
                   ) -> tuple[tuple[float, ...], list[int]] | None:
     """For a Gather of a constant table at indices computed from the batch size alone: the
     table's most common entry (flattened) and the positions of the others (at most
-    MAX_RARE_ENTRIES); None for any other node, or a table of one entry throughout."""
+    MAX_RARE_ENTRIES); None for any other node, or a table of one entry throughout, or not of
+    numbers."""
     if node.op_type != "Gather" or sources != {"batch"} or node.input[0] not in constants:
         return None
     try:
         table = numpy_helper.to_array(constants[node.input[0]])
     except Exception:  # weights outside the file: the graph's loading is GRAPH-02's concern
         return None
-    if table.ndim == 0 or not table.size:
+    if table.ndim == 0 or not table.size or not (np.issubdtype(table.dtype, np.number)
+                                                  or table.dtype == np.bool_):
         return None
     entries = np.moveaxis(table, int(_attribute(node, "axis", 0)), 0)
     entries = entries.reshape(len(entries), -1).astype(np.float64)
@@ -822,6 +829,9 @@ class Coverage:
     not_exposed: list[str] = field(default_factory=list)
     # operations on observation values the search does not model (decisions.NO_DECISION)
     not_modelled: list[str] = field(default_factory=list)
+    # searches that stopped on an error (the suite's own, or a batch the graph cannot run): the
+    # place or part of the search, and the error; the others go on
+    failed: list[tuple[str, str]] = field(default_factory=list)
     # rows found (on either side of an argmax's boundary) where the graph's own choice is a
     # rounding tie (Instrumented.selection_ties)
     tied: np.ndarray | None = None
@@ -857,7 +867,9 @@ class Coverage:
             "guards": len(guards),
             "not_every_way": [f"{s.place.label}" for s in decisions if not s.complete]
             + [f"{label} (its values cannot be exposed: not searched)"
-               for label in self.not_exposed],
+               for label in self.not_exposed]
+            + [f"{what} (its search stopped on an error: {error})"
+               for what, error in self.failed],
             "not_modelled": list(self.not_modelled),
             "batch_sizes_found": sorted(self.batch_sizes),
             "rows_found": sum(len(r) for r in self.rows),
@@ -931,7 +943,7 @@ class Search:
         if self.instrumented.artifact.masks is not None:
             for masks in mask_patterns(len(pool), self.instrumented.artifact.masks.dims[1]):
                 self._observe(pool, masks)
-        self._search_batch_sizes(pool)
+        self._going_on("the batch size search", self._search_batch_sizes, pool)
         for kind in ("decision", "unit"):
             wanted = [(entry, element, way) for entry in self.coverage.seen.values()
                       if entry.place.kind == kind and entry.place.on_values
@@ -950,14 +962,26 @@ class Search:
                 # a place on a sum over the rows: searched with each row a batch of its own
                 self.one_row_each = entry.place.on_batch
                 rows = pool[:ONE_ROW_STARTS] if self.one_row_each else pool
-                found = self._search(entry, element, way, rows, self._observe(rows)
-                                     if self.one_row_each else pool_values)
+                found = self._going_on(entry.place.label, lambda: self._search(
+                    entry, element, way, rows,
+                    self._observe(rows) if self.one_row_each else pool_values))
                 self.one_row_each = False
                 if found is not None:
                     entry.flipped_by_search = True
                     self._keep(found)
-        self._boundaries(pool)
+        self._going_on("the bisection between ways", self._boundaries, pool)
         return self.coverage
+
+    def _going_on(self, what: str, search, *args):
+        """`search(*args)`; on an error, None, with what stopped and why in the coverage, so
+        that one place's search (or a batch the graph cannot run) does not end the others."""
+        try:
+            return search(*args)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+            if (what, error) not in self.coverage.failed:
+                self.coverage.failed.append((what, error))
+            return None
 
     def _out_of_time(self) -> bool:
         """Past the search's time budget (recorded), or past the budget of the way at hand."""
@@ -1226,24 +1250,36 @@ class Search:
             return
         limit = rows_for(self.domain.dim, 1 << 16)
         tried: dict[int, dict] = {}
+        refused: set[int] = set()  # sizes the graph cannot run (BEH-01's concern where listed)
 
-        def at(size: int) -> dict:
+        def at(size: int) -> dict | None:
             size = int(min(max(size, 1), limit))
-            if size not in tried:
+            if size not in tried and size not in refused:
                 rows = pool[np.arange(size) % len(pool)]
-                tried[size] = self._observe(rows)
-            return tried[size]
+                values = self._going_on(f"the batch size search at {size} rows", self._observe,
+                                        rows)
+                if values is None:
+                    refused.add(size)
+                else:
+                    tried[size] = values
+            return tried.get(size)
 
         for size in (1, 2, 3, *BATCH_SIZES[-6:], *self._sizes_near_constants(entries, limit)):
             at(size)
         at(min(len(pool), limit))
+        for entry in entries:
+            for size in self._going_on(entry.place.label, self._sizes_of_entries, entry, tried,
+                                       limit) or ():
+                if self._out_of_time():
+                    break
+                at(size)
         # where the sizes tried make a batch decision go more than one way, the smallest size
         # of each less common way is found already (a fault for one robot alone is decided at
         # size 1, which the first tries see)
         for entry in entries:
-            codes = {size: ways(entry.place, [tried[size][t] for t in entry.place.tensors],
-                                size)[0][0] for size in sorted(tried)}
-            if len({c.shape for c in codes.values()}) == 1:
+            codes = {size: self._batch_code(entry, tried[size], size) for size in sorted(tried)}
+            lookup = dict(entry.place.attributes).get("common") is not None
+            if lookup or len({c.shape for c in codes.values()}) == 1:
                 patterns: dict[bytes, list[int]] = {}
                 for size, code in codes.items():
                     patterns.setdefault(code.tobytes(), []).append(size)
@@ -1251,33 +1287,66 @@ class Search:
                 self.coverage.batch_sizes.extend(sizes[0] for sizes in patterns.values()
                                                  if sizes is not common)
         for entry in entries:
-            for element, way in entry.missing():
-                if way == -1 or self._out_of_time():
-                    continue
-                sizes = sorted(tried)
-                margin = {s: self._margin(entry, tried[s], s, element, way) for s in sizes}
-                margin = {s: float(m[0]) for s, m in margin.items() if m is not None}
-                if len(margin) < 2:
-                    continue
-                for _ in range(8):  # secant steps toward the size where the margin turns
-                    (s0, m0), (s1, m1) = sorted(margin.items(), key=lambda kv: -kv[1])[:2]
-                    if m1 == m0:
-                        break
-                    guess = s1 - m1 * (s1 - s0) / (m1 - m0)
-                    if not math.isfinite(guess):
-                        break
-                    for size in {math.floor(guess), math.ceil(guess), math.floor(guess) - 1,
-                                 math.ceil(guess) + 1}:
-                        if 1 <= size <= limit and size not in margin:
-                            m = self._margin(entry, at(size), size, element, way)
-                            margin[size] = float(m[0])
-                    codes = {s: ways(entry.place, [tried[s][t] for t in entry.place.tensors],
-                                     s)[0][0, element] for s in margin}
-                    hits = [s for s, c in codes.items() if c == way]
-                    if hits:
-                        self.coverage.batch_sizes.extend(hits)
-                        break
+            self._going_on(entry.place.label, self._secant, entry, tried, at, limit)
         self.coverage.batch_sizes = sorted(set(self.coverage.batch_sizes))
+
+    @staticmethod
+    def _sizes_of_entries(entry: Seen, tried: dict, limit: int) -> list[int]:
+        """For a lookup in a constant table: the sizes whose index meets each of its less
+        common entries, the index taken as an affine function of the size (a * n + b, from
+        two sizes tried that read different indices)."""
+        rare = dict(entry.place.attributes).get("rare")
+        if not rare:
+            return []
+        index = entry.place.tensors[1]
+        read = {}
+        for size, values in sorted(tried.items()):
+            read.setdefault(float(np.ravel(values[index])[0]), size)
+        if len(read) < 2:
+            return []
+        (i0, s0), (i1, s1) = list(read.items())[:2]
+        a = (i1 - i0) / (s1 - s0)
+        sizes = ((position - (i0 - a * s0)) / a for position in rare)
+        return sorted({round(n) for n in sizes if abs(n - round(n)) < 1e-6 and 1 <= n <= limit})
+
+    @staticmethod
+    def _batch_code(entry: Seen, values: dict, size: int) -> np.ndarray:
+        """The ways a batch decision went in a batch of `size` rows: its first row's (the size
+        decides the same for every row), or, for a lookup in a table, the entries it read (in
+        any row: a table read over a Range of the size reads one a row), each a way of its
+        own."""
+        if dict(entry.place.attributes).get("common") is not None:
+            return np.unique(np.asarray(values[entry.place.tensors[0]], np.float64))
+        return ways(entry.place, [values[t] for t in entry.place.tensors], size)[0][0]
+
+    def _secant(self, entry: Seen, tried: dict, at, limit: int) -> None:
+        """The sizes where a batch decision's margin turns, by secant steps from the sizes
+        tried; the sizes that make it go a missing way are kept."""
+        for element, way in entry.missing():
+            if way == -1 or self._out_of_time():
+                continue
+            margin = {s: self._margin(entry, tried[s], s, element, way) for s in sorted(tried)}
+            margin = {s: float(m[0]) for s, m in margin.items() if m is not None}
+            if len(margin) < 2:
+                continue
+            for _ in range(8):  # secant steps toward the size where the margin turns
+                (s0, m0), (s1, m1) = sorted(margin.items(), key=lambda kv: -kv[1])[:2]
+                if m1 == m0:
+                    break
+                guess = s1 - m1 * (s1 - s0) / (m1 - m0)
+                if not math.isfinite(guess):
+                    break
+                for size in {math.floor(guess), math.ceil(guess), math.floor(guess) - 1,
+                             math.ceil(guess) + 1}:
+                    if 1 <= size <= limit and size not in margin and at(size) is not None:
+                        margin[size] = float(self._margin(entry, tried[size], size, element,
+                                                          way)[0])
+                codes = {s: ways(entry.place, [tried[s][t] for t in entry.place.tensors],
+                                 s)[0][0, element] for s in margin}
+                hits = [s for s, c in codes.items() if c == way]
+                if hits:
+                    self.coverage.batch_sizes.extend(hits)
+                    break
 
     @staticmethod
     def _sizes_near_constants(entries: list[Seen], limit: int, most: int = 32) -> list[int]:

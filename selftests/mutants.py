@@ -356,17 +356,20 @@ def _wrong_for_multiples_of(divisor: int):
         "bs_multiple", 0.5, [const("bs_zero", 0, np.int64), const("bs_divisor", divisor, np.int64)])
 
 
-def _wrong_for_a_batch_size_in_a_table(size: int):
+def _wrong_for_a_batch_size_in_a_table(size: int, decoys: int = 0):
     """0.5 added to every action of a batch of `size` rows, read from a constant table at the
-    batch size (no comparison anywhere)."""
+    batch size less 2 (no comparison anywhere); with `decoys`, that many harmless entries of
+    1e-30 first, from position 10."""
     table = np.zeros(4098, np.float32)
-    table[size] = 0.5
+    table[10:10 + decoys] = 1e-30
+    table[size - 2] = 0.5
     return lambda p: append_after_output(p, lambda src, dst: [
         helper.make_node("Shape", ["obs"], ["bs_shape"]),
         helper.make_node("Gather", ["bs_shape", "bs_zero"], ["bs_rows"], axis=0),
-        helper.make_node("Gather", ["bs_table", "bs_rows"], ["bs_shift"], axis=0),
+        helper.make_node("Sub", ["bs_rows", "bs_two"], ["bs_index"]),
+        helper.make_node("Gather", ["bs_table", "bs_index"], ["bs_shift"], axis=0),
         helper.make_node("Add", [src, "bs_shift"], [dst])],
-        [const("bs_zero", 0, np.int64), const("bs_table", table)])
+        [const("bs_zero", 0, np.int64), const("bs_two", 2, np.int64), const("bs_table", table)])
 
 
 def _all_equal(indices, values) -> tuple[list, str, list]:
@@ -1178,6 +1181,34 @@ def _slab_in_a_function(p):
         "NegatedInASlab", [src, "obs"], [dst], domain="local.functions")])
 
 
+# The thin slab, and a harmless sum of Equal(Shape(obs), [0, 0]): a tensor of the batch size
+# whose two elements read, at two rows, like one a row (a search that stopped on it used to
+# end the whole search, the slab's too)
+def _slab_beside_a_shape_check(p):
+    return append_after_output(p, lambda src, dst: [
+        helper.make_node("Shape", ["obs"], ["check_shape"]),
+        helper.make_node("Equal", ["check_shape", "check_zeros"], ["check_equal"]),
+        helper.make_node("Cast", ["check_equal"], ["check_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["check_f"], ["check_sum"], keepdims=0),
+        helper.make_node("Add", [src, "check_sum"], ["kept"]),
+        *_element(1, "x1"), *_SLAB, helper.make_node("Neg", ["kept"], ["negated"]),
+        helper.make_node("Where", ["in_slab", "negated", "kept"], [dst])],
+        [const("check_zeros", [0, 0], np.int64), *_element_constants(1, "x1"),
+         const("axis1", [1], np.int64), *_SLAB_CONSTANTS])
+
+
+# The thin slab, the model also defining a function named Less in the default domain (always
+# false): ONNX Runtime runs the standard Less, so the search must not read the function's
+def _slab_beside_a_function_named_less(p):
+    opset = next(o.version for o in p.opset_import if o.domain in ("", "ai.onnx"))
+    p.functions.append(helper.make_function("", "Less", ["A", "B"], ["C"], [
+        helper.make_node("Shape", ["A"], ["A_shape"]),
+        helper.make_node("ConstantOfShape", ["A_shape"], ["C"],
+                         value=onnx.numpy_helper.from_array(np.array([False])))],
+        [helper.make_opsetid("", opset)]))
+    return _thin_slab(p)
+
+
 # 1e30 / ((obs[0] - 2.7)^2 + (obs[1] + 1.3)^2) overflows to inf within 5.4e-5 of a point: a
 # finite observation makes the "guard" true
 _overflow_near_a_point = _where(
@@ -1567,6 +1598,11 @@ DECISION_MUTANTS = (
            _thin_slab, frozenset({"PAR-01"})),
     Mutant("wrong_in_a_thin_slab_in_a_function", "the thin slab inside a function the model "
            "defines", _slab_in_a_function, frozenset({"PAR-01"})),
+    Mutant("wrong_in_a_thin_slab_beside_a_shape_check", "the thin slab, beside a harmless "
+           "check of the batch's shape", _slab_beside_a_shape_check, frozenset({"PAR-01"})),
+    Mutant("wrong_in_a_thin_slab_beside_a_function_named_less", "the thin slab, the model "
+           "defining a function Less of the default domain that is always false",
+           _slab_beside_a_function_named_less, frozenset({"PAR-01"})),
     Mutant("wrong_in_a_thin_slab_named_like_the_clamp", "the thin slab, its comparison's "
            "output named as the clamp's Max node is",
            _thin_slab_named_like(lambda p: next(n.name for n in p.graph.node
@@ -1582,7 +1618,10 @@ DECISION_MUTANTS = (
     Mutant("wrong_for_batches_300_to_310", "wrong actions for batches of 300 to 310 rows",
            _wrong_for_batches(300, 310), frozenset({"BEH-02"} | PARITY)),
     Mutant("wrong_for_a_batch_of_300_in_a_table", "wrong actions for a batch of 300 rows, read "
-           "from a constant table at the batch size", _wrong_for_a_batch_size_in_a_table(300),
+           "from a constant table at the batch size less 2",
+           _wrong_for_a_batch_size_in_a_table(300), frozenset({"BEH-02"} | PARITY)),
+    Mutant("wrong_for_a_batch_of_300_in_a_table_of_decoys", "the same, 12 harmless entries of "
+           "1e-30 read first", _wrong_for_a_batch_size_in_a_table(300, decoys=12),
            frozenset({"BEH-02"} | PARITY)),
     Mutant("vecnormalize_off_where_huge", "5e-4 off wherever a raw reading exceeds 1e8, where "
            "VecNormalize clips", _off_where_huge, frozenset({"NORM-01"} | PARITY),
