@@ -195,12 +195,18 @@ def control_flow_inlined(proto: onnx.ModelProto) -> onnx.ModelProto:
 def _functions_inlined(proto: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `proto` with the calls of its own functions written out (onnx's inliner), or
     `proto` itself when it defines none or they cannot be written out (the search then reads
-    each call as an operation it does not model)."""
-    if not proto.functions:
+    each call as an operation it does not model). A function of the default domain is left
+    out: ONNX Runtime runs the standard operator of its name, not the function."""
+    own = [f for f in proto.functions if f.domain not in ("", "ai.onnx")]
+    if not own:
         return proto
     from onnx.inliner import inline_local_functions
 
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    del copy.functions[:]
+    copy.functions.extend(own)
     try:
-        return inline_local_functions(proto)
+        return inline_local_functions(copy)
     except Exception:
         return proto
