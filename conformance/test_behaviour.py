@@ -19,7 +19,7 @@ def _sizes(probe_observations, decisions) -> list[int]:
 # BEH-02's batches repeat the probe's first rows, as environments showing the same frame do.
 REPEATED_ROWS = 64
 # BEH-02 also runs batches of one row repeated, as environments reset to one state are: of
-# these sizes and the largest it runs.
+# these sizes, the largest it runs and those the decision search found deciding something.
 ONE_ROW_SIZES = (2, 3, 64)
 CYCLED = "the probe's first rows, cycled"
 
@@ -81,7 +81,8 @@ def test_rows_independent(clause, policy, artifact, probe_observations, action_t
         alone = np.vstack([artifact.run(one[None]).reshape(1, -1) for one in obs])
         sizes = _sizes(probe_observations, decisions)
         batches = [(n, np.arange(n) % len(obs), CYCLED) for n in sizes]
-        one_row = sorted({*(n for n in ONE_ROW_SIZES if n <= sizes[-1]), sizes[-1]})
+        one_row = sorted({*(n for n in ONE_ROW_SIZES if n <= sizes[-1]), sizes[-1],
+                          *(n for n in decisions.batch_sizes if n in sizes)})
         batches += [(n, np.full(n, k % len(obs)), f"probe row {k % len(obs)}, repeated")
                     for k, n in enumerate(one_row)]
         for size, origin, made in batches:
