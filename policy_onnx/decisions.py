@@ -130,6 +130,11 @@ class Place:
         return f"{self.op} '{self.node}'"
 
     @property
+    def lookup(self) -> bool:
+        """A constant table read at the batch size (`_batch_lookup`)."""
+        return dict(self.attributes).get("common") is not None
+
+    @property
     def on_values(self) -> bool:
         return "values" in self.reads.split("+")
 
@@ -557,7 +562,7 @@ def ways(place: Place, values: list[np.ndarray], rows: int) -> tuple[np.ndarray,
         return _per_row(holds.astype(np.int64), rows), 2
     if op in ("Where", "If") or place.condition is not None:
         return _per_row(np.asarray(values[0]).astype(bool).astype(np.int64), rows), 2
-    if get("common") is not None:  # a constant table's entry: its most common one, or another
+    if place.lookup:  # a constant table's entry: its most common one, or another
         common = np.asarray(get("common"))
         x = np.asarray(values[0], np.float64).reshape(-1, common.size)
         return _per_row((x != common).any(axis=1).astype(np.int64), rows), 2
@@ -978,7 +983,7 @@ class Search:
         try:
             return search(*args)
         except Exception as exc:
-            error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+            error = _error_line(exc, 160)
             if (what, error) not in self.coverage.failed:
                 self.coverage.failed.append((what, error))
             return None
@@ -1268,7 +1273,7 @@ class Search:
             at(size)
         at(min(len(pool), limit))
         for entry in entries:
-            for size in self._going_on(entry.place.label, self._sizes_of_entries, entry, tried,
+            for size in self._going_on(entry.place.label, self._sizes_meeting_rare_entries, entry, tried,
                                        limit) or ():
                 if self._out_of_time():
                     break
@@ -1278,8 +1283,7 @@ class Search:
         # size 1, which the first tries see)
         for entry in entries:
             codes = {size: self._batch_code(entry, tried[size], size) for size in sorted(tried)}
-            lookup = dict(entry.place.attributes).get("common") is not None
-            if lookup or len({c.shape for c in codes.values()}) == 1:
+            if entry.place.lookup or len({c.shape for c in codes.values()}) == 1:
                 patterns: dict[bytes, list[int]] = {}
                 for size, code in codes.items():
                     patterns.setdefault(code.tobytes(), []).append(size)
@@ -1291,7 +1295,7 @@ class Search:
         self.coverage.batch_sizes = sorted(set(self.coverage.batch_sizes))
 
     @staticmethod
-    def _sizes_of_entries(entry: Seen, tried: dict, limit: int) -> list[int]:
+    def _sizes_meeting_rare_entries(entry: Seen, tried: dict, limit: int) -> list[int]:
         """For a lookup in a constant table: the sizes whose index meets each of its less
         common entries, the index taken as an affine function of the size (a * n + b, from
         two sizes tried that read different indices)."""
@@ -1315,7 +1319,7 @@ class Search:
         decides the same for every row), or, for a lookup in a table, the entries it read (in
         any row: a table read over a Range of the size reads one a row), each a way of its
         own."""
-        if dict(entry.place.attributes).get("common") is not None:
+        if entry.place.lookup:
             return np.unique(np.asarray(values[entry.place.tensors[0]], np.float64))
         return ways(entry.place, [values[t] for t in entry.place.tensors], size)[0][0]
 
@@ -1391,13 +1395,19 @@ def cover(artifact, domain, seeds=(), seconds: float = SEARCH_SECONDS) -> Covera
         # (nor when it cannot run a batch the search runs)
         coverage = Search(instrumented, domain, seconds).run(pool)
     except Exception as exc:
-        return Coverage(not_run=f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+        return Coverage(not_run=_error_line(exc, 200))
     coverage.not_exposed = [p.label for p in instrumented.unseen if p.kind == "decision"] + \
         _places_in_bodies(graph.graph)
     coverage.not_modelled = not_modelled
     if coverage.found is not None:
         coverage.tied = coverage.found[instrumented.selection_ties(coverage.found)]
     return coverage
+
+
+def _error_line(exc: Exception, most: int) -> str:
+    """An error as the report names it: its type and the first `most` characters of its
+    message, on one line."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:most]}"
 
 
 def _places_in_bodies(graph: onnx.GraphProto) -> list[str]:
